@@ -1,13 +1,137 @@
-/* main.c - placeholder until the daemon lands. */
+/*
+ * main.c - throttlefs [options] BACKING_DIR MOUNTPOINT
+ *
+ * Parses and checks the command line before anything is mounted (a bad input is one line on
+ * stderr and exit status 2), opens the backing root, mounts, runs libfuse's multi-threaded
+ * loop until unmounted or signalled (SIGINT, SIGTERM, SIGHUP unmount cleanly), then tears
+ * down in the reverse order.
+ */
+#include "tfs.h"
+
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EXIT_USAGE 2
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [options] BACKING_DIR MOUNTPOINT\n\n"
+	       "Mounts at MOUNTPOINT a view of BACKING_DIR in which every write streams through\n"
+	       "bounded buffers, with backpressure, to BACKING_DIR at the rate you set.\n\n",
+	       prog);
+	opts_help();
+	printf(
+	    "\nWhen run by an ordinary user, files created through the view belong to that user, "
+	    "as for\nany FUSE mount.\n\n");
+	printf("FUSE options:\n");
+	fuse_cmdline_help();
+	fuse_lowlevel_help();
+}
+
+/* Adds the -o options throttlefs always wants; the user's own come later and win. */
+static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
+{
+	char fsname[4200];
+	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=throttlefs,default_permissions",
+		 o->backing_real);
+	/* fsname is a comma-separated list element: a comma in the path would split it. */
+	for (char *p = fsname + 9; *p != '\0' && p < strstr(fsname, ",subtype"); p++)
+		if (*p == ',')
+			*p = '_';
+	return fuse_opt_insert_arg(args, 1, fsname);
+}
 
 int main(int argc, char **argv)
 {
-	if (argc > 1 && strcmp(argv[1], "--version") == 0) {
-		printf("throttlefs %s\n", THROTTLEFS_VERSION);
-		return 0;
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts cl = {0};
+	struct tfs fs = {.root_fd = -1, .timeout = 1.0};
+	int ret = EXIT_USAGE;
+
+	if (opts_parse(&args, &fs.opt) != 0)
+		goto out;
+	if (fs.opt.show_help) {
+		usage(argv[0]);
+		ret = 0;
+		goto out;
 	}
-	fprintf(stderr, "throttlefs: not implemented yet\n");
-	return 2;
+	if (fs.opt.show_version) {
+		printf("throttlefs %s (libfuse %s)\n", THROTTLEFS_VERSION, fuse_pkgversion());
+		ret = 0;
+		goto out;
+	}
+	/* Find MOUNTPOINT ourselves first: libfuse's message for a bad one is less clear. */
+	const char *mnt = NULL;
+	for (int i = 1; i < args.argc; i++)
+		if (args.argv[i][0] != '-' && (i == 1 || strcmp(args.argv[i - 1], "-o") != 0))
+			mnt = args.argv[i];
+	if (mnt == NULL || opts_check_paths(&fs.opt, mnt) != 0)
+		goto out;
+	if (add_default_opts(&args, &fs.opt) != 0 || fuse_parse_cmdline(&args, &cl) != 0) {
+		fprintf(stderr, "throttlefs: cannot parse the command line\n");
+		goto out;
+	}
+
+	fs.root_fd = open(fs.opt.backing_real, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	struct stat st;
+	if (fs.root_fd < 0 || fstat(fs.root_fd, &st) != 0) {
+		fprintf(stderr, "throttlefs: backing dir '%s': %s\n", fs.opt.backing,
+			strerror(errno));
+		goto out;
+	}
+	int err = inode_table_new(st.st_dev, st.st_ino, &fs.inodes);
+	if (err != 0) {
+		fprintf(stderr, "throttlefs: cannot make the inode table: %s\n", strerror(-err));
+		ret = 1;
+		goto out;
+	}
+	/* Modes arrive from the kernel with the caller's umask applied; ours must not apply too. */
+	umask(0);
+
+	fs.se = fuse_session_new(&args, &tfs_ops, sizeof(tfs_ops), &fs);
+	if (fs.se == NULL)
+		goto out; /* libfuse said why: an unknown or malformed FUSE option */
+	ret = 1;
+	if (fuse_set_signal_handlers(fs.se) != 0) {
+		fprintf(stderr, "throttlefs: cannot install signal handlers\n");
+		goto out_session;
+	}
+	if (fuse_session_mount(fs.se, cl.mountpoint) != 0)
+		goto out_signals; /* libfuse printed the reason */
+	if (fuse_daemonize(cl.foreground) != 0)
+		goto out_unmount;
+
+	if (cl.singlethread) {
+		ret = fuse_session_loop(fs.se) != 0;
+	} else {
+		struct fuse_loop_config *lc = fuse_loop_cfg_create();
+		if (lc == NULL) {
+			fprintf(stderr, "throttlefs: out of memory\n");
+			goto out_unmount;
+		}
+		fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
+		fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads);
+		fuse_loop_cfg_set_max_threads(lc, cl.max_threads > 10 ? cl.max_threads : 64);
+		ret = fuse_session_loop_mt(fs.se, lc) != 0;
+		fuse_loop_cfg_destroy(lc);
+	}
+out_unmount:
+	fuse_session_unmount(fs.se);
+out_signals:
+	fuse_remove_signal_handlers(fs.se);
+out_session:
+	fuse_session_destroy(fs.se);
+out:
+	inode_table_free(fs.inodes);
+	if (fs.root_fd >= 0)
+		close(fs.root_fd);
+	free(cl.mountpoint);
+	fuse_opt_free_args(&args);
+	opts_free(&fs.opt);
+	return ret;
 }

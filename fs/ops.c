@@ -1,0 +1,859 @@
+/*
+ * ops.c - the FUSE low-level operations: each request translated into calls on the backing
+ * store beneath the root, with node ids kept by lib/inode.
+ *
+ * Rules every operation keeps:
+ *  - a reply is sent exactly once, on every path; errors go back as positive errno values;
+ *  - every entry replied to the kernel (lookup, create, mkdir, mknod, symlink, link,
+ *    readdirplus) adds one lookup to its record, and FORGET takes them away, so no record
+ *    outlives the kernel's interest;
+ *  - descriptors are held only by open files and directories (struct handle); everything else
+ *    is resolved afresh from the node's path (backing.c) and closed before the reply;
+ *  - names are used only relative to a directory descriptor, and never through a symlink.
+ */
+#include "tfs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+/* What fi->fh points to for files and directories alike: fd comes first so setattr, which the
+ * kernel may send with the handle of a directory, finds the descriptor either way. */
+struct handle {
+	int fd;
+	fuse_ino_t ino;
+	DIR *dir; /* directories only */
+	off_t dir_off;
+	struct dirent *dir_entry; /* read but not yet replied */
+};
+
+/* The preferred I/O size reported for regular files: large, so cp and friends write in large
+ * requests (the kernel splits them at max_write). */
+#define TFS_BLKSIZE (1 << 20)
+
+static struct tfs *tfs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct handle *handle_of(struct fuse_file_info *fi)
+{
+	return (struct handle *)(uintptr_t)fi->fh;
+}
+
+static void close_fd(int fd)
+{
+	if (fd >= 0 && close(fd) != 0 && errno != EINTR)
+		fuse_log(FUSE_LOG_ERR, "throttlefs: close(%d): %s\n", fd, strerror(errno));
+}
+
+static void reply_err(fuse_req_t req, int err)
+{
+	fuse_reply_err(req, err < 0 ? -err : err);
+}
+
+static void attr_fixup(struct stat *st)
+{
+	if (S_ISREG(st->st_mode))
+		st->st_blksize = TFS_BLKSIZE;
+}
+
+/* Fills e for the entry name of directory parent whose attributes are st, adding one lookup. */
+static int entry_make(struct tfs *fs, fuse_ino_t parent, const char *name, struct stat *st,
+		      struct fuse_entry_param *e)
+{
+	uint64_t id, gen;
+	int err = inode_link(fs->inodes, parent, name, st->st_dev, st->st_ino, &id, &gen);
+	if (err != 0)
+		return err;
+	memset(e, 0, sizeof(*e));
+	attr_fixup(st);
+	e->ino = id;
+	e->generation = gen;
+	e->attr = *st;
+	e->attr_timeout = fs->timeout;
+	e->entry_timeout = fs->timeout;
+	return 0;
+}
+
+/* Looks name up in the directory open as dfd. */
+static int entry_lookup(struct tfs *fs, fuse_ino_t parent, int dfd, const char *name,
+			struct fuse_entry_param *e)
+{
+	struct stat st;
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+		return -errno;
+	return entry_make(fs, parent, name, &st, e);
+}
+
+static void tfs_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	conn->want |= conn->capable & (FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ATOMIC_O_TRUNC |
+				       FUSE_CAP_ASYNC_READ | FUSE_CAP_READDIRPLUS);
+	/* Writes pass through us; the kernel must not cache them behind our back. */
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	if (conn->max_write < (1u << 20))
+		conn->max_write = 1u << 20;
+	conn->max_readahead = conn->max_readahead > (1u << 20) ? conn->max_readahead : (1u << 20);
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
+	conn->time_gran = 1;
+}
+
+static void tfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct tfs *fs = tfs_of(req);
+	struct fuse_entry_param e;
+	int dfd = backing_dir(fs, parent);
+	if (dfd < 0)
+		return reply_err(req, dfd);
+	int err = entry_lookup(fs, parent, dfd, name, &e);
+	close_fd(dfd);
+	if (err == -ENOENT) {
+		/* A negative entry: the kernel remembers the absence for the timeout. */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = fs->timeout;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (err != 0)
+		return reply_err(req, err);
+	fuse_reply_entry(req, &e);
+}
+
+static void tfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	inode_forget(tfs_of(req)->inodes, ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void tfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct tfs *fs = tfs_of(req);
+	for (size_t i = 0; i < count; i++)
+		inode_forget(fs->inodes, forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void tfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct tfs *fs = tfs_of(req);
+	struct stat st;
+	if (fi != NULL) {
+		if (fstat(handle_of(fi)->fd, &st) != 0)
+			return reply_err(req, errno);
+	} else {
+		int fd = backing_open(fs, ino, O_PATH, &st);
+		if (fd < 0)
+			return reply_err(req, fd);
+		close_fd(fd);
+	}
+	attr_fixup(&st);
+	fuse_reply_attr(req, &st, fs->timeout);
+}
+
+/* Applies the time part of a setattr: through fd when the file is open, else by path (the
+ * node's own descriptor for files, its parent and name for a symlink, which has no proc link
+ * that does not follow). */
+static int setattr_times(struct tfs *fs, fuse_ino_t ino, int fd, int pfd, const struct stat *st,
+			 const struct stat *attr, int valid)
+{
+	struct timespec tv[2] = {{.tv_nsec = UTIME_OMIT}, {.tv_nsec = UTIME_OMIT}};
+	if (valid & FUSE_SET_ATTR_ATIME_NOW)
+		tv[0].tv_nsec = UTIME_NOW;
+	else if (valid & FUSE_SET_ATTR_ATIME)
+		tv[0] = attr->st_atim;
+	if (valid & FUSE_SET_ATTR_MTIME_NOW)
+		tv[1].tv_nsec = UTIME_NOW;
+	else if (valid & FUSE_SET_ATTR_MTIME)
+		tv[1] = attr->st_mtim;
+	if (fd >= 0)
+		return futimens(fd, tv) == 0 ? 0 : -errno;
+	if (S_ISLNK(st->st_mode)) {
+		char name[256];
+		int dfd = backing_parent(fs, ino, name);
+		if (dfd < 0)
+			return dfd;
+		int err = utimensat(dfd, name, tv, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : -errno;
+		close_fd(dfd);
+		return err;
+	}
+	char proc[32];
+	backing_proc_path(pfd, proc);
+	return utimensat(AT_FDCWD, proc, tv, 0) == 0 ? 0 : -errno;
+}
+
+static void tfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
+			struct fuse_file_info *fi)
+{
+	struct tfs *fs = tfs_of(req);
+	int fd = fi ? handle_of(fi)->fd : -1;
+	struct stat st;
+	char proc[32];
+	int err = 0;
+	int pfd = backing_open(fs, ino, O_PATH, &st);
+	if (pfd < 0)
+		return reply_err(req, pfd);
+	backing_proc_path(pfd, proc);
+
+	if (valid & FUSE_SET_ATTR_MODE) {
+		int r = fd >= 0 ? fchmod(fd, attr->st_mode) : chmod(proc, attr->st_mode);
+		if (r != 0) {
+			err = -errno;
+			goto out;
+		}
+	}
+	if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
+		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
+		if (fchownat(pfd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+			err = -errno;
+			goto out;
+		}
+	}
+	if (valid & FUSE_SET_ATTR_SIZE) {
+		int r = fd >= 0 ? ftruncate(fd, attr->st_size) : truncate(proc, attr->st_size);
+		if (r != 0) {
+			err = -errno;
+			goto out;
+		}
+	}
+	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
+		     FUSE_SET_ATTR_MTIME_NOW)) {
+		err = setattr_times(fs, ino, fd, pfd, &st, attr, valid);
+		if (err != 0)
+			goto out;
+	}
+	if (fstat(pfd, &st) != 0)
+		err = -errno;
+out:
+	close_fd(pfd);
+	if (err != 0)
+		return reply_err(req, err);
+	attr_fixup(&st);
+	fuse_reply_attr(req, &st, fs->timeout);
+}
+
+static void tfs_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct tfs *fs = tfs_of(req);
+	char buf[PATH_MAX + 1];
+	int fd = backing_open(fs, ino, O_PATH, NULL);
+	if (fd < 0)
+		return reply_err(req, fd);
+	ssize_t n = readlinkat(fd, "", buf, sizeof(buf));
+	int err = n < 0 ? -errno : 0;
+	close_fd(fd);
+	if (err != 0)
+		return reply_err(req, err);
+	if ((size_t)n >= sizeof(buf))
+		return reply_err(req, ENAMETOOLONG);
+	buf[n] = '\0';
+	fuse_reply_readlink(req, buf);
+}
+
+/* The shape of every call that makes a new name: do it in the parent's directory, then look
+ * the result up to reply with its entry. */
+enum make_kind { MAKE_NODE, MAKE_DIR, MAKE_SYMLINK };
+
+static void make_entry(fuse_req_t req, fuse_ino_t parent, const char *name, enum make_kind kind,
+		       mode_t mode, dev_t rdev, const char *link)
+{
+	struct tfs *fs = tfs_of(req);
+	struct fuse_entry_param e;
+	int dfd = backing_dir(fs, parent);
+	if (dfd < 0)
+		return reply_err(req, dfd);
+	int r;
+	switch (kind) {
+	case MAKE_DIR:
+		r = mkdirat(dfd, name, mode);
+		break;
+	case MAKE_SYMLINK:
+		r = symlinkat(link, dfd, name);
+		break;
+	default:
+		r = mknodat(dfd, name, mode, rdev);
+		break;
+	}
+	int err = r != 0 ? -errno : entry_lookup(fs, parent, dfd, name, &e);
+	close_fd(dfd);
+	if (err != 0)
+		return reply_err(req, err);
+	fuse_reply_entry(req, &e);
+}
+
+static void tfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	make_entry(req, parent, name, MAKE_NODE, mode, rdev, NULL);
+}
+
+static void tfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	make_entry(req, parent, name, MAKE_DIR, mode, 0, NULL);
+}
+
+static void tfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	make_entry(req, parent, name, MAKE_SYMLINK, 0, 0, link);
+}
+
+static void tfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	struct tfs *fs = tfs_of(req);
+	struct fuse_entry_param e;
+	char proc[32];
+	int fd = backing_open(fs, ino, O_PATH, NULL);
+	if (fd < 0)
+		return reply_err(req, fd);
+	int dfd = backing_dir(fs, newparent);
+	int err = dfd;
+	if (dfd >= 0) {
+		backing_proc_path(fd, proc);
+		err = linkat(AT_FDCWD, proc, dfd, newname, AT_SYMLINK_FOLLOW) != 0
+			  ? -errno
+			  : entry_lookup(fs, newparent, dfd, newname, &e);
+		close_fd(dfd);
+	}
+	close_fd(fd);
+	if (err != 0)
+		return reply_err(req, err);
+	fuse_reply_entry(req, &e);
+}
+
+static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, int flags)
+{
+	struct tfs *fs = tfs_of(req);
+	int dfd = backing_dir(fs, parent);
+	if (dfd < 0)
+		return reply_err(req, dfd);
+	int err = unlinkat(dfd, name, flags) != 0 ? -errno : 0;
+	close_fd(dfd);
+	reply_err(req, err);
+}
+
+static void tfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	remove_entry(req, parent, name, 0);
+}
+
+static void tfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	remove_entry(req, parent, name, AT_REMOVEDIR);
+}
+
+/* After a rename, the record of the file now at (dfd, name) follows it. */
+static int rename_follow(struct tfs *fs, int dfd, fuse_ino_t parent, const char *name)
+{
+	struct stat st;
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+		return -errno;
+	return inode_move(fs->inodes, st.st_dev, st.st_ino, parent, name);
+}
+
+static void tfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		       const char *newname, unsigned int flags)
+{
+	struct tfs *fs = tfs_of(req);
+	int err;
+	int dfd = backing_dir(fs, parent);
+	if (dfd < 0)
+		return reply_err(req, dfd);
+	int ndfd = backing_dir(fs, newparent);
+	if (ndfd < 0) {
+		err = ndfd;
+		goto out;
+	}
+	if (renameat2(dfd, name, ndfd, newname, flags) != 0) {
+		err = -errno;
+		goto out;
+	}
+	err = rename_follow(fs, ndfd, newparent, newname);
+	if (err == 0 && (flags & RENAME_EXCHANGE))
+		err = rename_follow(fs, dfd, parent, name);
+	if (err != 0) {
+		/* The rename itself happened; a record that could not follow just goes stale. */
+		fuse_log(FUSE_LOG_WARNING, "throttlefs: rename of '%s': %s\n", newname,
+			 strerror(-err));
+		err = 0;
+	}
+out:
+	close_fd(ndfd);
+	close_fd(dfd);
+	reply_err(req, err);
+}
+
+/* Opens the backing file of ino for a FUSE open or opendir and makes its handle. */
+static int handle_open(struct tfs *fs, fuse_ino_t ino, int flags, struct handle **out)
+{
+	struct handle *h = calloc(1, sizeof(*h));
+	if (h == NULL)
+		return -ENOMEM;
+	/* O_APPEND is the kernel's business: it sends each write at the end it knows. */
+	h->fd = backing_open(fs, ino, flags & ~(O_APPEND | O_CREAT | O_EXCL | O_NOCTTY), NULL);
+	h->ino = ino;
+	int err = h->fd < 0 ? h->fd : inode_pin(fs->inodes, ino);
+	if (err != 0) {
+		close_fd(h->fd);
+		free(h);
+		return err;
+	}
+	*out = h;
+	return 0;
+}
+
+static void handle_close(struct tfs *fs, struct handle *h)
+{
+	if (h->dir != NULL)
+		closedir(h->dir); /* closes h->fd too */
+	else
+		close_fd(h->fd);
+	inode_unpin(fs->inodes, h->ino);
+	free(h);
+}
+
+static void tfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct tfs *fs = tfs_of(req);
+	struct handle *h;
+	int err = handle_open(fs, ino, fi->flags, &h);
+	if (err != 0)
+		return reply_err(req, err);
+	fi->fh = (uintptr_t)h;
+	if (fuse_reply_open(req, fi) != 0)
+		handle_close(fs, h);
+}
+
+static void tfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		       struct fuse_file_info *fi)
+{
+	struct tfs *fs = tfs_of(req);
+	struct fuse_entry_param e;
+	int dfd = backing_dir(fs, parent);
+	if (dfd < 0)
+		return reply_err(req, dfd);
+	struct handle *h = calloc(1, sizeof(*h));
+	int err = -ENOMEM;
+	if (h == NULL)
+		goto out;
+	h->fd =
+	    openat(dfd, name,
+		   (fi->flags & ~(O_APPEND | O_NOCTTY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode);
+	if (h->fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	struct stat st;
+	if (fstat(h->fd, &st) != 0) {
+		err = -errno;
+		goto out;
+	}
+	err = entry_make(fs, parent, name, &st, &e);
+	if (err != 0)
+		goto out;
+	h->ino = e.ino;
+	err = inode_pin(fs->inodes, e.ino);
+	if (err != 0) {
+		inode_forget(fs->inodes, e.ino, 1);
+		goto out;
+	}
+	close_fd(dfd);
+	fi->fh = (uintptr_t)h;
+	if (fuse_reply_create(req, &e, fi) != 0) {
+		inode_forget(fs->inodes, e.ino, 1);
+		handle_close(fs, h);
+	}
+	return;
+out:
+	if (h != NULL)
+		close_fd(h->fd);
+	free(h);
+	close_fd(dfd);
+	reply_err(req, err);
+}
+
+static void tfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = handle_of(fi)->fd;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void tfs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+		      struct fuse_file_info *fi)
+{
+	(void)ino;
+	int fd = handle_of(fi)->fd;
+	size_t done = 0;
+	while (done < size) {
+		ssize_t n = pwrite(fd, data + done, size - done, off + (off_t)done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (done == 0)
+				return reply_err(req, n < 0 ? errno : EIO);
+			break;
+		}
+		done += (size_t)n;
+	}
+	fuse_reply_write(req, done);
+}
+
+static void tfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	/* Closing a duplicate reports errors that some stores (NFS) only give at close. */
+	int fd = dup(handle_of(fi)->fd);
+	int err = fd < 0 || close(fd) != 0 ? errno : 0;
+	reply_err(req, err);
+}
+
+static void tfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	handle_close(tfs_of(req), handle_of(fi));
+	fuse_reply_err(req, 0);
+}
+
+static void tfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)ino;
+	int fd = handle_of(fi)->fd;
+	int r = datasync ? fdatasync(fd) : fsync(fd);
+	reply_err(req, r != 0 ? errno : 0);
+}
+
+static void tfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct tfs *fs = tfs_of(req);
+	struct handle *h;
+	int err = handle_open(fs, ino, O_RDONLY | O_DIRECTORY, &h);
+	if (err != 0)
+		return reply_err(req, err);
+	h->dir = fdopendir(h->fd);
+	if (h->dir == NULL) {
+		err = errno;
+		handle_close(fs, h);
+		return reply_err(req, err);
+	}
+	fi->fh = (uintptr_t)h;
+	if (fuse_reply_open(req, fi) != 0)
+		handle_close(fs, h);
+}
+
+static int is_dot_or_dotdot(const char *name)
+{
+	return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
+}
+
+/* readdir and readdirplus: fill one reply buffer from the directory stream, resuming at off. */
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi, int plus)
+{
+	struct tfs *fs = tfs_of(req);
+	struct handle *h = handle_of(fi);
+	char *buf = calloc(1, size);
+	size_t used = 0;
+	int err = 0;
+	if (buf == NULL)
+		return reply_err(req, ENOMEM);
+	if (off != h->dir_off) {
+		seekdir(h->dir, off);
+		h->dir_entry = NULL;
+		h->dir_off = off;
+	}
+	for (;;) {
+		if (h->dir_entry == NULL) {
+			errno = 0;
+			h->dir_entry = readdir(h->dir);
+			if (h->dir_entry == NULL) {
+				err = errno ? -errno : 0;
+				break;
+			}
+		}
+		struct dirent *d = h->dir_entry;
+		off_t next = d->d_off;
+		size_t n;
+		if (plus) {
+			struct fuse_entry_param e = {0};
+			if (is_dot_or_dotdot(d->d_name)) {
+				e.attr.st_ino = d->d_ino;
+				e.attr.st_mode = (mode_t)d->d_type << 12;
+			} else if ((err = entry_lookup(fs, ino, h->fd, d->d_name, &e)) != 0) {
+				if (err == -ENOENT) { /* gone since readdir: skip it */
+					err = 0;
+					h->dir_entry = NULL;
+					h->dir_off = next;
+					continue;
+				}
+				break;
+			}
+			n = fuse_add_direntry_plus(req, buf + used, size - used, d->d_name, &e,
+						   next);
+			if (n > size - used) {
+				if (e.ino != 0)
+					inode_forget(fs->inodes, e.ino, 1);
+				break;
+			}
+		} else {
+			struct stat st = {.st_ino = d->d_ino, .st_mode = (mode_t)d->d_type << 12};
+			n = fuse_add_direntry(req, buf + used, size - used, d->d_name, &st, next);
+			if (n > size - used)
+				break;
+		}
+		used += n;
+		h->dir_entry = NULL;
+		h->dir_off = next;
+	}
+	/* An error after some entries is reported by the next call, which starts with it. */
+	if (err != 0 && used == 0)
+		reply_err(req, err);
+	else
+		fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void tfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, 0);
+}
+
+static void tfs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			    struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, 1);
+}
+
+static void tfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	handle_close(tfs_of(req), handle_of(fi));
+	fuse_reply_err(req, 0);
+}
+
+static void tfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)ino;
+	int fd = handle_of(fi)->fd;
+	int r = datasync ? fdatasync(fd) : fsync(fd);
+	reply_err(req, r != 0 ? errno : 0);
+}
+
+static void tfs_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	struct statvfs sv;
+	if (fstatvfs(tfs_of(req)->root_fd, &sv) != 0)
+		return reply_err(req, errno);
+	fuse_reply_statfs(req, &sv);
+}
+
+static void tfs_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct tfs *fs = tfs_of(req);
+	int fd = backing_open(fs, ino, O_PATH, NULL);
+	if (fd < 0)
+		return reply_err(req, fd);
+	char proc[32];
+	backing_proc_path(fd, proc);
+	int err = faccessat(AT_FDCWD, proc, mask, 0) != 0 ? errno : 0;
+	close_fd(fd);
+	reply_err(req, err);
+}
+
+/*
+ * Extended attributes pass through to the backing file. A path is needed (the f*xattr calls
+ * refuse O_PATH descriptors): the node's proc link for files and directories, and for a
+ * symlink, whose proc link would be followed, its name in the parent with the l*xattr calls.
+ */
+enum xattr_op { XATTR_GET, XATTR_SET, XATTR_LIST, XATTR_REMOVE };
+
+struct xattr_call {
+	enum xattr_op op;
+	const char *name;
+	const char *value;
+	char *buf;
+	size_t size;
+	int flags;
+};
+
+static ssize_t xattr_on_path(const char *path, int nofollow, const struct xattr_call *c)
+{
+	ssize_t r;
+	switch (c->op) {
+	case XATTR_GET:
+		r = nofollow ? lgetxattr(path, c->name, c->buf, c->size)
+			     : getxattr(path, c->name, c->buf, c->size);
+		break;
+	case XATTR_SET:
+		r = nofollow ? lsetxattr(path, c->name, c->value, c->size, c->flags)
+			     : setxattr(path, c->name, c->value, c->size, c->flags);
+		break;
+	case XATTR_LIST:
+		r = nofollow ? llistxattr(path, c->buf, c->size) : listxattr(path, c->buf, c->size);
+		break;
+	default:
+		r = nofollow ? lremovexattr(path, c->name) : removexattr(path, c->name);
+		break;
+	}
+	return r < 0 ? -errno : r;
+}
+
+static ssize_t xattr_call(struct tfs *fs, fuse_ino_t ino, const struct xattr_call *c)
+{
+	struct stat st;
+	char path[32 + 1 + 256];
+	int fd = backing_open(fs, ino, O_PATH, &st);
+	if (fd < 0)
+		return fd;
+	ssize_t r;
+	if (S_ISLNK(st.st_mode)) {
+		char name[256];
+		int dfd = backing_parent(fs, ino, name);
+		if (dfd < 0) {
+			close_fd(fd);
+			return dfd;
+		}
+		backing_proc_path(dfd, path);
+		strcat(path, "/");
+		strcat(path, name);
+		r = xattr_on_path(path, 1, c);
+		close_fd(dfd);
+	} else {
+		backing_proc_path(fd, path);
+		r = xattr_on_path(path, 0, c);
+	}
+	close_fd(fd);
+	return r;
+}
+
+/* Replies to a get or list: the size when asked for it, else the bytes. */
+static void reply_xattr(fuse_req_t req, ssize_t r, const char *buf, size_t size)
+{
+	if (r < 0)
+		reply_err(req, r);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)r);
+	else
+		fuse_reply_buf(req, buf, (size_t)r);
+}
+
+static void tfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	if (size && buf == NULL)
+		return reply_err(req, ENOMEM);
+	struct xattr_call c = {.op = XATTR_GET, .name = name, .buf = buf, .size = size};
+	reply_xattr(req, xattr_call(tfs_of(req), ino, &c), buf, size);
+	free(buf);
+}
+
+static void tfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	if (size && buf == NULL)
+		return reply_err(req, ENOMEM);
+	struct xattr_call c = {.op = XATTR_LIST, .buf = buf, .size = size};
+	reply_xattr(req, xattr_call(tfs_of(req), ino, &c), buf, size);
+	free(buf);
+}
+
+static void tfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			 size_t size, int flags)
+{
+	struct xattr_call c = {
+	    .op = XATTR_SET, .name = name, .value = value, .size = size, .flags = flags};
+	ssize_t r = xattr_call(tfs_of(req), ino, &c);
+	reply_err(req, r < 0 ? (int)r : 0);
+}
+
+static void tfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	struct xattr_call c = {.op = XATTR_REMOVE, .name = name};
+	ssize_t r = xattr_call(tfs_of(req), ino, &c);
+	reply_err(req, r < 0 ? (int)r : 0);
+}
+
+static void tfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+			  struct fuse_file_info *fi)
+{
+	(void)ino;
+	int r = fallocate(handle_of(fi)->fd, mode, off, len);
+	reply_err(req, r != 0 ? errno : 0);
+}
+
+static void tfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+				struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+				struct fuse_file_info *fi_out, size_t len, int flags)
+{
+	(void)ino_in;
+	(void)ino_out;
+	ssize_t n = copy_file_range(handle_of(fi_in)->fd, &off_in, handle_of(fi_out)->fd, &off_out,
+				    len, (unsigned)flags);
+	if (n < 0)
+		return reply_err(req, errno);
+	fuse_reply_write(req, (size_t)n);
+}
+
+static void tfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		      struct fuse_file_info *fi)
+{
+	(void)ino;
+	off_t r = lseek(handle_of(fi)->fd, off, whence);
+	if (r < 0)
+		return reply_err(req, errno);
+	fuse_reply_lseek(req, r);
+}
+
+const struct fuse_lowlevel_ops tfs_ops = {
+    .init = tfs_init,
+    .lookup = tfs_lookup,
+    .forget = tfs_forget,
+    .forget_multi = tfs_forget_multi,
+    .getattr = tfs_getattr,
+    .setattr = tfs_setattr,
+    .readlink = tfs_readlink,
+    .mknod = tfs_mknod,
+    .mkdir = tfs_mkdir,
+    .symlink = tfs_symlink,
+    .link = tfs_link,
+    .unlink = tfs_unlink,
+    .rmdir = tfs_rmdir,
+    .rename = tfs_rename,
+    .open = tfs_open,
+    .create = tfs_create,
+    .read = tfs_read,
+    .write = tfs_write,
+    .flush = tfs_flush,
+    .release = tfs_release,
+    .fsync = tfs_fsync,
+    .opendir = tfs_opendir,
+    .readdir = tfs_readdir,
+    .readdirplus = tfs_readdirplus,
+    .releasedir = tfs_releasedir,
+    .fsyncdir = tfs_fsyncdir,
+    .statfs = tfs_statfs,
+    .access = tfs_access,
+    .setxattr = tfs_setxattr,
+    .getxattr = tfs_getxattr,
+    .listxattr = tfs_listxattr,
+    .removexattr = tfs_removexattr,
+    .fallocate = tfs_fallocate,
+    .copy_file_range = tfs_copy_file_range,
+    .lseek = tfs_lseek,
+};

@@ -1,0 +1,75 @@
+/*
+ * inode.h - the inode table: which backing files the kernel knows, under which node ids.
+ *
+ * The kernel names every file it has looked up by a 64-bit node id and keeps a lookup count on
+ * it: each reply to lookup, create, mkdir, mknod, symlink, link or readdirplus adds one, and
+ * FORGET takes counts away. The table maps node ids to records holding the backing file's
+ * identity (st_dev, st_ino), the last (parent, name) under which it was seen, and that count.
+ *
+ * Deliberately, no record holds a file descriptor: with millions of known inodes and an
+ * open-file limit of 20,000, a descriptor per inode (as libfuse's passthrough_ll keeps) cannot
+ * work. A record is reached from the backing root by the path its parent chain spells, and the
+ * daemon resolves that path beneath the root without following symlinks.
+ *
+ * Invariants:
+ *  - node id 1 (FUSE_ROOT_ID) is the backing root; it is never freed.
+ *  - a record lives while the kernel references it (lookup count > 0), while it is pinned (an
+ *    open file or directory), or while a live record names it as parent; then it is freed.
+ *  - one record per (dev, ino): hard links share one node id, as the kernel expects.
+ *  - a node id is never reused with the same generation, so a stale id is detected.
+ * The table is internally locked; data slots are only touched under inode_lock().
+ */
+#ifndef THROTTLEFS_INODE_H
+#define THROTTLEFS_INODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define INODE_ROOT 1
+
+struct inode_table;
+
+struct inode_stats {
+	uint64_t inodes;    /* live records, the root included */
+	uint64_t peak;	    /* most live records at once */
+	uint64_t bytes;	    /* memory held by records, names and index */
+	uint64_t lookups;   /* records found or created by inode_link */
+	uint64_t forgotten; /* records freed */
+};
+
+int inode_table_new(uint64_t root_dev, uint64_t root_ino, struct inode_table **out);
+void inode_table_free(struct inode_table *t);
+
+/* Records that (parent, name) names backing file (dev, ino) and adds one kernel lookup to its
+ * record, creating it when new. Returns 0 with *id and *gen set, -ENOMEM, or -ESTALE when
+ * parent is unknown. */
+int inode_link(struct inode_table *t, uint64_t parent, const char *name, uint64_t dev, uint64_t ino,
+	       uint64_t *id, uint64_t *gen);
+
+/* The kernel drops nlookup references (FORGET). Frees what nothing holds any more. */
+void inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup);
+
+/* Pins a record while a file or directory is open on it, so it outlives FORGET. */
+int inode_pin(struct inode_table *t, uint64_t id);
+void inode_unpin(struct inode_table *t, uint64_t id);
+
+/* A rename moved backing file (dev, ino) to (parent, name): its record, if any, follows. */
+int inode_move(struct inode_table *t, uint64_t dev, uint64_t ino, uint64_t parent,
+	       const char *name);
+
+/* Writes the path of id relative to the backing root ("." for the root) into buf. Returns its
+ * length, -ESTALE for an unknown id, or -ENAMETOOLONG. */
+int inode_path(struct inode_table *t, uint64_t id, char *buf, size_t len);
+
+/* The backing identity recorded for id: 0, or -ESTALE. */
+int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino);
+
+/* The owner's per-inode data slot (initially NULL), valid only between inode_lock() and
+ * inode_unlock(); NULL for an unknown id. */
+void inode_lock(struct inode_table *t);
+void inode_unlock(struct inode_table *t);
+void **inode_data(struct inode_table *t, uint64_t id);
+
+void inode_stats(struct inode_table *t, struct inode_stats *st);
+
+#endif

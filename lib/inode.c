@@ -343,17 +343,22 @@ int inode_path(struct inode_table *t, uint64_t id, char *buf, size_t len)
 		goto out;
 	}
 	buf[--pos] = '\0';
-	for (uint32_t s = slot_of(id); s != ROOT_SLOT; s = t->recs[s].parent) {
+	for (uint32_t s = slot_of(id);; s = t->recs[s].parent) {
 		size_t l = strlen(t->recs[s].name);
-		if (l + 1 > pos) {
+		if (l > pos) {
 			n = -ENAMETOOLONG;
 			goto out;
 		}
 		pos -= l;
 		memcpy(buf + pos, t->recs[s].name, l);
+		if (t->recs[s].parent == ROOT_SLOT)
+			break;
+		if (pos == 0) {
+			n = -ENAMETOOLONG;
+			goto out;
+		}
 		buf[--pos] = '/';
 	}
-	pos++; /* drop the leading slash */
 	memmove(buf, buf + pos, end - pos);
 	n = (int)(end - pos - 1);
 out:

@@ -1,17 +1,19 @@
 /*
  * backing.c - from node ids to descriptors beneath the backing root.
  *
- * A node is known by the path its parent chain spells (lib/inode), never by a descriptor kept
- * open: the daemon holds descriptors only for open files and directories, so millions of known
- * inodes cost no descriptors. Each request that needs the backing file resolves that path with
+ * A node is known by its parent and name (lib/inode), never by a descriptor kept open: the
+ * daemon holds descriptors only for open files and directories, plus a small bounded cache of
+ * directory descriptors (lib/fdcache), so millions of known inodes cost no descriptors.
+ *
+ * A directory missing from the cache is resolved from the path its parent chain spells with
  * openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) relative to the root descriptor: the kernel
  * itself guarantees that no component is a symlink and that nothing resolves outside the
  * backing dir, so a symlink swapped into the backing tree during a lookup cannot make the view
- * escape it. The final component may be a symlink only when opened O_PATH | O_NOFOLLOW, which
- * gives a handle to the link itself.
+ * escape it. A file is then reached by its name in that directory with *at() calls that do not
+ * follow a final symlink (O_NOFOLLOW, AT_SYMLINK_NOFOLLOW).
  *
  * Because a name can be reused behind the view's back (unlink, then create), the file found is
- * checked against the (dev, ino) the node recorded; a mismatch is -ESTALE, never another file.
+ * checked against the (dev, ino) its node recorded; a mismatch is -ESTALE, never another file.
  */
 #include "tfs.h"
 
@@ -38,51 +40,87 @@ static int open_beneath(struct tfs *fs, const char *path, int flags)
 	return fd < 0 ? -errno : (int)fd;
 }
 
+/* Is st the file node ino recorded? */
+static int same_file(struct tfs *fs, fuse_ino_t ino, const struct stat *st)
+{
+	uint64_t dev, nino;
+	if (inode_ident(fs->inodes, ino, &dev, &nino) != 0)
+		return -ESTALE;
+	return st->st_dev == dev && st->st_ino == nino ? 0 : -ESTALE;
+}
+
+int backing_dir(struct tfs *fs, fuse_ino_t ino, struct fdcache_ref *d)
+{
+	if (ino == FUSE_ROOT_ID) {
+		d->fd = fs->root_fd;
+		d->ent = NULL;
+		return 0;
+	}
+	if (fdcache_get(fs->dirs, ino, d) == 0)
+		return 0;
+	char path[PATH_MAX];
+	int n = inode_path(fs->inodes, ino, path, sizeof(path));
+	if (n < 0)
+		return n;
+	int fd = open_beneath(fs, path, O_PATH | O_DIRECTORY);
+	if (fd < 0)
+		return fd;
+	struct stat st;
+	int err = fstat(fd, &st) != 0 ? -errno : same_file(fs, ino, &st);
+	if (err != 0) {
+		close(fd);
+		return err;
+	}
+	fdcache_add(fs->dirs, ino, fd, d);
+	return 0;
+}
+
+void backing_put(struct tfs *fs, struct fdcache_ref *d)
+{
+	if (d->ent == NULL && d->fd == fs->root_fd)
+		return; /* the root descriptor lives as long as the daemon */
+	fdcache_release(fs->dirs, d);
+}
+
+int backing_at(struct tfs *fs, fuse_ino_t ino, struct fdcache_ref *dir, char name[static 256])
+{
+	uint64_t parent;
+	int err = inode_parent(fs->inodes, ino, &parent, name, 256);
+	return err != 0 ? err : backing_dir(fs, parent, dir);
+}
+
+int backing_stat(struct tfs *fs, fuse_ino_t ino, struct stat *st)
+{
+	struct fdcache_ref dir;
+	char name[256];
+	int err = backing_at(fs, ino, &dir, name);
+	if (err != 0)
+		return err;
+	err = fstatat(dir.fd, name, st, AT_SYMLINK_NOFOLLOW) != 0 ? -errno : same_file(fs, ino, st);
+	backing_put(fs, &dir);
+	return err;
+}
+
 int backing_open(struct tfs *fs, fuse_ino_t ino, int flags, struct stat *st)
 {
 	struct stat local;
+	struct fdcache_ref dir;
+	char name[256];
+	int err = backing_at(fs, ino, &dir, name);
+	if (err != 0)
+		return err;
+	int fd = openat(dir.fd, name, flags | O_NOFOLLOW | O_CLOEXEC);
+	backing_put(fs, &dir);
+	if (fd < 0)
+		return -errno;
 	if (st == NULL)
 		st = &local;
-	char path[PATH_MAX];
-	int n = inode_path(fs->inodes, ino, path, sizeof(path));
-	if (n < 0)
-		return n;
-	int fd = open_beneath(fs, path, flags);
-	if (fd < 0)
-		return fd;
-	uint64_t dev, nino;
-	if (inode_ident(fs->inodes, ino, &dev, &nino) != 0 || fstat(fd, st) != 0 ||
-	    st->st_dev != dev || st->st_ino != nino) {
+	err = fstat(fd, st) != 0 ? -errno : same_file(fs, ino, st);
+	if (err != 0) {
 		close(fd);
-		return -ESTALE;
+		return err;
 	}
 	return fd;
-}
-
-int backing_dir(struct tfs *fs, fuse_ino_t ino)
-{
-	if (ino == FUSE_ROOT_ID) {
-		int fd = fcntl(fs->root_fd, F_DUPFD_CLOEXEC, 0);
-		return fd < 0 ? -errno : fd;
-	}
-	return backing_open(fs, ino, O_PATH | O_DIRECTORY, NULL);
-}
-
-int backing_parent(struct tfs *fs, fuse_ino_t ino, char name[static 256])
-{
-	char path[PATH_MAX];
-	int n = inode_path(fs->inodes, ino, path, sizeof(path));
-	if (n < 0)
-		return n;
-	char *slash = strrchr(path, '/');
-	const char *base = slash ? slash + 1 : path;
-	if (strlen(base) > 255)
-		return -ENAMETOOLONG;
-	strcpy(name, base);
-	if (slash == NULL)
-		return backing_dir(fs, FUSE_ROOT_ID);
-	*slash = '\0';
-	return open_beneath(fs, path, O_PATH | O_DIRECTORY);
 }
 
 void backing_proc_path(int fd, char buf[static 32])

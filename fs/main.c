@@ -18,6 +18,10 @@
 
 #define EXIT_USAGE 2
 
+/* Directory descriptors kept for fast lookups: far below the 20,000 open-file limit, so that
+ * nearly all of it stays for open files. */
+#define TFS_DIR_CACHE 1024
+
 static void usage(const char *prog)
 {
 	printf("usage: %s [options] BACKING_DIR MOUNTPOINT\n\n"
@@ -85,6 +89,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	int err = inode_table_new(st.st_dev, st.st_ino, &fs.inodes);
+	if (err == 0)
+		err = fdcache_new(TFS_DIR_CACHE, &fs.dirs);
 	if (err != 0) {
 		fprintf(stderr, "throttlefs: cannot make the inode table: %s\n", strerror(-err));
 		ret = 1;
@@ -127,6 +133,7 @@ out_signals:
 out_session:
 	fuse_session_destroy(fs.se);
 out:
+	fdcache_free(fs.dirs);
 	inode_table_free(fs.inodes);
 	if (fs.root_fd >= 0)
 		close(fs.root_fd);

@@ -114,11 +114,12 @@ static void tfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct tfs *fs = tfs_of(req);
 	struct fuse_entry_param e;
-	int dfd = backing_dir(fs, parent);
-	if (dfd < 0)
-		return reply_err(req, dfd);
-	int err = entry_lookup(fs, parent, dfd, name, &e);
-	close_fd(dfd);
+	struct fdcache_ref d;
+	int err = backing_dir(fs, parent, &d);
+	if (err != 0)
+		return reply_err(req, err);
+	err = entry_lookup(fs, parent, d.fd, name, &e);
+	backing_put(fs, &d);
 	if (err == -ENOENT) {
 		/* A negative entry: the kernel remembers the absence for the timeout. */
 		memset(&e, 0, sizeof(e));
@@ -153,10 +154,9 @@ static void tfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		if (fstat(handle_of(fi)->fd, &st) != 0)
 			return reply_err(req, errno);
 	} else {
-		int fd = backing_open(fs, ino, O_PATH, &st);
-		if (fd < 0)
-			return reply_err(req, fd);
-		close_fd(fd);
+		int err = backing_stat(fs, ino, &st);
+		if (err != 0)
+			return reply_err(req, err);
 	}
 	attr_fixup(&st);
 	fuse_reply_attr(req, &st, fs->timeout);
@@ -181,11 +181,12 @@ static int setattr_times(struct tfs *fs, fuse_ino_t ino, int fd, int pfd, const 
 		return futimens(fd, tv) == 0 ? 0 : -errno;
 	if (S_ISLNK(st->st_mode)) {
 		char name[256];
-		int dfd = backing_parent(fs, ino, name);
-		if (dfd < 0)
-			return dfd;
-		int err = utimensat(dfd, name, tv, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : -errno;
-		close_fd(dfd);
+		struct fdcache_ref d;
+		int err = backing_at(fs, ino, &d, name);
+		if (err != 0)
+			return err;
+		err = utimensat(d.fd, name, tv, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : -errno;
+		backing_put(fs, &d);
 		return err;
 	}
 	char proc[32];
@@ -271,23 +272,24 @@ static void make_entry(fuse_req_t req, fuse_ino_t parent, const char *name, enum
 {
 	struct tfs *fs = tfs_of(req);
 	struct fuse_entry_param e;
-	int dfd = backing_dir(fs, parent);
-	if (dfd < 0)
-		return reply_err(req, dfd);
+	struct fdcache_ref d;
+	int err = backing_dir(fs, parent, &d);
+	if (err != 0)
+		return reply_err(req, err);
 	int r;
 	switch (kind) {
 	case MAKE_DIR:
-		r = mkdirat(dfd, name, mode);
+		r = mkdirat(d.fd, name, mode);
 		break;
 	case MAKE_SYMLINK:
-		r = symlinkat(link, dfd, name);
+		r = symlinkat(link, d.fd, name);
 		break;
 	default:
-		r = mknodat(dfd, name, mode, rdev);
+		r = mknodat(d.fd, name, mode, rdev);
 		break;
 	}
-	int err = r != 0 ? -errno : entry_lookup(fs, parent, dfd, name, &e);
-	close_fd(dfd);
+	err = r != 0 ? -errno : entry_lookup(fs, parent, d.fd, name, &e);
+	backing_put(fs, &d);
 	if (err != 0)
 		return reply_err(req, err);
 	fuse_reply_entry(req, &e);
@@ -316,14 +318,14 @@ static void tfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const
 	int fd = backing_open(fs, ino, O_PATH, NULL);
 	if (fd < 0)
 		return reply_err(req, fd);
-	int dfd = backing_dir(fs, newparent);
-	int err = dfd;
-	if (dfd >= 0) {
+	struct fdcache_ref d;
+	int err = backing_dir(fs, newparent, &d);
+	if (err == 0) {
 		backing_proc_path(fd, proc);
-		err = linkat(AT_FDCWD, proc, dfd, newname, AT_SYMLINK_FOLLOW) != 0
+		err = linkat(AT_FDCWD, proc, d.fd, newname, AT_SYMLINK_FOLLOW) != 0
 			  ? -errno
-			  : entry_lookup(fs, newparent, dfd, newname, &e);
-		close_fd(dfd);
+			  : entry_lookup(fs, newparent, d.fd, newname, &e);
+		backing_put(fs, &d);
 	}
 	close_fd(fd);
 	if (err != 0)
@@ -334,11 +336,12 @@ static void tfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const
 static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, int flags)
 {
 	struct tfs *fs = tfs_of(req);
-	int dfd = backing_dir(fs, parent);
-	if (dfd < 0)
-		return reply_err(req, dfd);
-	int err = unlinkat(dfd, name, flags) != 0 ? -errno : 0;
-	close_fd(dfd);
+	struct fdcache_ref d;
+	int err = backing_dir(fs, parent, &d);
+	if (err != 0)
+		return reply_err(req, err);
+	err = unlinkat(d.fd, name, flags) != 0 ? -errno : 0;
+	backing_put(fs, &d);
 	reply_err(req, err);
 }
 
@@ -365,31 +368,30 @@ static void tfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse
 		       const char *newname, unsigned int flags)
 {
 	struct tfs *fs = tfs_of(req);
-	int err;
-	int dfd = backing_dir(fs, parent);
-	if (dfd < 0)
-		return reply_err(req, dfd);
-	int ndfd = backing_dir(fs, newparent);
-	if (ndfd < 0) {
-		err = ndfd;
-		goto out;
-	}
-	if (renameat2(dfd, name, ndfd, newname, flags) != 0) {
-		err = -errno;
-		goto out;
-	}
-	err = rename_follow(fs, ndfd, newparent, newname);
-	if (err == 0 && (flags & RENAME_EXCHANGE))
-		err = rename_follow(fs, dfd, parent, name);
+	struct fdcache_ref d, nd;
+	int err = backing_dir(fs, parent, &d);
+	if (err != 0)
+		return reply_err(req, err);
+	err = backing_dir(fs, newparent, &nd);
 	if (err != 0) {
-		/* The rename itself happened; a record that could not follow just goes stale. */
-		fuse_log(FUSE_LOG_WARNING, "throttlefs: rename of '%s': %s\n", newname,
-			 strerror(-err));
-		err = 0;
+		backing_put(fs, &d);
+		return reply_err(req, err);
 	}
-out:
-	close_fd(ndfd);
-	close_fd(dfd);
+	if (renameat2(d.fd, name, nd.fd, newname, flags) != 0) {
+		err = -errno;
+	} else {
+		err = rename_follow(fs, nd.fd, newparent, newname);
+		if (err == 0 && (flags & RENAME_EXCHANGE))
+			err = rename_follow(fs, d.fd, parent, name);
+		if (err != 0) {
+			/* The rename itself happened; a record that could not follow goes stale. */
+			fuse_log(FUSE_LOG_WARNING, "throttlefs: rename of '%s': %s\n", newname,
+				 strerror(-err));
+			err = 0;
+		}
+	}
+	backing_put(fs, &nd);
+	backing_put(fs, &d);
 	reply_err(req, err);
 }
 
@@ -439,15 +441,16 @@ static void tfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 {
 	struct tfs *fs = tfs_of(req);
 	struct fuse_entry_param e;
-	int dfd = backing_dir(fs, parent);
-	if (dfd < 0)
-		return reply_err(req, dfd);
+	struct fdcache_ref d;
+	int err = backing_dir(fs, parent, &d);
+	if (err != 0)
+		return reply_err(req, err);
 	struct handle *h = calloc(1, sizeof(*h));
-	int err = -ENOMEM;
+	err = -ENOMEM;
 	if (h == NULL)
 		goto out;
 	h->fd =
-	    openat(dfd, name,
+	    openat(d.fd, name,
 		   (fi->flags & ~(O_APPEND | O_NOCTTY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (h->fd < 0) {
 		err = -errno;
@@ -467,7 +470,7 @@ static void tfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 		inode_forget(fs->inodes, e.ino, 1);
 		goto out;
 	}
-	close_fd(dfd);
+	backing_put(fs, &d);
 	fi->fh = (uintptr_t)h;
 	if (fuse_reply_create(req, &e, fi) != 0) {
 		inode_forget(fs->inodes, e.ino, 1);
@@ -478,7 +481,7 @@ out:
 	if (h != NULL)
 		close_fd(h->fd);
 	free(h);
-	close_fd(dfd);
+	backing_put(fs, &d);
 	reply_err(req, err);
 }
 
@@ -724,16 +727,17 @@ static ssize_t xattr_call(struct tfs *fs, fuse_ino_t ino, const struct xattr_cal
 	ssize_t r;
 	if (S_ISLNK(st.st_mode)) {
 		char name[256];
-		int dfd = backing_parent(fs, ino, name);
-		if (dfd < 0) {
+		struct fdcache_ref d;
+		int err = backing_at(fs, ino, &d, name);
+		if (err != 0) {
 			close_fd(fd);
-			return dfd;
+			return err;
 		}
-		backing_proc_path(dfd, path);
+		backing_proc_path(d.fd, path);
 		strcat(path, "/");
 		strcat(path, name);
 		r = xattr_on_path(path, 1, c);
-		close_fd(dfd);
+		backing_put(fs, &d);
 	} else {
 		backing_proc_path(fd, path);
 		r = xattr_on_path(path, 0, c);

@@ -366,6 +366,24 @@ out:
 	return n;
 }
 
+int inode_parent(struct inode_table *t, uint64_t id, uint64_t *parent, char *name, size_t len)
+{
+	int err = -ESTALE;
+	pthread_mutex_lock(&t->lock);
+	struct rec *r = rec_get(t, id);
+	if (r != NULL) {
+		const char *n = slot_of(id) == ROOT_SLOT ? "." : r->name;
+		size_t l = strlen(n);
+		err = l < len ? 0 : -ENAMETOOLONG;
+		if (err == 0) {
+			memcpy(name, n, l + 1);
+			*parent = id_of(t, r->parent);
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
 int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino)
 {
 	int err = -ESTALE;

@@ -61,6 +61,10 @@ int inode_move(struct inode_table *t, uint64_t dev, uint64_t ino, uint64_t paren
  * length, -ESTALE for an unknown id, or -ENAMETOOLONG. */
 int inode_path(struct inode_table *t, uint64_t id, char *buf, size_t len);
 
+/* The parent and name under which id was last seen (the root: itself and "."). Returns 0,
+ * -ESTALE, or -ENAMETOOLONG when name (len bytes) cannot hold it. */
+int inode_parent(struct inode_table *t, uint64_t id, uint64_t *parent, char *name, size_t len);
+
 /* The backing identity recorded for id: 0, or -ESTALE. */
 int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino);
 

@@ -145,6 +145,24 @@ static void move_follows_rename(void **state)
 	assert_int_equal(inode_move(t, 7, 10, d, "x"), -ESTALE);
 }
 
+static void parent_and_name(void **state)
+{
+	struct inode_table *t = *state;
+	uint64_t d = link_one(t, INODE_ROOT, "dir", 5);
+	uint64_t f = link_one(t, d, "file", 6);
+	uint64_t p = 0;
+	char name[8];
+	assert_int_equal(inode_parent(t, f, &p, name, sizeof(name)), 0);
+	assert_true(p == d);
+	assert_string_equal(name, "file");
+	assert_int_equal(inode_parent(t, INODE_ROOT, &p, name, sizeof(name)), 0);
+	assert_true(p == INODE_ROOT);
+	assert_string_equal(name, ".");
+	assert_int_equal(inode_parent(t, f, &p, name, 4), -ENAMETOOLONG);
+	inode_forget(t, f, 1);
+	assert_int_equal(inode_parent(t, f, &p, name, sizeof(name)), -ESTALE);
+}
+
 static void data_slot(void **state)
 {
 	struct inode_table *t = *state;
@@ -216,6 +234,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(reused_slot_gives_new_id, setup, teardown),
 	    cmocka_unit_test_setup_teardown(hard_links_share_a_record, setup, teardown),
 	    cmocka_unit_test_setup_teardown(move_follows_rename, setup, teardown),
+	    cmocka_unit_test_setup_teardown(parent_and_name, setup, teardown),
 	    cmocka_unit_test_setup_teardown(data_slot, setup, teardown),
 	    cmocka_unit_test_setup_teardown(many_records, setup, teardown),
 	};

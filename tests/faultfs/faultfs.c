@@ -49,6 +49,10 @@
  * default) every write(2) reaches faultfs before it returns, so injected errors are seen by
  * write(2) itself.
  *
+ * faultfs exits 0 after an unmount (fusermount3 -u); SIGTERM also unmounts, with exit status 8
+ * (libfuse 3.14's fuse_main reports a loop ended by a signal so); stalled writers then fail
+ * with the injected error.
+ *
  * Threads: libfuse's multi-threaded loop calls every operation concurrently. The plain knobs
  * and counters are C11 atomics; the write budget, stall flag and stalled count sit under one
  * mutex, and stalled writers sleep on a condition variable. They also wake every 100 ms to see

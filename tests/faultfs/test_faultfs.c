@@ -697,29 +697,46 @@ static void wait_stalled(struct fx *fx, const char *want)
 	}
 }
 
-/* One stalled writer: blocked until stall is turned off, then completes normally. */
-static void stall_one_writer(struct fx *fx, const char *file)
+/* Starts a writer of 4096 bytes to file and waits until faultfs holds it stalled. The writer
+ * is static: it may outlive a failed test's frame until the teardown releases the stall. */
+static struct writer *stalled_writer_start(struct fx *fx, const char *file, pthread_t *t)
 {
+	static struct writer w;
 	char m[PATH_MAX];
-	static struct writer w; /* static: a writer may outlive a failed test's frame */
-	pthread_t t;
-	struct timespec deadline;
 
 	path_in(m, sizeof(m), fx->mnt, file);
 	w = (struct writer){.result = -1};
 	w.fd = open(m, O_WRONLY | O_CREAT, 0644);
 	assert_true(w.fd >= 0);
-	assert_int_equal(pthread_create(&t, NULL, writer_main, &w), 0);
+	assert_int_equal(pthread_create(t, NULL, writer_main, &w), 0);
 	wait_stalled(fx, "1");
 	assert_false(atomic_load(&w.done)); /* it is inside faultfs, blocked */
-	assert_ctl(fx, "stall", "1");
-	assert_int_equal(ctl_set(fx, "stall", "0"), 0);
+	return &w;
+}
+
+static void writer_join(pthread_t t, struct writer *w)
+{
+	struct timespec deadline;
+
 	assert_int_equal(clock_gettime(CLOCK_REALTIME, &deadline), 0);
 	deadline.tv_sec += WATCHDOG_MS / 1000;
 	assert_int_equal(pthread_timedjoin_np(t, NULL, &deadline), 0);
-	assert_true(atomic_load(&w.done));
-	assert_int_equal(w.result, 4096);
+	assert_true(atomic_load(&w->done));
+}
+
+/* One stalled writer: blocked until stall is turned off, then completes normally. */
+static void stall_one_writer(struct fx *fx, const char *file)
+{
+	char m[PATH_MAX];
+	pthread_t t;
+	struct writer *w = stalled_writer_start(fx, file, &t);
+
+	assert_ctl(fx, "stall", "1");
+	assert_int_equal(ctl_set(fx, "stall", "0"), 0);
+	writer_join(t, w);
+	assert_int_equal(w->result, 4096);
 	assert_ctl(fx, "stalled", "0");
+	path_in(m, sizeof(m), fx->mnt, file);
 	assert_int_equal(file_size(m), 4096);
 }
 
@@ -733,6 +750,28 @@ static void stall_blocks_writers_until_released(void **state)
 	assert_int_equal(ctl_set(fx, "stall", "1"), 0);
 	stall_one_writer(fx, "b");
 	assert_ctl(fx, "bytes_written", "8192");
+}
+
+/* SIGTERM ends faultfs even while a writer is stalled: the writer gets the injected error and
+ * the daemon exits and unmounts. */
+static void sigterm_fails_stalled_writer_and_exits(void **state)
+{
+	struct fx *fx = *state;
+	pthread_t t;
+	struct writer *w;
+
+	fx_mount(fx, "stall=1,errno=ENOSPC");
+	w = stalled_writer_start(fx, "a", &t);
+	assert_int_equal(kill(fx->pid, SIGTERM), 0);
+	writer_join(t, w);
+	assert_int_equal(w->result, -1);
+	assert_int_equal(w->err, ENOSPC);
+	assert_true(fx_reap(fx, WATCHDOG_MS));
+	/* exited, not killed (a sanitizer report aborts); libfuse 3.14's fuse_main returns 8 when
+	 * a signal ended its loop */
+	assert_true(WIFEXITED(fx->status));
+	assert_true(WEXITSTATUS(fx->status) == 0 || WEXITSTATUS(fx->status) == 8);
+	assert_false(is_mounted(fx->mnt));
 }
 
 static void counters_count_writes_and_bytes(void **state)
@@ -818,6 +857,7 @@ int main(void)
 	    FX_TEST(malformed_values_are_einval),
 	    FX_TEST(malformed_mount_option_refuses_to_mount),
 	    FX_TEST(stall_blocks_writers_until_released),
+	    FX_TEST(sigterm_fails_stalled_writer_and_exits),
 	    FX_TEST(counters_count_writes_and_bytes),
 	    FX_TEST(budget_is_shared_by_concurrent_writers),
 	};

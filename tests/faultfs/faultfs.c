@@ -32,10 +32,11 @@
  *   user.faultfs.stalled        writers blocked by stall=1 right now (poll it to know that a
  *                               writer has reached the stall)
  *
- * Values are plain decimal (or the errno name, or "off") without a newline. A malformed value,
- * an unknown user.faultfs.* name or a trailing newline gives EINVAL and changes nothing; a bad
- * mount option makes faultfs exit with status 2 before mounting. The controls are not listed
- * by listxattr. Every other xattr, and user.faultfs.* on anything but the root, passes through.
+ * Values are plain decimal (or the errno name, or "off") without a newline. Setting a malformed
+ * value (a trailing newline included) or an unknown user.faultfs.* name gives EINVAL and changes
+ * nothing; getting an unknown one gives ENODATA, removing any gives EPERM. A bad mount option
+ * makes faultfs exit with status 2 before mounting. The controls are not listed by listxattr.
+ * Every other xattr, and user.faultfs.* on anything but the root, passes through.
  * Control requests are never delayed, so a test can always turn a fault off.
  *
  * Everything else is a plain passthrough of BACKING_DIR: the directory is opened once, before
@@ -298,13 +299,15 @@ static int ff_ctl_get(enum ff_ctl id, char *buf, size_t len)
 	return snprintf(buf, len, "%llu", (unsigned long long)n);
 }
 
-/* Which control, if any, an xattr request names: -1 for a passthrough xattr. */
-static int ff_ctl_of_xattr(const char *path, const char *name)
+/* Whether an xattr request is for faultfs itself: a user.faultfs.* name on the mount root.
+ * Such requests never reach the backing dir; *id is the control, or -1 for an unknown name. */
+static bool ff_is_ctl(const char *path, const char *name, int *id)
 {
 	if (path == NULL || strcmp(path, "/") != 0 ||
 	    strncmp(name, FF_PREFIX, strlen(FF_PREFIX)) != 0)
-		return -1;
-	return ff_ctl_find(name + strlen(FF_PREFIX));
+		return false;
+	*id = ff_ctl_find(name + strlen(FF_PREFIX));
+	return true;
 }
 
 /* ---- the faults ---- */
@@ -430,10 +433,11 @@ static int ff_ret(int r)
 }
 
 /* The kernel positions O_APPEND writes itself and sends the offset; an O_APPEND backing
- * descriptor would make pwrite ignore that offset. */
+ * descriptor would make pwrite ignore that offset. O_DIRECT would make the backing store reject
+ * libfuse's unaligned buffers; the kernel has already done what it means for the caller. */
 static int ff_open_flags(int flags)
 {
-	return (flags & ~O_APPEND) | O_CLOEXEC;
+	return (flags & ~(O_APPEND | O_DIRECT)) | O_CLOEXEC;
 }
 
 /* ---- operations ---- */
@@ -666,20 +670,16 @@ static int ff_setxattr(const char *path, const char *name, const char *value, si
 		       int flags)
 {
 	char buf[PATH_MAX];
-	int id = ff_ctl_of_xattr(path, name);
-	int r;
+	int id, r;
 
-	if (id >= 0) {
+	if (ff_is_ctl(path, name, &id)) {
 		char val[FF_VALUE_MAX];
-		if (size >= sizeof(val) || memchr(value, '\0', size) != NULL)
+		if (id < 0 || size >= sizeof(val) || memchr(value, '\0', size) != NULL)
 			return -EINVAL;
 		memcpy(val, value, size);
 		val[size] = '\0';
 		return ff_ctl_set((enum ff_ctl)id, val);
 	}
-	if (path != NULL && strcmp(path, "/") == 0 &&
-	    strncmp(name, FF_PREFIX, strlen(FF_PREFIX)) == 0)
-		return -EINVAL;
 	ff_enter();
 	r = ff_proc_path(buf, sizeof(buf), path);
 	if (r != 0)
@@ -690,12 +690,13 @@ static int ff_setxattr(const char *path, const char *name, const char *value, si
 static int ff_getxattr(const char *path, const char *name, char *value, size_t size)
 {
 	char buf[PATH_MAX];
-	int id = ff_ctl_of_xattr(path, name);
 	ssize_t n;
-	int r;
+	int id, r;
 
-	if (id >= 0) {
+	if (ff_is_ctl(path, name, &id)) {
 		char val[FF_VALUE_MAX];
+		if (id < 0)
+			return -ENODATA;
 		int len = ff_ctl_get((enum ff_ctl)id, val, sizeof(val));
 		if (size == 0)
 			return len;
@@ -729,9 +730,9 @@ static int ff_listxattr(const char *path, char *list, size_t size)
 static int ff_removexattr(const char *path, const char *name)
 {
 	char buf[PATH_MAX];
-	int r;
+	int id, r;
 
-	if (ff_ctl_of_xattr(path, name) >= 0)
+	if (ff_is_ctl(path, name, &id))
 		return -EPERM;
 	ff_enter();
 	r = ff_proc_path(buf, sizeof(buf), path);

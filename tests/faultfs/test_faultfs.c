@@ -360,6 +360,15 @@ static void passthrough_data(void **state)
 	assert_int_equal(close(fd), 0);
 	assert_file(b, "hello world!");
 
+	/* O_DIRECT writes go through too (faultfs does not pass O_DIRECT to the backing file) */
+	static char block[4096] __attribute__((aligned(4096)));
+	memset(block, 'd', sizeof(block));
+	fd = open(m, O_WRONLY | O_DIRECT);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, block, sizeof(block), 4096), (ssize_t)sizeof(block));
+	assert_int_equal(close(fd), 0);
+	assert_int_equal(file_size(b), 8192);
+
 	/* truncate by path and by descriptor, fallocate. */
 	assert_int_equal(truncate(m, 5), 0);
 	assert_file(b, "hello");
@@ -641,6 +650,9 @@ static void malformed_values_are_einval(void **state)
 	assert_int_equal(ctl_set(fx, "writes", "0"), EPERM);
 	assert_int_equal(removexattr(fx->mnt, "user.faultfs.stall"), -1);
 	assert_int_equal(errno, EPERM);
+	char v[8];
+	assert_int_equal(getxattr(fx->mnt, "user.faultfs.nosuch", v, sizeof(v)), -1);
+	assert_int_equal(errno, ENODATA);
 
 	/* nothing changed */
 	assert_ctl(fx, "latency_us", "0");

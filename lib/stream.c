@@ -103,9 +103,13 @@ struct stream {
 	uint64_t buffered;
 	int error; /* sticky, positive errno */
 
+	/* [drain] owned by the one drain thread scheduled on the stream */
+	uint64_t prepaid;    /* bytes already charged to the file bucket for the next slice */
+	uint64_t not_before; /* while on the timed list: when the file bucket allows them */
+
 	/* [e] */
 	bool scheduled;
-	struct stream *ready_next;
+	struct stream *ready_next;  /* ready queue or timed list */
 	struct stream *prev, *next; /* all open streams */
 };
 
@@ -127,6 +131,8 @@ struct stream_engine {
 	struct waitq parked;
 	uint64_t nparked;
 	struct stream *ready_head, *ready_tail;
+	struct stream *timed; /* scheduled streams waiting for their file bucket */
+	bool timer;	      /* a drain thread sleeps for the earliest timed stream */
 	struct stream *streams;
 	uint64_t nstreams;
 	bool stop;
@@ -681,28 +687,72 @@ static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	waitq_run(&run);
 }
 
-/* Drains one slice of s: charge the buckets, sleep, write, finish. */
+/* [s] Un-marks a slice that is postponed. */
+static void slice_cancel(struct stream *s)
+{
+	for (struct seg *g = s->head; g && g->inflight; g = g->next)
+		g->inflight = 0;
+}
+
+/* Drains one slice of s: charge the buckets, sleep, write, finish. A slice the file's bucket
+ * does not allow yet is not slept for here (that would stall every other stream this thread
+ * could serve): its bytes stay charged (prepaid) and the stream goes to the timed list until
+ * the bucket's deadline. The global bucket is slept for in place: it holds back every stream
+ * alike, so no other slice could go out earlier anyway. */
 static void drain_one(struct stream_engine *e, struct stream *s)
 {
 	struct iovec iov[DRAIN_IOV];
-	uint64_t off = 0, n, now, when, t;
+	uint64_t off = 0, n, now, when;
 	int cnt, rc = 0;
 
 	uint64_t slice = min_u64(throttle_slice(&e->throttle), throttle_slice(&s->throttle));
+	if (s->prepaid)
+		slice = min_u64(slice, s->prepaid);
 	pthread_mutex_lock(&s->lock);
 	n = slice_begin(s, slice, iov, &cnt, &off);
 	pthread_mutex_unlock(&s->lock);
 	if (n) {
 		now = stream_now(e);
+		if (s->prepaid) {
+			s->prepaid -= min_u64(n, s->prepaid);
+		} else if ((when = throttle_take(&s->throttle, n, now)) > now) {
+			pthread_mutex_lock(&s->lock);
+			slice_cancel(s);
+			pthread_mutex_unlock(&s->lock);
+			s->prepaid = n;
+			s->not_before = when;
+			pthread_mutex_lock(&e->lock);
+			s->ready_next = e->timed;
+			e->timed = s;
+			pthread_cond_signal(&e->work); /* someone must time it */
+			pthread_mutex_unlock(&e->lock);
+			return;
+		}
 		when = throttle_take(&e->throttle, n, now);
-		t = throttle_take(&s->throttle, n, now);
-		if (t > when)
-			when = t;
 		if (when > now)
 			e->clock->sleep_until_ns(e->clock->ctx, when);
 		rc = sink_write_all(e, s->fd, iov, cnt, off, n);
 	}
 	slice_end(e, s, n, rc);
+}
+
+/* [e] Moves the timed streams that are due at `now` to the ready queue; returns the earliest
+ * deadline of those left (UINT64_MAX if none). */
+static uint64_t timed_release(struct stream_engine *e, uint64_t now)
+{
+	struct stream **pp = &e->timed, *s;
+	uint64_t next = UINT64_MAX;
+
+	while ((s = *pp) != NULL) {
+		if (s->not_before > now) {
+			next = min_u64(next, s->not_before);
+			pp = &s->ready_next;
+			continue;
+		}
+		*pp = s->ready_next;
+		ready_push(e, s);
+	}
+	return next;
 }
 
 static void *drain_main(void *arg)
@@ -711,17 +761,27 @@ static void *drain_main(void *arg)
 
 	pthread_mutex_lock(&e->lock);
 	for (;;) {
-		while (!e->ready_head && !e->stop)
-			pthread_cond_wait(&e->work, &e->lock);
+		uint64_t next = timed_release(e, stream_now(e));
 		struct stream *s = e->ready_head;
-		if (!s)
-			break;
-		e->ready_head = s->ready_next;
-		if (!e->ready_head)
-			e->ready_tail = NULL;
-		pthread_mutex_unlock(&e->lock);
-		drain_one(e, s);
-		pthread_mutex_lock(&e->lock);
+		if (s) {
+			e->ready_head = s->ready_next;
+			if (!e->ready_head)
+				e->ready_tail = NULL;
+			pthread_mutex_unlock(&e->lock);
+			drain_one(e, s);
+			pthread_mutex_lock(&e->lock);
+		} else if (e->stop) {
+			break; /* streams are all closed: nothing is timed */
+		} else if (next != UINT64_MAX && !e->timer) {
+			/* Sleep for the earliest timed stream; other threads take new work. */
+			e->timer = true;
+			pthread_mutex_unlock(&e->lock);
+			e->clock->sleep_until_ns(e->clock->ctx, next);
+			pthread_mutex_lock(&e->lock);
+			e->timer = false;
+		} else {
+			pthread_cond_wait(&e->work, &e->lock);
+		}
 	}
 	pthread_mutex_unlock(&e->lock);
 	return NULL;

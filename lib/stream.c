@@ -209,14 +209,15 @@ static void waitq_move_all(struct waitq *q, struct waitq *out, int err)
 	q->head = q->tail = NULL;
 }
 
-/* Calls and frees every waiter of q. No lock may be held. */
+/* Calls (unless cb is NULL) and frees every waiter of q. No lock may be held. */
 static void waitq_run(struct waitq *q)
 {
 	struct waiter *w = q->head, *next;
 
 	for (; w; w = next) {
 		next = w->next;
-		w->cb(w->arg, w->err);
+		if (w->cb)
+			w->cb(w->arg, w->err);
 		free(w);
 	}
 	q->head = q->tail = NULL;

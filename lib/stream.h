@@ -30,7 +30,11 @@
  *
  * Callbacks run on drain threads (or, for stream_close, on the closing thread) without any
  * stream or engine lock held; they may call stream_write etc. on other streams but must not
- * block for long: they hold up a drain thread.
+ * block for long: they hold up a drain thread. Because they run after the locks are dropped,
+ * a callback may run before stream_write (or stream_wait_empty) has returned STREAM_PARKED to
+ * its caller, and after stream_close has returned: callers must hand all the state the
+ * callback needs to `arg` and not touch it after STREAM_PARKED. stream_engine_free returns
+ * only after every callback has returned.
  *
  * Locking (internal): per-stream mutex, then engine mutex, never the other way round; the
  * engine mutex is never held during memcpy, pread or pwritev.
@@ -150,7 +154,8 @@ int stream_close(struct stream *s);
  *   -errno        not accepted: the sticky error of an earlier failed write, -ENOMEM,
  *                 -EINVAL (len 0 is accepted and returns 0; off + len must not overflow
  *                 off_t).
- * Blocks the calling thread only while the block pool is at its hard cap (see above). */
+ * Blocks the calling thread only while the block pool is at its hard cap (see above).
+ * cb may be NULL: the write is parked all the same, nobody is called back. */
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg);
 

@@ -12,7 +12,6 @@
  */
 #include "throttle.h"
 
-#include <errno.h>
 
 #define NS_PER_S 1000000000ull
 

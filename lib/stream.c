@@ -1,0 +1,1119 @@
+/*
+ * stream.c - per-file write streams, the shared block pool and the drain workers.
+ *
+ * Data path. stream_write copies the caller's bytes into the stream's *log*: a FIFO of
+ * STREAM_BLOCK-byte blocks addressed by a monotonically growing log position. The bytes of a
+ * write are appended at log_tail whatever their file offset; a *segment* (file offset,
+ * length, log position) remembers where they go. Segments are kept in write order, their log
+ * ranges are consecutive, and a write that continues the last segment in the file (and in the
+ * log, trivially) extends it instead of adding one, so a sequential copy is one segment and
+ * 4 KiB writes share blocks. Draining consumes segments from the head; blocks entirely below
+ * the head segment go back to the pool, and when a stream runs empty all its blocks do.
+ *
+ * In-flight data. A drain thread marks the first `inflight` bytes of the head segments as
+ * being written, drops the stream lock for the sleep and the pwritev, and on completion
+ * consumes them. Until then they stay in the list, so stream_read (which preads and overlays
+ * under the stream lock) always sees either the old pending bytes or the written file.
+ *
+ * Scheduling. A stream is `scheduled` while it is in the engine's ready queue or being
+ * drained by a thread; only then does a thread touch its head. Writers queue an unscheduled
+ * stream; a thread that finishes a slice re-queues the stream at the tail when more is
+ * pending (round-robin, so N files get ~1/N of the rate each), otherwise unschedules it.
+ * Both decisions are made holding the stream lock and the engine lock, so no data is ever
+ * stranded in an unscheduled stream.
+ *
+ * Memory. The pool counts blocks in use (`nused`, including blocks reserved by writers) and
+ * never lets it exceed cap_blocks, except for a single write larger than the whole cap when
+ * the pool is empty. Up to STREAM_POOL_KEEP free blocks stay mapped for reuse. mmap/munmap
+ * run under the engine lock: they happen at most once per 128 KiB and only when the pool
+ * grows or shrinks beyond the kept blocks.
+ *
+ * Locks. s->lock, then e->lock; never the reverse. Fields tagged [s] are protected by the
+ * stream lock, [e] by the engine lock, [s+e] are written with both held and may be read with
+ * either (the parked-writer check reads s->buffered and s->error under the engine lock).
+ * Callbacks are collected into a private list and called after both locks are released.
+ */
+#include "stream.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "throttle.h"
+
+#define NS_PER_S    1000000000ull
+#define RING_SLOTS  8	/* per-second counters kept */
+#define RING_WINDOW 4	/* seconds averaged for the current rate */
+#define DRAIN_IOV   256 /* iovecs per pwritev: 1 MiB of 4 KiB pieces */
+
+/* Bytes committed per second over the last few seconds. */
+struct rate_ring {
+	uint64_t sec[RING_SLOTS];
+	uint64_t bytes[RING_SLOTS];
+};
+
+struct seg {
+	struct seg *next;
+	uint64_t off;	   /* file offset of the first pending byte */
+	uint64_t len;	   /* pending bytes */
+	uint64_t pos;	   /* log position of the first pending byte */
+	uint64_t inflight; /* leading bytes being written by a drain thread */
+};
+
+/* A parked writer (engine FIFO) or an empty-waiter (stream list); a pending callback. */
+struct waiter {
+	struct waiter *next;
+	struct stream *s;
+	stream_cb cb;
+	void *arg;
+	int err;
+};
+
+struct waitq {
+	struct waiter *head, *tail;
+};
+
+struct stream {
+	struct stream_engine *e;
+	int fd;
+	pthread_mutex_t lock;
+	pthread_cond_t idle; /* broadcast when nsegs drops to 0 */
+	struct throttle throttle;
+
+	/* [s] segments and log */
+	struct seg *head, *tail;
+	uint64_t nsegs;
+	char **blk; /* ring of block pointers, blk_cap a power of two */
+	uint64_t blk_cap, blk_head, blk_n;
+	uint64_t blk_first;   /* block number (log position / STREAM_BLOCK) of the first block */
+	uint64_t log_tail;    /* log position where the next write goes */
+	struct waitq empty;   /* stream_wait_empty callers */
+	struct waiter *spare; /* preallocated parked-writer entry */
+	unsigned syncing;     /* threads blocked in stream_sync/stream_close */
+
+	/* [s] statistics */
+	uint64_t received, committed, started_ns, last_ns, last_write_ns;
+	struct rate_ring ring;
+
+	/* [s+e] */
+	uint64_t buffered;
+	int error; /* sticky, positive errno */
+
+	/* [drain] owned by the one drain thread scheduled on the stream */
+	uint64_t prepaid;    /* bytes already charged to the file bucket for the next slice */
+	uint64_t not_before; /* while on the timed list: when the file bucket allows them */
+
+	/* [e] */
+	bool scheduled;
+	struct stream *ready_next;  /* ready queue or timed list */
+	struct stream *prev, *next; /* all open streams */
+};
+
+struct stream_engine {
+	pthread_mutex_t lock;
+	pthread_cond_t work; /* the ready queue gained a stream, or stop */
+	pthread_cond_t room; /* pool blocks were released */
+	uint64_t high_water, max_buffer, cap_blocks;
+	const struct clock *clock;
+	struct stream_sink sink;
+	struct throttle throttle; /* global rate */
+
+	/* [e] */
+	uint64_t rate, file_rate;
+	void *free_blocks; /* chained through their first word */
+	uint64_t nfree, nused, peak_used;
+	uint64_t buffered, peak, committed, start_ns;
+	struct rate_ring ring;
+	struct waitq parked;
+	uint64_t nparked;
+	struct stream *ready_head, *ready_tail;
+	struct stream *timed; /* scheduled streams waiting for their file bucket */
+	bool timer;	      /* a drain thread sleeps for the earliest timed stream */
+	struct stream *streams;
+	uint64_t nstreams;
+	bool stop;
+
+	unsigned nthreads;
+	pthread_t threads[];
+};
+
+static uint64_t stream_now(struct stream_engine *e)
+{
+	return e->clock->now_ns(e->clock->ctx);
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+/* ---- rate ring ---------------------------------------------------------------------- */
+
+static void ring_add(struct rate_ring *r, uint64_t now, uint64_t n)
+{
+	uint64_t sec = now / NS_PER_S;
+	unsigned i = (unsigned)(sec % RING_SLOTS);
+
+	if (r->sec[i] != sec) {
+		r->sec[i] = sec;
+		r->bytes[i] = 0;
+	}
+	r->bytes[i] += n;
+}
+
+/* Bytes/s over the last RING_WINDOW seconds (the current one partially), or since start_ns
+ * when that is more recent. */
+static uint64_t ring_rate(const struct rate_ring *r, uint64_t now, uint64_t start_ns)
+{
+	uint64_t sec = now / NS_PER_S, sum = 0;
+	uint64_t from = sec >= RING_WINDOW - 1 ? (sec - (RING_WINDOW - 1)) * NS_PER_S : 0;
+
+	for (unsigned k = 0; k < RING_WINDOW && k <= sec; k++) {
+		unsigned i = (unsigned)((sec - k) % RING_SLOTS);
+		if (r->sec[i] == sec - k)
+			sum += r->bytes[i];
+	}
+	if (start_ns > from)
+		from = start_ns;
+	if (now <= from)
+		return 0;
+	return (uint64_t)((unsigned __int128)sum * NS_PER_S / (now - from));
+}
+
+/* ---- wait queues -------------------------------------------------------------------- */
+
+static void waitq_push(struct waitq *q, struct waiter *w)
+{
+	w->next = NULL;
+	if (q->tail)
+		q->tail->next = w;
+	else
+		q->head = w;
+	q->tail = w;
+}
+
+/* Moves every waiter of q into out, each with result err. */
+static void waitq_move_all(struct waitq *q, struct waitq *out, int err)
+{
+	struct waiter *w = q->head, *next;
+
+	for (; w; w = next) {
+		next = w->next;
+		w->err = err;
+		waitq_push(out, w);
+	}
+	q->head = q->tail = NULL;
+}
+
+/* Calls (unless cb is NULL) and frees every waiter of q. No lock may be held. */
+static void waitq_run(struct waitq *q)
+{
+	struct waiter *w = q->head, *next;
+
+	for (; w; w = next) {
+		next = w->next;
+		if (w->cb)
+			w->cb(w->arg, w->err);
+		free(w);
+	}
+	q->head = q->tail = NULL;
+}
+
+/* [e] Moves the parked writers that may go on into out: those of failed streams (with the
+ * error) and those whose stream and engine are at or below their marks, in FIFO order. When
+ * `only` is set, moves all of that stream's writers regardless of the marks (close). */
+static void parked_release(struct stream_engine *e, struct waitq *out, struct stream *only)
+{
+	struct waiter **pp = &e->parked.head, *w;
+	struct waiter *last = NULL;
+
+	while ((w = *pp) != NULL) {
+		struct stream *s = w->s;
+		bool go;
+		if (only)
+			go = s == only;
+		else
+			go = s->error ||
+			     (s->buffered <= e->high_water && e->buffered <= e->max_buffer);
+		if (!go) {
+			last = w;
+			pp = &w->next;
+			continue;
+		}
+		*pp = w->next;
+		e->nparked--;
+		w->err = s->error ? -s->error : 0;
+		waitq_push(out, w);
+	}
+	e->parked.tail = last;
+}
+
+/* ---- block pool --------------------------------------------------------------------- */
+
+/* [e] May n more blocks be taken now? */
+static bool pool_room(struct stream_engine *e, uint64_t n)
+{
+	return e->nused + n <= e->cap_blocks || e->nused == 0;
+}
+
+/* [e] Returns the chained blocks to the pool: kept for reuse or unmapped. */
+static void pool_put(struct stream_engine *e, void *chain)
+{
+	bool any = chain != NULL;
+
+	while (chain) {
+		void *next = *(void **)chain;
+		e->nused--;
+		/* A block that cannot be unmapped (cannot happen for a block we mapped) is
+		 * kept: it stays accounted as free memory instead of leaking silently. */
+		if (e->nfree >= STREAM_POOL_KEEP && munmap(chain, STREAM_BLOCK) == 0) {
+			chain = next;
+			continue;
+		}
+		*(void **)chain = e->free_blocks;
+		e->free_blocks = chain;
+		e->nfree++;
+		chain = next;
+	}
+	if (any)
+		pthread_cond_broadcast(&e->room);
+}
+
+/* [e] Takes n blocks (the caller checked pool_room) and chains them onto *chain. Returns 0 or
+ * -ENOMEM (nothing taken). */
+static int pool_take(struct stream_engine *e, uint64_t n, void **chain)
+{
+	void *got = NULL;
+
+	for (uint64_t i = 0; i < n; i++) {
+		void *b = e->free_blocks;
+		if (b) {
+			e->free_blocks = *(void **)b;
+			e->nfree--;
+		} else {
+			b = mmap(NULL, STREAM_BLOCK, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (b == MAP_FAILED) {
+				e->nused += i;
+				pool_put(e, got);
+				return -ENOMEM;
+			}
+		}
+		*(void **)b = got;
+		got = b;
+	}
+	e->nused += n;
+	if (e->nused > e->peak_used)
+		e->peak_used = e->nused;
+	/* Append to what the caller already holds. */
+	if (got) {
+		void *last = got;
+		while (*(void **)last)
+			last = *(void **)last;
+		*(void **)last = *chain;
+		*chain = got;
+	}
+	return 0;
+}
+
+/* ---- the log ------------------------------------------------------------------------ */
+
+/* [s] Address of log position pos, and the bytes contiguous from there in its block. */
+static char *log_ptr(struct stream *s, uint64_t pos, uint64_t *avail)
+{
+	uint64_t idx = pos / STREAM_BLOCK - s->blk_first;
+	uint64_t in = pos % STREAM_BLOCK;
+
+	*avail = STREAM_BLOCK - in;
+	return s->blk[(s->blk_head + idx) & (s->blk_cap - 1)] + in;
+}
+
+/* [s] Copies len bytes between mem and the log at pos (into the log when `in`). */
+static void log_copy(struct stream *s, uint64_t pos, void *mem, uint64_t len, bool in)
+{
+	char *m = mem;
+
+	while (len) {
+		uint64_t avail;
+		char *p = log_ptr(s, pos, &avail);
+		uint64_t n = min_u64(avail, len);
+		if (in)
+			memcpy(p, m, n);
+		else
+			memcpy(m, p, n);
+		m += n;
+		pos += n;
+		len -= n;
+	}
+}
+
+/* [s] Bytes free in the tail block. */
+static uint64_t log_space(struct stream *s)
+{
+	if (s->blk_n == 0)
+		return 0;
+	return (s->blk_first + s->blk_n) * STREAM_BLOCK - s->log_tail;
+}
+
+/* [s] Makes room in the ring for `extra` more block pointers. Returns 0 or -ENOMEM. */
+static int log_ring_reserve(struct stream *s, uint64_t extra)
+{
+	uint64_t cap = s->blk_cap ? s->blk_cap : 8;
+	char **nb;
+
+	if (s->blk_n + extra <= s->blk_cap)
+		return 0;
+	while (cap < s->blk_n + extra)
+		cap *= 2;
+	nb = malloc(cap * sizeof(*nb));
+	if (!nb)
+		return -ENOMEM;
+	for (uint64_t i = 0; i < s->blk_n; i++)
+		nb[i] = s->blk[(s->blk_head + i) & (s->blk_cap - 1)];
+	free(s->blk);
+	s->blk = nb;
+	s->blk_cap = cap;
+	s->blk_head = 0;
+	return 0;
+}
+
+/* [s] Appends n blocks from *chain to the ring (room was reserved). */
+static void log_add_blocks(struct stream *s, void **chain, uint64_t n)
+{
+	if (s->blk_n == 0)
+		s->blk_first = s->log_tail / STREAM_BLOCK;
+	for (uint64_t i = 0; i < n; i++) {
+		char *b = *chain;
+		*chain = *(void **)b;
+		s->blk[(s->blk_head + s->blk_n) & (s->blk_cap - 1)] = b;
+		s->blk_n++;
+	}
+}
+
+/* [s] Unlinks the blocks no pending byte needs any more and chains them onto *chain. When
+ * nothing is pending that is every block, and the log restarts at position 0. */
+static void log_trim(struct stream *s, void **chain)
+{
+	uint64_t keep_from = s->head ? s->head->pos / STREAM_BLOCK : UINT64_MAX;
+
+	while (s->blk_n && s->blk_first < keep_from) {
+		char *b = s->blk[s->blk_head];
+		*(void **)b = *chain;
+		*chain = b;
+		s->blk_head = (s->blk_head + 1) & (s->blk_cap - 1);
+		s->blk_n--;
+		s->blk_first++;
+	}
+	if (!s->head) {
+		s->log_tail = 0;
+		s->blk_first = 0;
+		s->blk_head = 0;
+	}
+}
+
+/* [s] Largest file offset + 1 covered by a pending segment, 0 if none. */
+static uint64_t seg_end(struct stream *s)
+{
+	uint64_t end = 0;
+
+	for (struct seg *g = s->head; g; g = g->next)
+		if (g->off + g->len > end)
+			end = g->off + g->len;
+	return end;
+}
+
+/* ---- writing ------------------------------------------------------------------------ */
+
+/* [s+e] Puts an unscheduled stream at the tail of the ready queue. */
+static void ready_push(struct stream_engine *e, struct stream *s)
+{
+	s->scheduled = true;
+	s->ready_next = NULL;
+	if (e->ready_tail)
+		e->ready_tail->ready_next = s;
+	else
+		e->ready_head = s;
+	e->ready_tail = s;
+	pthread_cond_signal(&e->work);
+}
+
+/* [s] Blocks a write of len bytes needs beyond the tail block's free space. */
+static uint64_t log_need(struct stream *s, uint64_t len)
+{
+	uint64_t space = log_space(s);
+
+	return len > space ? (len - space + STREAM_BLOCK - 1) / STREAM_BLOCK : 0;
+}
+
+/* [s] Adds blocks to *held (*nheld counts them) so that it holds `need`, or, when the pool is
+ * at its hard cap, waits with the stream lock dropped (the drains need it to free blocks) for
+ * as many blocks as len could need whatever the tail space is when we come back. The caller
+ * re-checks everything: the stream may have changed meanwhile. Returns 0 or -ENOMEM. */
+static int stream_get_blocks(struct stream *s, uint64_t len, uint64_t need, void **held,
+			     uint64_t *nheld)
+{
+	struct stream_engine *e = s->e;
+	int rc;
+
+	pthread_mutex_lock(&e->lock);
+	if (!pool_room(e, need - *nheld)) {
+		pthread_mutex_unlock(&e->lock);
+		pthread_mutex_unlock(&s->lock);
+		need = (len + STREAM_BLOCK - 1) / STREAM_BLOCK;
+		pthread_mutex_lock(&e->lock);
+		while (!pool_room(e, need - *nheld))
+			pthread_cond_wait(&e->room, &e->lock);
+		rc = pool_take(e, need - *nheld, held);
+		if (rc == 0)
+			*nheld = need;
+		pthread_mutex_unlock(&e->lock);
+		pthread_mutex_lock(&s->lock);
+		return rc;
+	}
+	rc = pool_take(e, need - *nheld, held);
+	if (rc == 0)
+		*nheld = need;
+	pthread_mutex_unlock(&e->lock);
+	return rc;
+}
+
+int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
+		 void *arg)
+{
+	struct stream_engine *e = s->e;
+	void *held = NULL;
+	uint64_t nheld = 0, need;
+	struct seg *fresh = NULL;
+	int rc;
+
+	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		rc = s->error ? -s->error : 0;
+		if (rc != 0 || len == 0)
+			goto out;
+		need = log_need(s, len);
+		if (need <= nheld)
+			break;
+		rc = stream_get_blocks(s, len, need, &held, &nheld);
+		if (rc != 0)
+			goto out;
+	}
+	bool extend = s->tail && s->tail->inflight == 0 && s->tail->off + s->tail->len == off;
+	if (!extend && !(fresh = malloc(sizeof(*fresh)))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = log_ring_reserve(s, need);
+	if (rc != 0)
+		goto out;
+	if (!s->spare)
+		s->spare = malloc(sizeof(*s->spare)); /* NULL: this write is not parked */
+	log_add_blocks(s, &held, need);
+	nheld -= need;
+	log_copy(s, s->log_tail, (void *)buf, len, true);
+	if (extend) {
+		s->tail->len += len;
+	} else {
+		*fresh = (struct seg){.off = off, .len = len, .pos = s->log_tail};
+		if (s->tail)
+			s->tail->next = fresh;
+		else
+			s->head = fresh;
+		s->tail = fresh;
+		s->nsegs++;
+		fresh = NULL;
+	}
+	s->log_tail += len;
+	uint64_t now = stream_now(e);
+	if (s->received == 0)
+		s->started_ns = now;
+	s->received += len;
+	s->last_ns = s->last_write_ns = now;
+
+	pthread_mutex_lock(&e->lock);
+	s->buffered += len;
+	e->buffered += len;
+	if (e->buffered > e->peak)
+		e->peak = e->buffered;
+	if ((s->buffered > e->high_water || e->buffered > e->max_buffer) && s->spare) {
+		struct waiter *w = s->spare;
+		s->spare = NULL;
+		*w = (struct waiter){.s = s, .cb = cb, .arg = arg};
+		waitq_push(&e->parked, w);
+		e->nparked++;
+		rc = STREAM_PARKED;
+	}
+	if (!s->scheduled)
+		ready_push(e, s);
+	pool_put(e, held);
+	held = NULL;
+	pthread_mutex_unlock(&e->lock);
+out:
+	if (held) {
+		pthread_mutex_lock(&e->lock);
+		pool_put(e, held);
+		pthread_mutex_unlock(&e->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	free(fresh);
+	return rc;
+}
+
+/* ---- draining ----------------------------------------------------------------------- */
+
+static ssize_t stream_real_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt, off_t off)
+{
+	(void)ctx;
+	return pwritev(fd, iov, cnt, off);
+}
+
+/* Writes all n bytes of iov at off through the sink, resuming after short writes and EINTR.
+ * iov is consumed. Returns 0 or -errno (-EIO for a sink that writes nothing). */
+static int sink_write_all(struct stream_engine *e, int fd, struct iovec *iov, int cnt, uint64_t off,
+			  uint64_t n)
+{
+	while (n) {
+		ssize_t r = e->sink.pwritev(e->sink.ctx, fd, iov, cnt, (off_t)off);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno ? -errno : -EIO;
+		}
+		if (r == 0)
+			return -EIO;
+		off += (uint64_t)r;
+		n -= (uint64_t)r;
+		while (cnt && (size_t)r >= iov->iov_len) {
+			r -= (ssize_t)iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt) {
+			iov->iov_base = (char *)iov->iov_base + r;
+			iov->iov_len -= (size_t)r;
+		}
+	}
+	return 0;
+}
+
+/* [s] Marks the next slice (contiguous in the file, at most `slice` bytes and DRAIN_IOV
+ * pieces) in flight and maps it into iov. Returns its length; *off and *cnt describe it. */
+static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov, int *cnt,
+			    uint64_t *off)
+{
+	uint64_t n = 0;
+
+	*cnt = 0;
+	if (!s->head)
+		return 0;
+	*off = s->head->off;
+	for (struct seg *g = s->head; g && n < slice && *cnt < DRAIN_IOV; g = g->next) {
+		uint64_t want = min_u64(g->len, slice - n), got = 0;
+		if (g->off != *off + n)
+			break;
+		while (got < want && *cnt < DRAIN_IOV) {
+			uint64_t avail;
+			char *p = log_ptr(s, g->pos + got, &avail);
+			avail = min_u64(avail, want - got);
+			iov[*cnt] = (struct iovec){.iov_base = p, .iov_len = avail};
+			(*cnt)++;
+			got += avail;
+		}
+		g->inflight = got;
+		n += got;
+		if (got < g->len)
+			break;
+	}
+	return n;
+}
+
+/* Finishes a slice of n bytes with result rc: consumes or (on error) drops the pending data,
+ * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. */
+static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc)
+{
+	struct waitq run = {NULL, NULL};
+	void *freed = NULL;
+	uint64_t dropped = 0, now = stream_now(e);
+
+	pthread_mutex_lock(&s->lock);
+	while (s->head && (rc != 0 || s->head->inflight)) {
+		struct seg *g = s->head;
+		uint64_t k = rc != 0 ? g->len : g->inflight;
+		dropped += k;
+		g->off += k;
+		g->pos += k;
+		g->len -= k;
+		g->inflight = 0;
+		if (g->len)
+			break;
+		s->head = g->next;
+		if (!s->head)
+			s->tail = NULL;
+		s->nsegs--;
+		free(g);
+	}
+	log_trim(s, &freed);
+	if (rc == 0) {
+		s->committed += n;
+		s->last_ns = now;
+		ring_add(&s->ring, now, n);
+	}
+	pthread_mutex_lock(&e->lock);
+	if (rc != 0)
+		s->error = -rc;
+	s->buffered -= dropped;
+	e->buffered -= dropped;
+	if (rc == 0) {
+		e->committed += n;
+		ring_add(&e->ring, now, n);
+	}
+	pool_put(e, freed);
+	s->scheduled = false;
+	if (s->head && !s->error)
+		ready_push(e, s);
+	parked_release(e, &run, NULL);
+	pthread_mutex_unlock(&e->lock);
+	if (!s->head) {
+		waitq_move_all(&s->empty, &run, s->error ? -s->error : 0);
+		pthread_cond_broadcast(&s->idle);
+	}
+	pthread_mutex_unlock(&s->lock);
+	/* s may be freed from here on (stream_close). */
+	waitq_run(&run);
+}
+
+/* [s] Un-marks a slice that is postponed. */
+static void slice_cancel(struct stream *s)
+{
+	for (struct seg *g = s->head; g && g->inflight; g = g->next)
+		g->inflight = 0;
+}
+
+/* Drains one slice of s: charge the buckets, sleep, write, finish. A slice the file's bucket
+ * does not allow yet is not slept for here (that would stall every other stream this thread
+ * could serve): its bytes stay charged (prepaid) and the stream goes to the timed list until
+ * the bucket's deadline. The global bucket is slept for in place: it holds back every stream
+ * alike, so no other slice could go out earlier anyway. */
+static void drain_one(struct stream_engine *e, struct stream *s)
+{
+	struct iovec iov[DRAIN_IOV];
+	uint64_t off = 0, n, now, when;
+	int cnt, rc = 0;
+
+	uint64_t slice = min_u64(throttle_slice(&e->throttle), throttle_slice(&s->throttle));
+	if (s->prepaid)
+		slice = min_u64(slice, s->prepaid);
+	pthread_mutex_lock(&s->lock);
+	n = slice_begin(s, slice, iov, &cnt, &off);
+	pthread_mutex_unlock(&s->lock);
+	if (n) {
+		now = stream_now(e);
+		if (s->prepaid) {
+			s->prepaid -= min_u64(n, s->prepaid);
+		} else if ((when = throttle_take(&s->throttle, n, now)) > now) {
+			pthread_mutex_lock(&s->lock);
+			slice_cancel(s);
+			pthread_mutex_unlock(&s->lock);
+			s->prepaid = n;
+			s->not_before = when;
+			pthread_mutex_lock(&e->lock);
+			s->ready_next = e->timed;
+			e->timed = s;
+			pthread_cond_signal(&e->work); /* someone must time it */
+			pthread_mutex_unlock(&e->lock);
+			return;
+		}
+		when = throttle_take(&e->throttle, n, now);
+		if (when > now)
+			e->clock->sleep_until_ns(e->clock->ctx, when);
+		rc = sink_write_all(e, s->fd, iov, cnt, off, n);
+	}
+	slice_end(e, s, n, rc);
+}
+
+/* [e] Moves the timed streams that are due at `now` to the ready queue; returns the earliest
+ * deadline of those left (UINT64_MAX if none). */
+static uint64_t timed_release(struct stream_engine *e, uint64_t now)
+{
+	struct stream **pp = &e->timed, *s;
+	uint64_t next = UINT64_MAX;
+
+	while ((s = *pp) != NULL) {
+		if (s->not_before > now) {
+			next = min_u64(next, s->not_before);
+			pp = &s->ready_next;
+			continue;
+		}
+		*pp = s->ready_next;
+		ready_push(e, s);
+	}
+	return next;
+}
+
+static void *drain_main(void *arg)
+{
+	struct stream_engine *e = arg;
+
+	pthread_mutex_lock(&e->lock);
+	for (;;) {
+		uint64_t next = timed_release(e, stream_now(e));
+		struct stream *s = e->ready_head;
+		if (s) {
+			e->ready_head = s->ready_next;
+			if (!e->ready_head)
+				e->ready_tail = NULL;
+			pthread_mutex_unlock(&e->lock);
+			drain_one(e, s);
+			pthread_mutex_lock(&e->lock);
+		} else if (e->stop) {
+			break; /* streams are all closed: nothing is timed */
+		} else if (next != UINT64_MAX && !e->timer) {
+			/* Sleep for the earliest timed stream; other threads take new work. */
+			e->timer = true;
+			pthread_mutex_unlock(&e->lock);
+			e->clock->sleep_until_ns(e->clock->ctx, next);
+			pthread_mutex_lock(&e->lock);
+			e->timer = false;
+		} else {
+			pthread_cond_wait(&e->work, &e->lock);
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	return NULL;
+}
+
+/* ---- waiting and reading ------------------------------------------------------------ */
+
+int stream_wait_empty(struct stream *s, stream_cb cb, void *arg)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->error) {
+		rc = -s->error;
+	} else if (!s->head) {
+		rc = 0;
+	} else {
+		struct waiter *w = malloc(sizeof(*w));
+		if (w) {
+			*w = (struct waiter){.s = s, .cb = cb, .arg = arg};
+			waitq_push(&s->empty, w);
+			rc = STREAM_PARKED;
+		} else {
+			rc = -ENOMEM;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+/* [s] Waits until nothing is pending; returns 0 or the negative sticky error. */
+static int stream_sync_locked(struct stream *s)
+{
+	s->syncing++;
+	while (s->head)
+		pthread_cond_wait(&s->idle, &s->lock);
+	s->syncing--;
+	return s->error ? -s->error : 0;
+}
+
+int stream_sync(struct stream *s)
+{
+	pthread_mutex_lock(&s->lock);
+	int rc = stream_sync_locked(s);
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+ssize_t stream_read(struct stream *s, int fd, void *buf, size_t len, uint64_t off)
+{
+	ssize_t r;
+
+	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	do
+		r = pread(fd, buf, len, (off_t)off);
+	while (r < 0 && errno == EINTR);
+	if (r < 0) {
+		r = -errno;
+		pthread_mutex_unlock(&s->lock);
+		return r;
+	}
+	uint64_t end = min_u64(seg_end(s), off + len);
+	if (end > off + (uint64_t)r) {
+		memset((char *)buf + r, 0, end - off - (uint64_t)r);
+		r = (ssize_t)(end - off);
+	}
+	for (struct seg *g = s->head; g; g = g->next) {
+		uint64_t a = g->off > off ? g->off : off;
+		uint64_t b = min_u64(g->off + g->len, off + (uint64_t)r);
+		if (a < b)
+			log_copy(s, g->pos + (a - g->off), (char *)buf + (a - off), b - a, false);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+uint64_t stream_end(struct stream *s)
+{
+	pthread_mutex_lock(&s->lock);
+	uint64_t end = seg_end(s);
+	pthread_mutex_unlock(&s->lock);
+	return end;
+}
+
+uint64_t stream_last_write_ns(struct stream *s)
+{
+	pthread_mutex_lock(&s->lock);
+	uint64_t t = s->last_write_ns;
+	pthread_mutex_unlock(&s->lock);
+	return t;
+}
+
+void stream_stats(struct stream *s, struct stream_stats *st)
+{
+	uint64_t now = stream_now(s->e);
+
+	pthread_mutex_lock(&s->lock);
+	*st = (struct stream_stats){
+	    .received = s->received,
+	    .committed = s->committed,
+	    .buffered = s->buffered,
+	    .started_ns = s->started_ns,
+	    .last_ns = s->last_ns,
+	    .rate = s->received ? ring_rate(&s->ring, now, s->started_ns) : 0,
+	    .error = s->error,
+	};
+	if (s->error)
+		st->state = STREAM_ERROR;
+	else if (s->head)
+		st->state = s->syncing || s->empty.head ? STREAM_DRAINING : STREAM_WRITING;
+	else
+		st->state = s->received ? STREAM_DONE : STREAM_IDLE;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- lifetime ----------------------------------------------------------------------- */
+
+int stream_open(struct stream_engine *e, int fd, struct stream **out)
+{
+	struct stream *s = calloc(1, sizeof(*s));
+	int rc = -ENOMEM;
+
+	if (!s)
+		goto fail;
+	s->e = e;
+	s->fd = fd;
+	rc = -pthread_mutex_init(&s->lock, NULL);
+	if (rc != 0)
+		goto fail_free;
+	rc = -pthread_cond_init(&s->idle, NULL);
+	if (rc != 0)
+		goto fail_mutex;
+	pthread_mutex_lock(&e->lock);
+	rc = throttle_init(&s->throttle, e->file_rate, stream_now(e));
+	if (rc == 0) {
+		s->next = e->streams;
+		if (e->streams)
+			e->streams->prev = s;
+		e->streams = s;
+		e->nstreams++;
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (rc != 0)
+		goto fail_cond;
+	*out = s;
+	return 0;
+fail_cond:
+	pthread_cond_destroy(&s->idle);
+fail_mutex:
+	pthread_mutex_destroy(&s->lock);
+fail_free:
+	free(s);
+fail:
+	if (close(fd) != 0 && rc == 0)
+		rc = -errno;
+	return rc;
+}
+
+int stream_close(struct stream *s)
+{
+	struct stream_engine *e = s->e;
+	struct waitq run = {NULL, NULL};
+	int rc;
+
+	pthread_mutex_lock(&s->lock);
+	rc = stream_sync_locked(s);
+	pthread_mutex_lock(&e->lock);
+	/* Nothing pending means unscheduled: slice_end decides both under both locks. */
+	parked_release(e, &run, s);
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		e->streams = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	e->nstreams--;
+	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&s->lock);
+	waitq_run(&run);
+
+	free(s->blk);
+	free(s->spare);
+	throttle_destroy(&s->throttle);
+	pthread_cond_destroy(&s->idle);
+	pthread_mutex_destroy(&s->lock);
+	if (close(s->fd) != 0 && rc == 0)
+		rc = -errno;
+	free(s);
+	return rc;
+}
+
+void stream_engine_set_rate(struct stream_engine *e, uint64_t rate, uint64_t file_rate)
+{
+	uint64_t now = stream_now(e);
+
+	pthread_mutex_lock(&e->lock);
+	e->rate = rate;
+	e->file_rate = file_rate;
+	throttle_set_rate(&e->throttle, rate, now);
+	for (struct stream *s = e->streams; s; s = s->next)
+		throttle_set_rate(&s->throttle, file_rate, now);
+	pthread_mutex_unlock(&e->lock);
+}
+
+void stream_engine_stats(struct stream_engine *e, struct stream_engine_stats *st)
+{
+	uint64_t now = stream_now(e);
+
+	pthread_mutex_lock(&e->lock);
+	*st = (struct stream_engine_stats){
+	    .buffered = e->buffered,
+	    .peak = e->peak,
+	    .budget = e->max_buffer,
+	    .high_water = e->high_water,
+	    .rate = e->rate,
+	    .file_rate = e->file_rate,
+	    .blocks_used = e->nused,
+	    .blocks_free = e->nfree,
+	    .blocks_peak = e->peak_used,
+	    .blocks_cap = e->cap_blocks,
+	    .pool_bytes = (e->nused + e->nfree) * STREAM_BLOCK,
+	    .committed = e->committed,
+	    .throughput = ring_rate(&e->ring, now, e->start_ns),
+	    .parked = e->nparked,
+	    .streams = e->nstreams,
+	};
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* Stops and joins the first n drain threads. */
+static void engine_stop(struct stream_engine *e, unsigned n)
+{
+	pthread_mutex_lock(&e->lock);
+	e->stop = true;
+	pthread_cond_broadcast(&e->work);
+	pthread_mutex_unlock(&e->lock);
+	for (unsigned i = 0; i < n; i++) {
+		/* pthread_join fails only for an invalid or self thread: not ours to see. */
+		if (pthread_join(e->threads[i], NULL) != 0)
+			abort();
+	}
+}
+
+/* Frees an engine whose threads are stopped and whose streams are closed. */
+static void engine_release(struct stream_engine *e)
+{
+	void *b = e->free_blocks;
+
+	while (b) {
+		void *next = *(void **)b;
+		if (munmap(b, STREAM_BLOCK) != 0)
+			abort(); /* only possible for memory we did not map */
+		b = next;
+	}
+	throttle_destroy(&e->throttle);
+	pthread_cond_destroy(&e->room);
+	pthread_cond_destroy(&e->work);
+	pthread_mutex_destroy(&e->lock);
+	free(e);
+}
+
+int stream_engine_new(const struct stream_config *cfg, struct stream_engine **out)
+{
+	static const struct stream_sink real_sink = {stream_real_pwritev, NULL};
+	unsigned n = cfg->drain_threads ? cfg->drain_threads : STREAM_DEFAULT_DRAINS;
+	uint64_t hw = cfg->high_water ? cfg->high_water : STREAM_DEFAULT_HIGH_WATER;
+	uint64_t max = cfg->max_buffer ? cfg->max_buffer : STREAM_DEFAULT_MAX_BUFFER;
+	struct stream_engine *e;
+	int rc;
+
+	if (n > STREAM_MAX_DRAINS || hw > max || max > UINT64_MAX / 2)
+		return -EINVAL;
+	e = calloc(1, sizeof(*e) + n * sizeof(e->threads[0]));
+	if (!e)
+		return -ENOMEM;
+	e->high_water = hw;
+	e->max_buffer = max;
+	e->cap_blocks = STREAM_POOL_CAP(max);
+	e->clock = cfg->clock ? cfg->clock : &clock_monotonic;
+	e->sink = cfg->sink ? *cfg->sink : real_sink;
+	e->rate = cfg->rate;
+	e->file_rate = cfg->file_rate;
+	e->start_ns = stream_now(e);
+	rc = -pthread_mutex_init(&e->lock, NULL);
+	if (rc != 0)
+		goto fail;
+	rc = -pthread_cond_init(&e->work, NULL);
+	if (rc != 0)
+		goto fail_mutex;
+	rc = -pthread_cond_init(&e->room, NULL);
+	if (rc != 0)
+		goto fail_work;
+	rc = throttle_init(&e->throttle, cfg->rate, e->start_ns);
+	if (rc != 0)
+		goto fail_room;
+	for (e->nthreads = 0; e->nthreads < n; e->nthreads++) {
+		rc = -pthread_create(&e->threads[e->nthreads], NULL, drain_main, e);
+		if (rc != 0) {
+			engine_stop(e, e->nthreads);
+			engine_release(e);
+			return rc;
+		}
+	}
+	*out = e;
+	return 0;
+fail_room:
+	pthread_cond_destroy(&e->room);
+fail_work:
+	pthread_cond_destroy(&e->work);
+fail_mutex:
+	pthread_mutex_destroy(&e->lock);
+fail:
+	free(e);
+	return rc;
+}
+
+void stream_engine_free(struct stream_engine *e)
+{
+	for (;;) {
+		pthread_mutex_lock(&e->lock);
+		struct stream *s = e->streams;
+		pthread_mutex_unlock(&e->lock);
+		if (!s)
+			break;
+		/* The owner should have closed it and seen the result; nobody is left to
+		 * report an error to, and the data has been written or has failed either way. */
+		int rc = stream_close(s);
+		(void)rc;
+	}
+	engine_stop(e, e->nthreads);
+	engine_release(e);
+}

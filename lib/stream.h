@@ -1,0 +1,187 @@
+/*
+ * stream.h - bounded write streams between FUSE write handlers and the backing store.
+ *
+ * Every file open for writing has a stream: writes are copied into it and return at once,
+ * and a small pool of drain threads writes the data to the backing file in order, at the rate
+ * the user set. Memory is bounded twice:
+ *
+ *   - softly, by marks: a write that leaves its stream above `high_water` bytes, or the engine
+ *     above `max_buffer` bytes, is accepted but *parked*: stream_write returns STREAM_PARKED
+ *     and the callback fires later, from a drain thread, once the stream is back at or below
+ *     its high-water mark and the engine at or below its budget. The FUSE reply is sent from
+ *     the callback, so the writer blocks in write(2) while no daemon thread is held.
+ *   - hard, by the block pool: buffered data lives in STREAM_BLOCK-byte blocks obtained with
+ *     mmap; at most STREAM_POOL_CAP(max_buffer) blocks are in use at any time. A write that
+ *     would take more blocks makes the *calling thread* wait for free blocks (the only
+ *     blocking case; it needs as many concurrent writers as it takes to fill the overflow
+ *     allowance, STREAM_OVERFLOW = 8 MiB, while all of them are already over the marks).
+ *     Up to STREAM_POOL_KEEP free blocks are kept for reuse, the rest are unmapped, so the
+ *     daemon's buffer memory never exceeds max_buffer + STREAM_OVERFLOW + 2 MiB whatever
+ *     the file sizes.
+ *
+ * Data of a stream is one byte log of blocks: writes are appended to the tail block whatever
+ * their file offset, so 4 KiB writes share blocks, and a write that continues the previous
+ * one (off == previous off + len) just extends its segment. Drain threads serve streams with
+ * pending data round-robin, one slice (<= 1 MiB, see throttle_slice) at a time: they charge
+ * the slice to the global and the file's token bucket, sleep until the later deadline, and
+ * write it with one pwritev of contiguous segments. One stream is drained by one thread at a
+ * time, in write order. A failed write makes the stream's error sticky: its pending data is
+ * dropped, parked writers and waiters get the error, and later writes are refused with it.
+ *
+ * Callbacks run on drain threads (or, for stream_close, on the closing thread) without any
+ * stream or engine lock held; they may call stream_write etc. on other streams but must not
+ * block for long: they hold up a drain thread. Because they run after the locks are dropped,
+ * a callback may run before stream_write (or stream_wait_empty) has returned STREAM_PARKED to
+ * its caller, and after stream_close has returned: callers must hand all the state the
+ * callback needs to `arg` and not touch it after STREAM_PARKED. stream_engine_free returns
+ * only after every callback has returned.
+ *
+ * Locking (internal): per-stream mutex, then engine mutex, never the other way round; the
+ * engine mutex is never held during memcpy, pread or pwritev.
+ */
+#ifndef THROTTLEFS_STREAM_H
+#define THROTTLEFS_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "clock.h"
+
+#define STREAM_BLOCK	 (128u << 10)
+#define STREAM_OVERFLOW	 (8ull << 20)
+#define STREAM_POOL_KEEP 16u
+#define STREAM_POOL_CAP(max_buffer)                                                                \
+	(((max_buffer) + STREAM_OVERFLOW + STREAM_BLOCK - 1) / STREAM_BLOCK)
+#define STREAM_DEFAULT_HIGH_WATER (4ull << 20)
+#define STREAM_DEFAULT_MAX_BUFFER (32ull << 20)
+#define STREAM_DEFAULT_DRAINS	  3u
+#define STREAM_MAX_DRAINS	  64u
+
+/* Returned by stream_write and stream_wait_empty: the callback will be called later. */
+#define STREAM_PARKED 1
+
+/* Where drained data goes. NULL in the config means pwritev(2). The function may return a
+ * short count (the rest is retried) or -1 with errno set (EINTR is retried). */
+struct stream_sink {
+	ssize_t (*pwritev)(void *ctx, int fd, const struct iovec *iov, int cnt, off_t off);
+	void *ctx;
+};
+
+struct stream_config {
+	uint64_t high_water;		/* per-stream mark; 0 = STREAM_DEFAULT_HIGH_WATER */
+	uint64_t max_buffer;		/* engine-wide mark; 0 = STREAM_DEFAULT_MAX_BUFFER */
+	uint64_t rate;			/* bytes/s for all streams together; 0 = unlimited */
+	uint64_t file_rate;		/* bytes/s for each stream; 0 = unlimited */
+	unsigned drain_threads;		/* 0 = STREAM_DEFAULT_DRAINS; at most STREAM_MAX_DRAINS */
+	const struct clock *clock;	/* NULL = &clock_monotonic */
+	const struct stream_sink *sink; /* NULL = pwritev(2); copied, must outlive the engine */
+};
+
+struct stream_engine;
+struct stream;
+
+/* Called with err = 0 or a negative errno; see stream_write and stream_wait_empty. */
+typedef void (*stream_cb)(void *arg, int err);
+
+struct stream_engine_stats {
+	uint64_t buffered;	  /* bytes of file data held now (accepted, not yet written) */
+	uint64_t peak;		  /* highest `buffered` so far */
+	uint64_t budget;	  /* max_buffer */
+	uint64_t high_water;	  /* per-stream mark */
+	uint64_t rate, file_rate; /* current settings */
+	uint64_t blocks_used;	  /* pool blocks holding data */
+	uint64_t blocks_free;	  /* mapped pool blocks kept for reuse */
+	uint64_t blocks_peak;	  /* highest blocks_used so far (<= blocks_cap) */
+	uint64_t blocks_cap;	  /* STREAM_POOL_CAP(max_buffer) */
+	uint64_t pool_bytes;	  /* (blocks_used + blocks_free) * STREAM_BLOCK: memory held */
+	uint64_t committed;	  /* bytes written to the backing store by all streams */
+	uint64_t throughput;	  /* bytes/s committed over the last few seconds */
+	uint64_t parked;	  /* writes waiting for their callback */
+	uint64_t streams;	  /* open streams */
+};
+
+enum stream_state {
+	STREAM_IDLE,	 /* nothing received yet */
+	STREAM_WRITING,	 /* data pending, accepting writes */
+	STREAM_DRAINING, /* data pending and someone waits for it (close, flush, fsync) */
+	STREAM_DONE,	 /* everything received has been written */
+	STREAM_ERROR,	 /* a write to the backing store failed; `error` says why */
+};
+
+struct stream_stats {
+	uint64_t received;   /* bytes accepted by stream_write */
+	uint64_t committed;  /* bytes written to the backing store */
+	uint64_t buffered;   /* bytes pending (buffered or being written) */
+	uint64_t started_ns; /* clock time of the first accepted write; 0 if none */
+	uint64_t last_ns;    /* clock time of the last accepted write or commit */
+	uint64_t rate;	     /* bytes/s committed over the last few seconds */
+	enum stream_state state;
+	int error; /* positive errno when state == STREAM_ERROR, else 0 */
+};
+
+/* Creates an engine and starts its drain threads. Returns 0 or -errno (-EINVAL when
+ * high_water > max_buffer or drain_threads > STREAM_MAX_DRAINS). */
+int stream_engine_new(const struct stream_config *cfg, struct stream_engine **out);
+
+/* Closes every stream still open (waiting for its data, as stream_close), stops and joins
+ * the drain threads, and frees everything. No other call may run concurrently. */
+void stream_engine_free(struct stream_engine *e);
+
+/* Changes the rates at runtime, for all open and future streams; applies from the next
+ * slice each drain thread starts. 0 = unlimited. */
+void stream_engine_set_rate(struct stream_engine *e, uint64_t rate, uint64_t file_rate);
+
+void stream_engine_stats(struct stream_engine *e, struct stream_engine_stats *st);
+
+/* Opens a stream writing to fd. The stream owns fd from now on, also on failure (it is then
+ * closed). Returns 0 or -errno. */
+int stream_open(struct stream_engine *e, int fd, struct stream **out);
+
+/* Waits (blocking the calling thread) until everything pending is written or has failed;
+ * answers this stream's parked writers (cb(arg, 0), or the error); closes fd and frees the
+ * stream. Returns 0, the stream's sticky error, or close(2)'s error (negative errno). No call
+ * on this stream may run concurrently or follow. */
+int stream_close(struct stream *s);
+
+/* Copies buf[0..len) destined for file offset off into the stream. Returns:
+ *   0             accepted; the caller replies now.
+ *   STREAM_PARKED accepted, but the stream is above high_water or the engine above
+ *                 max_buffer: cb(arg, 0) is called later, once both are at or below their
+ *                 marks (parked writes are woken in FIFO order across all streams), or
+ *                 cb(arg, -errno) if the stream fails meanwhile.
+ *   -errno        not accepted: the sticky error of an earlier failed write, -ENOMEM,
+ *                 -EINVAL (len 0 is accepted and returns 0; off + len must not overflow
+ *                 off_t).
+ * Blocks the calling thread only while the block pool is at its hard cap (see above).
+ * cb may be NULL: the write is parked all the same, nobody is called back. */
+int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
+		 void *arg);
+
+/* Asks to be told when nothing is pending (buffered or being written). Returns 0 when that is
+ * already the case, the negative sticky error when the stream has failed (in both cases cb is
+ * NOT called), or STREAM_PARKED: cb(arg, 0 or -errno) is called later from a drain thread.
+ * -ENOMEM when the waiter cannot be recorded. Used for FUSE flush and fsync. */
+int stream_wait_empty(struct stream *s, stream_cb cb, void *arg);
+
+/* Blocking variant: waits until nothing is pending; returns 0 or the negative sticky error.
+ * Used before truncate, fallocate, copy_file_range and other direct changes to the file. */
+int stream_sync(struct stream *s);
+
+/* Read-your-writes: preads [off, off+len) from fd (any descriptor of the backing file), then
+ * overlays every pending segment (buffered or being written) in write order. If pending data
+ * extends beyond the backing file's end, the result extends up to the logical end, gaps read
+ * as zeros. Returns the byte count or -errno (pread's). Consistent against concurrent drains. */
+ssize_t stream_read(struct stream *s, int fd, void *buf, size_t len, uint64_t off);
+
+/* max(off + len) over pending segments, 0 if none: the file's size is
+ * max(backing size, stream_end). */
+uint64_t stream_end(struct stream *s);
+
+/* Clock time of the last accepted write (0 if none); for mtime. */
+uint64_t stream_last_write_ns(struct stream *s);
+
+void stream_stats(struct stream *s, struct stream_stats *st);
+
+#endif

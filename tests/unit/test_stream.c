@@ -1,0 +1,797 @@
+/*
+ * test_stream.c - the streaming engine with a fake clock and a fake sink.
+ *
+ * The sink writes for real (into memfds) but can be held (drain threads block inside it until
+ * released, before or after the real write) or made to fail. Holding the sink is how the tests
+ * sequence threads without sleeping: while it is held no slice can complete, so no buffer
+ * shrinks and no parked writer can be woken, and a test may assert that a callback has NOT
+ * run yet. The fake clock's sleeps only advance the fake time, so rate tests take no time.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "stream.h"
+
+#define KiB 1024u
+#define MiB (1024u * 1024u)
+
+/* ---- fake clock ---- */
+
+struct fake_clock {
+	pthread_mutex_t lock;
+	uint64_t now;
+};
+
+static uint64_t fake_now(void *ctx)
+{
+	struct fake_clock *c = ctx;
+	pthread_mutex_lock(&c->lock);
+	uint64_t t = c->now;
+	pthread_mutex_unlock(&c->lock);
+	return t;
+}
+
+static void fake_sleep_until(void *ctx, uint64_t t)
+{
+	struct fake_clock *c = ctx;
+	pthread_mutex_lock(&c->lock);
+	if (c->now < t)
+		c->now = t;
+	pthread_mutex_unlock(&c->lock);
+}
+
+static struct fake_clock fclock = {PTHREAD_MUTEX_INITIALIZER, 0};
+static const struct clock fake_clock_if = {fake_now, fake_sleep_until, &fclock};
+
+/* ---- fake sink ---- */
+
+#define LOG_MAX 4096
+
+struct sink_call {
+	int fd;
+	uint64_t off, len, time;
+};
+
+struct fake_sink {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool hold;	  /* block calls until released */
+	bool hold_after;  /* ...after (instead of before) the real write */
+	unsigned inside;  /* calls currently blocked */
+	int fail;	  /* errno for the next call (one shot), 0 = none */
+	size_t short_max; /* write at most this many bytes per call (0 = no limit) */
+	unsigned ncalls;
+	struct sink_call log[LOG_MAX];
+};
+
+static struct fake_sink fsink = {.lock = PTHREAD_MUTEX_INITIALIZER,
+				 .cond = PTHREAD_COND_INITIALIZER};
+
+/* [locked] Blocks while the sink is held. */
+static void sink_gate(struct fake_sink *k)
+{
+	k->inside++;
+	pthread_cond_broadcast(&k->cond);
+	while (k->hold)
+		pthread_cond_wait(&k->cond, &k->lock);
+	k->inside--;
+}
+
+static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt, off_t off)
+{
+	struct fake_sink *k = ctx;
+	struct iovec v[1024];
+	size_t total = 0;
+
+	pthread_mutex_lock(&k->lock);
+	if (!k->hold_after)
+		sink_gate(k);
+	if (k->fail) {
+		int err = k->fail;
+		k->fail = 0;
+		pthread_mutex_unlock(&k->lock);
+		errno = err;
+		return -1;
+	}
+	/* Optionally cut the write short, to exercise the resume loop. */
+	int n = 0;
+	for (; n < cnt && n < 1024; n++) {
+		v[n] = iov[n];
+		if (k->short_max && total + v[n].iov_len > k->short_max) {
+			v[n].iov_len = k->short_max - total;
+			total = k->short_max;
+			n++;
+			break;
+		}
+		total += v[n].iov_len;
+	}
+	ssize_t r = pwritev(fd, v, n, off);
+	if (r > 0 && k->ncalls < LOG_MAX)
+		k->log[k->ncalls++] =
+		    (struct sink_call){fd, (uint64_t)off, (uint64_t)r, fake_now(&fclock)};
+	if (k->hold_after)
+		sink_gate(k);
+	pthread_mutex_unlock(&k->lock);
+	return r;
+}
+
+static const struct stream_sink fake_sink_if = {fake_pwritev, &fsink};
+
+static void sink_reset(void)
+{
+	pthread_mutex_lock(&fsink.lock);
+	fsink.hold = fsink.hold_after = false;
+	fsink.fail = 0;
+	fsink.short_max = 0;
+	fsink.ncalls = 0;
+	pthread_mutex_unlock(&fsink.lock);
+	fake_sleep_until(&fclock, 0);
+}
+
+static void sink_hold(bool after)
+{
+	pthread_mutex_lock(&fsink.lock);
+	fsink.hold = true;
+	fsink.hold_after = after;
+	pthread_mutex_unlock(&fsink.lock);
+}
+
+static void sink_release(void)
+{
+	pthread_mutex_lock(&fsink.lock);
+	fsink.hold = false;
+	pthread_cond_broadcast(&fsink.cond);
+	pthread_mutex_unlock(&fsink.lock);
+}
+
+/* Waits until n drain threads are blocked in the held sink. */
+static void sink_wait_inside(unsigned n)
+{
+	pthread_mutex_lock(&fsink.lock);
+	while (fsink.inside < n)
+		pthread_cond_wait(&fsink.cond, &fsink.lock);
+	pthread_mutex_unlock(&fsink.lock);
+}
+
+static void sink_fail_next(int err)
+{
+	pthread_mutex_lock(&fsink.lock);
+	fsink.fail = err;
+	pthread_mutex_unlock(&fsink.lock);
+}
+
+/* ---- callback recorder ---- */
+
+struct recorder {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	unsigned ncalls;
+	int order[64]; /* ids in call order */
+	int err[64];   /* by id */
+	unsigned calls_by_id[64];
+};
+
+struct ticket {
+	struct recorder *r;
+	int id;
+};
+
+static void rec_init(struct recorder *r)
+{
+	memset(r, 0, sizeof(*r));
+	assert_int_equal(pthread_mutex_init(&r->lock, NULL), 0);
+	assert_int_equal(pthread_cond_init(&r->cond, NULL), 0);
+}
+
+static void rec_destroy(struct recorder *r)
+{
+	pthread_cond_destroy(&r->cond);
+	pthread_mutex_destroy(&r->lock);
+}
+
+static void rec_cb(void *arg, int err)
+{
+	struct ticket *t = arg;
+	struct recorder *r = t->r;
+	pthread_mutex_lock(&r->lock);
+	if (r->ncalls < 64)
+		r->order[r->ncalls] = t->id;
+	r->ncalls++;
+	r->err[t->id] = err;
+	r->calls_by_id[t->id]++;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+static unsigned rec_wait(struct recorder *r, unsigned n)
+{
+	pthread_mutex_lock(&r->lock);
+	while (r->ncalls < n)
+		pthread_cond_wait(&r->cond, &r->lock);
+	unsigned got = r->ncalls;
+	pthread_mutex_unlock(&r->lock);
+	return got;
+}
+
+static unsigned rec_calls(struct recorder *r)
+{
+	pthread_mutex_lock(&r->lock);
+	unsigned n = r->ncalls;
+	pthread_mutex_unlock(&r->lock);
+	return n;
+}
+
+/* ---- helpers ---- */
+
+static struct stream_engine *engine(uint64_t hw, uint64_t max, unsigned threads, uint64_t rate,
+				    uint64_t file_rate)
+{
+	struct stream_config cfg = {
+	    .high_water = hw,
+	    .max_buffer = max,
+	    .rate = rate,
+	    .file_rate = file_rate,
+	    .drain_threads = threads,
+	    .clock = &fake_clock_if,
+	    .sink = &fake_sink_if,
+	};
+	struct stream_engine *e = NULL;
+	sink_reset();
+	assert_int_equal(stream_engine_new(&cfg, &e), 0);
+	return e;
+}
+
+/* Opens a stream on a fresh memfd; *check gets another descriptor of the same file. */
+static struct stream *open_stream_fd(struct stream_engine *e, int *check, int *own)
+{
+	struct stream *s = NULL;
+	int fd = memfd_create("throttlefs-test", 0);
+	assert_true(fd >= 0);
+	*check = dup(fd);
+	assert_true(*check >= 0);
+	if (own)
+		*own = fd;
+	assert_int_equal(stream_open(e, fd, &s), 0);
+	return s;
+}
+
+static struct stream *open_stream(struct stream_engine *e, int *check)
+{
+	return open_stream_fd(e, check, NULL);
+}
+
+static void fill(unsigned char *buf, size_t len, unsigned seed)
+{
+	for (size_t i = 0; i < len; i++)
+		buf[i] = (unsigned char)(seed * 131 + i * 7 + (i >> 9));
+}
+
+/* Asserts that the file behind fd holds exactly want[0..len). */
+static void assert_file(int fd, const unsigned char *want, size_t len)
+{
+	unsigned char *got = malloc(len + 1);
+	assert_non_null(got);
+	assert_int_equal(pread(fd, got, len + 1, 0), (ssize_t)len);
+	assert_memory_equal(got, want, len);
+	free(got);
+}
+
+static uint64_t rng_next(uint64_t *x)
+{
+	*x = *x * 6364136223846793005ull + 1442695040888963407ull;
+	return *x >> 33;
+}
+
+/* ---- tests ---- */
+
+static void high_water_parks_writer(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine(256 * KiB, 1 * MiB, 1, 0, 0);
+	struct recorder r;
+	struct ticket t0 = {&r, 0};
+	static unsigned char data[256 * KiB + 1];
+	int check;
+	rec_init(&r);
+	fill(data, sizeof(data), 1);
+	struct stream *s = open_stream(e, &check);
+
+	sink_hold(false);
+	assert_int_equal(stream_write(s, data, 128 * KiB, 0, rec_cb, &t0), 0);
+	sink_wait_inside(1); /* the first 128 KiB is in flight and stays there */
+	assert_int_equal(stream_write(s, data + 128 * KiB, 128 * KiB, 128 * KiB, rec_cb, &t0), 0);
+	/* 256 KiB buffered is at the mark, not above it; one more byte parks. */
+	assert_int_equal(stream_write(s, data + 256 * KiB, 1, 256 * KiB, rec_cb, &t0),
+			 STREAM_PARKED);
+	struct stream_engine_stats es;
+	stream_engine_stats(e, &es);
+	assert_true(es.parked == 1 && es.buffered == 256 * KiB + 1);
+	struct stream_stats ss;
+	stream_stats(s, &ss);
+	assert_true(ss.received == 256 * KiB + 1 && ss.committed == 0);
+	assert_int_equal(ss.state, STREAM_WRITING);
+	assert_int_equal(rec_calls(&r), 0); /* nothing can complete while the sink is held */
+
+	sink_release();
+	rec_wait(&r, 1);
+	assert_int_equal(r.err[0], 0);
+	assert_int_equal(stream_sync(s), 0);
+	stream_stats(s, &ss);
+	assert_true(ss.committed == sizeof(data) && ss.buffered == 0);
+	assert_int_equal(ss.state, STREAM_DONE);
+	assert_int_equal(stream_close(s), 0);
+	assert_file(check, data, sizeof(data));
+	assert_int_equal(rec_calls(&r), 1);
+	close(check);
+	stream_engine_free(e);
+	rec_destroy(&r);
+}
+
+/* Two (three) streams share the budget; parked writers wake in FIFO order across streams. */
+static void budget_shared_fifo_wakeups(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine(256 * KiB, 256 * KiB, 1, 0, 0);
+	struct recorder r;
+	struct ticket ta = {&r, 0}, tb = {&r, 1}, tc = {&r, 2};
+	static unsigned char data[128 * KiB];
+	int ca, cb, cc;
+	rec_init(&r);
+	fill(data, sizeof(data), 2);
+	struct stream *a = open_stream(e, &ca);
+	struct stream *b = open_stream(e, &cb);
+	struct stream *c = open_stream(e, &cc);
+
+	sink_hold(false);
+	assert_int_equal(stream_write(a, data, 128 * KiB, 0, rec_cb, &ta), 0);
+	sink_wait_inside(1);
+	assert_int_equal(stream_write(b, data, 128 * KiB, 0, rec_cb, &tb), 0);
+	/* The budget is full (256 KiB); every stream is far below its own mark. */
+	assert_int_equal(stream_write(c, data, 1, 0, rec_cb, &tc), STREAM_PARKED);
+	assert_int_equal(stream_write(a, data, 1, 128 * KiB, rec_cb, &ta), STREAM_PARKED);
+	assert_int_equal(stream_write(b, data, 1, 128 * KiB, rec_cb, &tb), STREAM_PARKED);
+	assert_int_equal(rec_calls(&r), 0);
+
+	sink_release();
+	rec_wait(&r, 3);
+	assert_int_equal(r.order[0], 2);
+	assert_int_equal(r.order[1], 0);
+	assert_int_equal(r.order[2], 1);
+	assert_true(r.err[0] == 0 && r.err[1] == 0 && r.err[2] == 0);
+	assert_int_equal(stream_close(a), 0);
+	assert_int_equal(stream_close(b), 0);
+	assert_int_equal(stream_close(c), 0);
+	assert_int_equal(rec_calls(&r), 3);
+	close(ca);
+	close(cb);
+	close(cc);
+	stream_engine_free(e);
+	rec_destroy(&r);
+}
+
+static void failed_drain_is_sticky(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine(64 * KiB, 1 * MiB, 2, 0, 0);
+	struct recorder r;
+	struct ticket tw = {&r, 0}, tf = {&r, 1}, tp = {&r, 2};
+	static unsigned char data[128 * KiB];
+	int check;
+	rec_init(&r);
+	fill(data, sizeof(data), 3);
+	struct stream *s = open_stream(e, &check);
+
+	/* Empty: wait_empty answers at once and does not call back. */
+	assert_int_equal(stream_wait_empty(s, rec_cb, &tf), 0);
+	sink_hold(false);
+	sink_fail_next(EIO);
+	assert_int_equal(stream_write(s, data, 4 * KiB, 0, rec_cb, &tw), 0);
+	sink_wait_inside(1);
+	assert_int_equal(stream_wait_empty(s, rec_cb, &tf), STREAM_PARKED);
+	assert_int_equal(stream_write(s, data, 128 * KiB, 4 * KiB, rec_cb, &tp), STREAM_PARKED);
+	struct stream_stats ss;
+	stream_stats(s, &ss);
+	assert_int_equal(ss.state, STREAM_DRAINING);
+	assert_int_equal(rec_calls(&r), 0);
+	sink_release();
+	rec_wait(&r, 2);
+	assert_int_equal(r.err[1], -EIO); /* the flush sees the error */
+	assert_int_equal(r.err[2], -EIO); /* and so does the parked writer */
+	assert_int_equal(r.calls_by_id[0], 0);
+
+	assert_int_equal(stream_write(s, data, 10, 0, rec_cb, &tw), -EIO);
+	assert_int_equal(stream_wait_empty(s, rec_cb, &tf), -EIO);
+	assert_int_equal(stream_sync(s), -EIO);
+	stream_stats(s, &ss);
+	assert_int_equal(ss.state, STREAM_ERROR);
+	assert_int_equal(ss.error, EIO);
+	assert_true(ss.buffered == 0 && ss.committed == 0);
+	struct stream_engine_stats es;
+	stream_engine_stats(e, &es);
+	assert_true(es.buffered == 0 && es.blocks_used == 0); /* dropped data freed its blocks */
+	assert_int_equal(stream_close(s), -EIO);
+	assert_int_equal(rec_calls(&r), 2);
+	close(check);
+	stream_engine_free(e);
+	rec_destroy(&r);
+}
+
+/* Random writes against a shadow copy; reads overlay pending data, also while the sink holds
+ * data in flight (before or after the real write) and while drains run concurrently. */
+static void read_overlays_pending(void **state)
+{
+	(void)state;
+	enum { BASE = 300 * 1024, SPAN = 600 * 1024 };
+	struct stream_engine *e = engine(64 * MiB, 64 * MiB, 2, 0, 0);
+	unsigned char *shadow = calloc(1, SPAN), *buf = malloc(SPAN + 4096);
+	unsigned char *wr = malloc(40000);
+	uint64_t x = 42, logical = BASE;
+	int check;
+	assert_true(shadow && buf && wr);
+	struct stream *s = open_stream(e, &check);
+	fill(shadow, BASE, 9);
+	assert_int_equal(pwrite(check, shadow, BASE, 0), BASE);
+	pthread_mutex_lock(&fsink.lock);
+	fsink.short_max = 50000; /* also exercise the short-write resume */
+	pthread_mutex_unlock(&fsink.lock);
+
+	for (int round = 0; round < 12; round++) {
+		int mode = round % 3; /* 0: held before write, 1: held after, 2: free-running */
+		if (mode != 2)
+			sink_hold(mode == 1);
+		for (int i = 0; i < 40; i++) {
+			uint64_t off = rng_next(&x) % (SPAN - 40000);
+			size_t len = 1 + rng_next(&x) % 39999;
+			if (i % 4 == 0 && logical < SPAN - 40000)
+				off = logical; /* some appends, which coalesce */
+			fill(wr, len, (unsigned)rng_next(&x));
+			assert_true(stream_write(s, wr, len, off, NULL, NULL) >= 0);
+			memcpy(shadow + off, wr, len);
+			if (off + len > logical)
+				logical = off + len;
+			if (i == 0 && mode != 2)
+				sink_wait_inside(1);
+		}
+		assert_true(stream_end(s) <= logical);
+		for (int i = 0; i < 30; i++) {
+			uint64_t off = rng_next(&x) % SPAN;
+			size_t len = 1 + rng_next(&x) % 100000;
+			ssize_t n = stream_read(s, check, buf, len, off);
+			size_t want =
+			    off >= logical ? 0 : (logical - off < len ? logical - off : len);
+			assert_int_equal(n, (ssize_t)want);
+			assert_memory_equal(buf, shadow + off, want);
+		}
+		if (mode != 2)
+			sink_release();
+	}
+	assert_int_equal(stream_sync(s), 0);
+	assert_true(stream_end(s) == 0);
+	assert_file(check, shadow, logical);
+	assert_int_equal(stream_close(s), 0);
+	close(check);
+	stream_engine_free(e);
+	free(shadow);
+	free(buf);
+	free(wr);
+}
+
+/* Sums the bytes the sink wrote per descriptor, in call order, and returns the largest
+ * difference between fd a's and fd b's running totals after the first call (which went out
+ * before the other stream had data); *total gets all bytes. */
+static uint64_t sink_max_skew(int a, int b, uint64_t *total)
+{
+	uint64_t sa = 0, sb = 0, skew = 0;
+	pthread_mutex_lock(&fsink.lock);
+	assert_true(fsink.ncalls < LOG_MAX);
+	for (unsigned i = 0; i < fsink.ncalls; i++) {
+		struct sink_call *c = &fsink.log[i];
+		assert_true(c->fd == a || c->fd == b);
+		if (i == 0)
+			continue;
+		*(c->fd == a ? &sa : &sb) += c->len;
+		uint64_t d = sa > sb ? sa - sb : sb - sa;
+		if (d > skew)
+			skew = d;
+	}
+	*total = sa + sb + (fsink.ncalls ? fsink.log[0].len : 0);
+	pthread_mutex_unlock(&fsink.lock);
+	return skew;
+}
+
+/* Returns the fake time of the sink's last write to fd; *first gets the length of the first
+ * call if it went to fd, else 0. */
+static uint64_t sink_last_time(int fd, uint64_t *first)
+{
+	uint64_t t = 0;
+	pthread_mutex_lock(&fsink.lock);
+	*first = fsink.ncalls && fsink.log[0].fd == fd ? fsink.log[0].len : 0;
+	for (unsigned i = 0; i < fsink.ncalls; i++)
+		if (fsink.log[i].fd == fd)
+			t = fsink.log[i].time;
+	pthread_mutex_unlock(&fsink.lock);
+	return t;
+}
+
+/* Writes `each` bytes to a and to b while the sink holds the first slice, then (when
+ * file_rate is not 0, setting it first so that both streams start with all their data
+ * queued) lets the drains run until both are empty. Returns the fake time of the release. */
+static uint64_t write_two(struct stream_engine *e, struct stream *a, struct stream *b,
+			  uint64_t each, uint64_t file_rate)
+{
+	static unsigned char data[64 * KiB];
+	fill(data, sizeof(data), 5);
+	sink_hold(false);
+	for (uint64_t off = 0; off < each; off += sizeof(data)) {
+		assert_int_equal(stream_write(a, data, sizeof(data), off, NULL, NULL), 0);
+		assert_int_equal(stream_write(b, data, sizeof(data), off, NULL, NULL), 0);
+	}
+	sink_wait_inside(1);
+	if (file_rate)
+		stream_engine_set_rate(e, 0, file_rate);
+	uint64_t t = fake_now(&fclock);
+	sink_release();
+	assert_int_equal(stream_sync(a), 0);
+	assert_int_equal(stream_sync(b), 0);
+	return t;
+}
+
+/* One drain thread serves two streams round-robin under a global rate: neither runs ahead of
+ * the other by more than a slice, and the fake clock ends exactly at bytes / rate. */
+static void streams_share_rate_fairly(void **state)
+{
+	(void)state;
+	const uint64_t rate = 1 * MiB, each = 2 * MiB;
+	struct stream_engine *e = engine(4 * MiB, 8 * MiB, 1, rate, 0);
+	int ca, cb, fa, fb;
+	struct stream *a = open_stream_fd(e, &ca, &fa);
+	struct stream *b = open_stream_fd(e, &cb, &fb);
+	uint64_t t0 = fake_now(&fclock), total;
+
+	write_two(e, a, b, each, 0);
+	/* Token accounting: the bucket starts empty, so the last slice is due exactly
+	 * 2 * each / rate after the start, not a nanosecond earlier or later. */
+	assert_true(fake_now(&fclock) - t0 == 2 * each * 1000000000ull / rate);
+	assert_true(sink_max_skew(fa, fb, &total) <= 128 * KiB); /* slice at 1 MiB/s */
+	assert_true(total == 2 * each);
+	struct stream_engine_stats es;
+	stream_engine_stats(e, &es);
+	assert_true(es.committed == 2 * each && es.rate == rate);
+
+	/* A rate change applies to the next slices: 4 MiB more at 4 MiB/s take 1 s more. */
+	stream_engine_set_rate(e, 4 * MiB, 0);
+	uint64_t t1 = fake_now(&fclock);
+	write_two(e, a, b, each, 0);
+	uint64_t dt = fake_now(&fclock) - t1;
+	assert_true(dt >= 1000000000ull - 20000000ull && dt <= 1000000000ull);
+	assert_int_equal(stream_close(a), 0);
+	assert_int_equal(stream_close(b), 0);
+	close(ca);
+	close(cb);
+	stream_engine_free(e);
+}
+
+/* Per-file rates are independent: two files at file_rate each finish in each / file_rate. */
+static void file_rate_is_per_stream(void **state)
+{
+	(void)state;
+	const uint64_t file_rate = 256 * KiB, each = 1 * MiB;
+	struct stream_engine *e = engine(4 * MiB, 8 * MiB, 1, 0, 0);
+	int ca, cb, fa, fb;
+	struct stream *a = open_stream_fd(e, &ca, &fa);
+	struct stream *b = open_stream_fd(e, &cb, &fb);
+	uint64_t total;
+
+	/* The buckets start (empty) when the rate is set: b's 1 MiB then takes exactly 4 s. */
+	uint64_t t0 = write_two(e, a, b, each, file_rate);
+	assert_true(fake_now(&fclock) - t0 == each * 1000000000ull / file_rate);
+	/* Each stream got exactly its own rate after the release (the first slice went out
+	 * unthrottled before the rate was set), whatever the other did. */
+	uint64_t first_a, first_b;
+	assert_true(sink_last_time(fa, &first_a) - t0 ==
+		    (each - first_a) * 1000000000ull / file_rate);
+	assert_true(sink_last_time(fb, &first_b) - t0 ==
+		    (each - first_b) * 1000000000ull / file_rate);
+	assert_true(first_a + first_b > 0);
+	sink_max_skew(fa, fb, &total);
+	assert_true(total == 2 * each);
+	assert_int_equal(stream_close(a), 0);
+	assert_int_equal(stream_close(b), 0);
+	close(ca);
+	close(cb);
+	stream_engine_free(e);
+}
+
+/* Small sequential writes share blocks: 64 writes of 4 KiB take two blocks, not 64. */
+static void small_writes_coalesce(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine(4 * MiB, 8 * MiB, 1, 0, 0);
+	static unsigned char data[256 * KiB];
+	int check;
+	fill(data, sizeof(data), 6);
+	struct stream *s = open_stream(e, &check);
+
+	sink_hold(false);
+	for (unsigned i = 0; i < 64; i++) {
+		assert_int_equal(
+		    stream_write(s, data + i * 4 * KiB, 4 * KiB, i * 4 * KiB, NULL, NULL), 0);
+		if (i == 0)
+			sink_wait_inside(1);
+	}
+	struct stream_engine_stats es;
+	stream_engine_stats(e, &es);
+	assert_true(es.blocks_used == 2 && es.buffered == sizeof(data));
+	assert_true(stream_end(s) == sizeof(data));
+	sink_release();
+	assert_int_equal(stream_sync(s), 0);
+	pthread_mutex_lock(&fsink.lock);
+	assert_true(fsink.ncalls == 2); /* the first 4 KiB, then the other 252 KiB at once */
+	pthread_mutex_unlock(&fsink.lock);
+	stream_engine_stats(e, &es);
+	assert_true(es.blocks_used == 0 && es.blocks_free == 2);
+	assert_int_equal(stream_close(s), 0);
+	assert_file(check, data, sizeof(data));
+	close(check);
+	stream_engine_free(e);
+}
+
+/* Writers that ignore parking (more of them than the budget allows) are stopped by the pool's
+ * hard cap: blocks in use never exceed STREAM_POOL_CAP(max_buffer). */
+enum { CAP_WRITERS = 4, CAP_WRITES = 24 };
+
+struct cap_writer {
+	struct stream *s;
+	struct recorder *r;
+	struct ticket t[CAP_WRITES];
+	unsigned parked;
+	pthread_mutex_t *lock;
+	pthread_cond_t *cond;
+	uint64_t *accepted;
+};
+
+static void *cap_writer_main(void *arg)
+{
+	struct cap_writer *w = arg;
+	static unsigned char data[128 * KiB];
+	for (unsigned i = 0; i < CAP_WRITES; i++) {
+		w->t[i] = (struct ticket){w->r, 0};
+		int rc = stream_write(w->s, data, sizeof(data), (uint64_t)i * sizeof(data), rec_cb,
+				      &w->t[i]);
+		assert_true(rc == 0 || rc == STREAM_PARKED);
+		w->parked += rc == STREAM_PARKED;
+		pthread_mutex_lock(w->lock);
+		*w->accepted += sizeof(data);
+		pthread_cond_broadcast(w->cond);
+		pthread_mutex_unlock(w->lock);
+	}
+	return NULL;
+}
+
+static void pool_never_exceeds_cap(void **state)
+{
+	(void)state;
+	const uint64_t max = 1 * MiB, cap = STREAM_POOL_CAP(max);
+	struct stream_engine *e = engine(1 * MiB, max, 2, 0, 0);
+	pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+	uint64_t accepted = 0;
+	struct recorder r;
+	struct cap_writer w[CAP_WRITERS];
+	pthread_t th[CAP_WRITERS];
+	int check[CAP_WRITERS];
+	rec_init(&r);
+	assert_true(cap * STREAM_BLOCK < (uint64_t)CAP_WRITERS * CAP_WRITES * 128 * KiB);
+
+	sink_hold(false);
+	for (int i = 0; i < CAP_WRITERS; i++) {
+		w[i] = (struct cap_writer){.s = open_stream(e, &check[i]),
+					   .r = &r,
+					   .lock = &lock,
+					   .cond = &cond,
+					   .accepted = &accepted};
+		assert_int_equal(pthread_create(&th[i], NULL, cap_writer_main, &w[i]), 0);
+	}
+	/* With the sink held, the writers get exactly up to the cap and no further. */
+	pthread_mutex_lock(&lock);
+	while (accepted < cap * STREAM_BLOCK)
+		pthread_cond_wait(&cond, &lock);
+	pthread_mutex_unlock(&lock);
+	struct stream_engine_stats es;
+	stream_engine_stats(e, &es);
+	assert_true(es.blocks_used == cap && es.blocks_cap == cap);
+	sink_release();
+	unsigned parked = 0;
+	for (int i = 0; i < CAP_WRITERS; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		parked += w[i].parked;
+	}
+	assert_true(parked > 0);
+	for (int i = 0; i < CAP_WRITERS; i++) {
+		assert_int_equal(stream_close(w[i].s), 0);
+		close(check[i]);
+	}
+	stream_engine_stats(e, &es);
+	assert_true(es.blocks_peak == cap && es.blocks_used == 0);
+	assert_true(es.blocks_free <= STREAM_POOL_KEEP);
+	assert_true(es.committed == (uint64_t)CAP_WRITERS * CAP_WRITES * 128 * KiB);
+	/* Every parked write was answered, once; a drain thread may still be running the
+	 * callbacks it collected until the engine joins it. */
+	stream_engine_free(e);
+	assert_int_equal(rec_calls(&r), parked);
+	rec_destroy(&r);
+}
+
+/* stream_close blocks until the data is on the backing store. */
+struct closer {
+	struct stream *s;
+	int rc;
+};
+
+static void *closer_main(void *arg)
+{
+	struct closer *c = arg;
+	c->rc = stream_close(c->s);
+	return NULL;
+}
+
+static void close_waits_for_data(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine(4 * MiB, 8 * MiB, 2, 0, 0);
+	static unsigned char data[300 * KiB];
+	int check;
+	fill(data, sizeof(data), 8);
+	struct stream *s = open_stream(e, &check);
+	struct closer c = {s, 1};
+	pthread_t th;
+
+	sink_hold(true); /* the first slice is written, then held */
+	assert_int_equal(stream_write(s, data, 100 * KiB, 0, NULL, NULL), 0);
+	sink_wait_inside(1);
+	assert_int_equal(stream_write(s, data + 100 * KiB, 200 * KiB, 100 * KiB, NULL, NULL), 0);
+	assert_int_equal(pthread_create(&th, NULL, closer_main, &c), 0);
+	/* Wait (yielding, no sleep) until the closer is blocked on the pending data: it cannot
+	 * get further while the sink is held. */
+	for (;;) {
+		struct stream_stats ss;
+		stream_stats(s, &ss);
+		if (ss.state == STREAM_DRAINING)
+			break;
+		sched_yield();
+	}
+	sink_release();
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(c.rc, 0);
+	assert_file(check, data, sizeof(data));
+	close(check);
+	stream_engine_free(e);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(high_water_parks_writer),
+	    cmocka_unit_test(budget_shared_fifo_wakeups),
+	    cmocka_unit_test(failed_drain_is_sticky),
+	    cmocka_unit_test(read_overlays_pending),
+	    cmocka_unit_test(streams_share_rate_fairly),
+	    cmocka_unit_test(file_rate_is_per_stream),
+	    cmocka_unit_test(small_writes_coalesce),
+	    cmocka_unit_test(pool_never_exceeds_cap),
+	    cmocka_unit_test(close_waits_for_data),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -111,6 +111,19 @@ int main(int argc, char **argv)
 		goto out_signals; /* libfuse printed the reason */
 	if (fuse_daemonize(cl.foreground) != 0)
 		goto out_unmount;
+	/* Threads start only now: fuse_daemonize forks, and a fork keeps only the caller. */
+	struct stream_config sc = {
+	    .high_water = fs.opt.buffer,
+	    .max_buffer = fs.opt.max_buffer,
+	    .rate = fs.opt.rate,
+	    .file_rate = fs.opt.file_rate,
+	};
+	err = stream_engine_new(&sc, &fs.streams);
+	if (err != 0) {
+		fuse_log(FUSE_LOG_ERR, "throttlefs: cannot start the stream engine: %s\n",
+			 strerror(-err));
+		goto out_unmount;
+	}
 
 	if (cl.singlethread) {
 		ret = fuse_session_loop(fs.se) != 0;
@@ -126,6 +139,8 @@ int main(int argc, char **argv)
 		ret = fuse_session_loop_mt(fs.se, lc) != 0;
 		fuse_loop_cfg_destroy(lc);
 	}
+	/* Graceful stop: what writers handed over reaches the store before the view goes. */
+	stream_engine_free(fs.streams);
 out_unmount:
 	fuse_session_unmount(fs.se);
 out_signals:

@@ -31,6 +31,8 @@
 struct handle {
 	int fd;
 	fuse_ino_t ino;
+	struct node *node; /* regular files: the inode's shared state and stream */
+	int writable;
 	DIR *dir; /* directories only */
 	off_t dir_off;
 	struct dirent *dir_entry; /* read but not yet replied */
@@ -77,6 +79,7 @@ static int entry_make(struct tfs *fs, fuse_ino_t parent, const char *name, struc
 		return err;
 	memset(e, 0, sizeof(*e));
 	attr_fixup(st);
+	node_attr(fs, id, NULL, st);
 	e->ino = id;
 	e->generation = gen;
 	e->attr = *st;
@@ -150,14 +153,17 @@ static void tfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 {
 	struct tfs *fs = tfs_of(req);
 	struct stat st;
+	struct node *n = NULL;
 	if (fi != NULL) {
 		if (fstat(handle_of(fi)->fd, &st) != 0)
 			return reply_err(req, errno);
+		n = handle_of(fi)->node;
 	} else {
 		int err = backing_stat(fs, ino, &st);
 		if (err != 0)
 			return reply_err(req, err);
 	}
+	node_attr(fs, ino, n, &st);
 	attr_fixup(&st);
 	fuse_reply_attr(req, &st, fs->timeout);
 }
@@ -201,7 +207,12 @@ static void tfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int v
 	int fd = fi ? handle_of(fi)->fd : -1;
 	struct stat st;
 	char proc[32];
-	int err = 0;
+	/* Buffered writes come first: a truncate or an explicit mtime must not be overtaken by
+	 * data still on its way (cp -a sets the mtime right after its last write). */
+	int err =
+	    fi && handle_of(fi)->node ? node_sync(handle_of(fi)->node) : node_sync_ino(fs, ino);
+	if (err != 0)
+		return reply_err(req, err);
 	int pfd = backing_open(fs, ino, O_PATH, &st);
 	if (pfd < 0)
 		return reply_err(req, pfd);
@@ -395,16 +406,36 @@ static void tfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse
 	reply_err(req, err);
 }
 
+/* The flags to open a backing file with. O_APPEND is the kernel's business: it sends each
+ * write at the end it knows, and the stream writes at the offsets it is given. O_DIRECT would
+ * make the stream's writes of buffered data fail on alignment. */
+static int backing_flags(int flags)
+{
+	return flags & ~(O_APPEND | O_DIRECT | O_CREAT | O_EXCL | O_NOCTTY);
+}
+
+/* Pins the inode while h is open and, for regular files, joins the inode's node. */
+static int handle_attach(struct tfs *fs, struct handle *h, int flags)
+{
+	int err = inode_pin(fs->inodes, h->ino);
+	if (err != 0 || (flags & O_DIRECTORY))
+		return err;
+	h->writable = (flags & O_ACCMODE) != O_RDONLY;
+	err = node_attach(fs, h->ino, h->writable, h->fd, &h->node);
+	if (err != 0)
+		inode_unpin(fs->inodes, h->ino);
+	return err;
+}
+
 /* Opens the backing file of ino for a FUSE open or opendir and makes its handle. */
 static int handle_open(struct tfs *fs, fuse_ino_t ino, int flags, struct handle **out)
 {
 	struct handle *h = calloc(1, sizeof(*h));
 	if (h == NULL)
 		return -ENOMEM;
-	/* O_APPEND is the kernel's business: it sends each write at the end it knows. */
-	h->fd = backing_open(fs, ino, flags & ~(O_APPEND | O_CREAT | O_EXCL | O_NOCTTY), NULL);
+	h->fd = backing_open(fs, ino, backing_flags(flags), NULL);
 	h->ino = ino;
-	int err = h->fd < 0 ? h->fd : inode_pin(fs->inodes, ino);
+	int err = h->fd < 0 ? h->fd : handle_attach(fs, h, flags);
 	if (err != 0) {
 		close_fd(h->fd);
 		free(h);
@@ -416,6 +447,8 @@ static int handle_open(struct tfs *fs, fuse_ino_t ino, int flags, struct handle 
 
 static void handle_close(struct tfs *fs, struct handle *h)
 {
+	if (h->node != NULL)
+		node_detach(fs, h->ino, h->node);
 	if (h->dir != NULL)
 		closedir(h->dir); /* closes h->fd too */
 	else
@@ -449,9 +482,10 @@ static void tfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	err = -ENOMEM;
 	if (h == NULL)
 		goto out;
-	h->fd =
-	    openat(d.fd, name,
-		   (fi->flags & ~(O_APPEND | O_NOCTTY)) | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode);
+	h->fd = openat(d.fd, name,
+		       backing_flags(fi->flags) | O_CREAT | (fi->flags & O_EXCL) | O_NOFOLLOW |
+			   O_CLOEXEC,
+		       mode);
 	if (h->fd < 0) {
 		err = -errno;
 		goto out;
@@ -465,7 +499,7 @@ static void tfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	if (err != 0)
 		goto out;
 	h->ino = e.ino;
-	err = inode_pin(fs->inodes, e.ino);
+	err = handle_attach(fs, h, fi->flags);
 	if (err != 0) {
 		inode_forget(fs->inodes, e.ino, 1);
 		goto out;
@@ -489,38 +523,93 @@ static void tfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
-	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	buf.buf[0].fd = handle_of(fi)->fd;
-	buf.buf[0].pos = off;
-	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+	struct handle *h = handle_of(fi);
+	struct stream *s = h->node ? node_stream(h->node) : NULL;
+	if (s == NULL) {
+		/* Nothing buffered can exist: let libfuse move the data (splice when it can). */
+		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+		buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		buf.buf[0].fd = h->fd;
+		buf.buf[0].pos = off;
+		fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+		return;
+	}
+	char *buf = malloc(size ? size : 1);
+	if (buf == NULL)
+		return reply_err(req, ENOMEM);
+	ssize_t n = stream_read(s, h->fd, buf, size, (uint64_t)off);
+	if (n < 0)
+		reply_err(req, (int)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
+/* A write the stream accepted but parked: its reply waits for the stream's callback. */
+struct parked_write {
+	fuse_req_t req;
+	size_t size;
+};
+
+static void write_done(void *arg, int err)
+{
+	struct parked_write *p = arg;
+	if (err != 0)
+		reply_err(p->req, err);
+	else
+		fuse_reply_write(p->req, p->size);
+	free(p);
+}
+
+/* Hands size bytes for offset off to the stream of h and replies now or once the stream has
+ * room (backpressure: the writer stays blocked in write(2) meanwhile, no thread is held). */
+static void stream_submit(fuse_req_t req, struct handle *h, const void *data, size_t size,
+			  off_t off)
+{
+	struct stream *s = h->node ? node_stream(h->node) : NULL;
+	if (s == NULL)
+		return reply_err(req, EBADF);
+	struct parked_write *p = malloc(sizeof(*p));
+	if (p == NULL)
+		return reply_err(req, ENOMEM);
+	p->req = req;
+	p->size = size;
+	node_wrote(h->node);
+	int r = stream_write(s, data, size, (uint64_t)off, write_done, p);
+	if (r == STREAM_PARKED)
+		return; /* p belongs to the callback now */
+	free(p);
+	if (r < 0)
+		return reply_err(req, r);
+	fuse_reply_write(req, size);
 }
 
 static void tfs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
 		      struct fuse_file_info *fi)
 {
 	(void)ino;
-	int fd = handle_of(fi)->fd;
-	size_t done = 0;
-	while (done < size) {
-		ssize_t n = pwrite(fd, data + done, size - done, off + (off_t)done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			if (done == 0)
-				return reply_err(req, n < 0 ? errno : EIO);
-			break;
-		}
-		done += (size_t)n;
-	}
-	fuse_reply_write(req, done);
+	stream_submit(req, handle_of(fi), data, size, off);
+}
+
+static void flush_done(void *arg, int err)
+{
+	reply_err((fuse_req_t)arg, err);
 }
 
 static void tfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
+	struct handle *h = handle_of(fi);
+	struct stream *s = h->node && h->writable ? node_stream(h->node) : NULL;
+	if (s != NULL) {
+		/* close(2) returns once the data has reached the store, with its error. */
+		int r = stream_wait_empty(s, flush_done, req);
+		if (r != STREAM_PARKED)
+			reply_err(req, r);
+		return;
+	}
 	/* Closing a duplicate reports errors that some stores (NFS) only give at close. */
-	int fd = dup(handle_of(fi)->fd);
+	int fd = dup(h->fd);
 	int err = fd < 0 || close(fd) != 0 ? errno : 0;
 	reply_err(req, err);
 }
@@ -532,12 +621,34 @@ static void tfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 	fuse_reply_err(req, 0);
 }
 
+struct parked_sync {
+	fuse_req_t req;
+	int fd;
+	int datasync;
+};
+
+/* fsync once the stream is empty: the data first reaches the file, then the disk. */
+static void sync_done(void *arg, int err)
+{
+	struct parked_sync *p = arg;
+	if (err == 0 && (p->datasync ? fdatasync(p->fd) : fsync(p->fd)) != 0)
+		err = -errno;
+	reply_err(p->req, err);
+	free(p);
+}
+
 static void tfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	(void)ino;
-	int fd = handle_of(fi)->fd;
-	int r = datasync ? fdatasync(fd) : fsync(fd);
-	reply_err(req, r != 0 ? errno : 0);
+	struct handle *h = handle_of(fi);
+	struct parked_sync *p = malloc(sizeof(*p));
+	if (p == NULL)
+		return reply_err(req, ENOMEM);
+	*p = (struct parked_sync){.req = req, .fd = h->fd, .datasync = datasync};
+	struct stream *s = h->node ? node_stream(h->node) : NULL;
+	int r = s ? stream_wait_empty(s, sync_done, p) : 0;
+	if (r != STREAM_PARKED)
+		sync_done(p, r);
 }
 
 static void tfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -797,9 +908,16 @@ static void tfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, o
 			  struct fuse_file_info *fi)
 {
 	(void)ino;
-	int r = fallocate(handle_of(fi)->fd, mode, off, len);
-	reply_err(req, r != 0 ? errno : 0);
+	struct handle *h = handle_of(fi);
+	int err = node_sync(h->node);
+	if (err == 0 && fallocate(h->fd, mode, off, len) != 0)
+		err = -errno;
+	reply_err(req, err);
 }
+
+/* copy_file_range inside the view goes through the destination's stream like any write, one
+ * piece per request: the reply may be short, and the caller asks again for the rest. */
+#define COPY_PIECE (1u << 20)
 
 static void tfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 				struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
@@ -807,18 +925,34 @@ static void tfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 {
 	(void)ino_in;
 	(void)ino_out;
-	ssize_t n = copy_file_range(handle_of(fi_in)->fd, &off_in, handle_of(fi_out)->fd, &off_out,
-				    len, (unsigned)flags);
+	if (flags != 0)
+		return reply_err(req, EINVAL);
+	struct handle *in = handle_of(fi_in);
+	size_t size = len < COPY_PIECE ? len : COPY_PIECE;
+	char *buf = malloc(size ? size : 1);
+	if (buf == NULL)
+		return reply_err(req, ENOMEM);
+	struct stream *s = in->node ? node_stream(in->node) : NULL;
+	ssize_t n = s ? stream_read(s, in->fd, buf, size, (uint64_t)off_in)
+		      : pread(in->fd, buf, size, off_in);
 	if (n < 0)
-		return reply_err(req, errno);
-	fuse_reply_write(req, (size_t)n);
+		reply_err(req, s ? (int)n : errno);
+	else if (n == 0)
+		fuse_reply_write(req, 0);
+	else
+		stream_submit(req, handle_of(fi_out), buf, (size_t)n, off_out);
+	free(buf);
 }
 
 static void tfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		      struct fuse_file_info *fi)
 {
 	(void)ino;
-	off_t r = lseek(handle_of(fi)->fd, off, whence);
+	struct handle *h = handle_of(fi);
+	int err = node_sync(h->node); /* holes and data as the store will hold them */
+	if (err != 0)
+		return reply_err(req, err);
+	off_t r = lseek(h->fd, off, whence);
 	if (r < 0)
 		return reply_err(req, errno);
 	fuse_reply_lseek(req, r);

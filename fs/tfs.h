@@ -15,13 +15,15 @@
 
 #include "fdcache.h"
 #include "inode.h"
+#include "stream.h"
 #include "options.h"
 
 struct tfs {
 	struct tfs_options opt;
 	int root_fd; /* O_PATH descriptor of the backing root, held for the daemon's life */
 	struct inode_table *inodes;
-	struct fdcache *dirs; /* recently used directory descriptors */
+	struct fdcache *dirs;	       /* recently used directory descriptors */
+	struct stream_engine *streams; /* write buffers, drain threads, rate limits */
 	struct fuse_session *se;
 	double timeout; /* entry and attribute validity, seconds */
 };
@@ -51,5 +53,30 @@ int backing_open(struct tfs *fs, fuse_ino_t ino, int flags, struct stat *st);
 
 /* "/proc/self/fd/N" for descriptor fd, for calls that take only a path. */
 void backing_proc_path(int fd, char buf[static 32]);
+
+/* node.c: the state of an inode with open handles (its stream). */
+struct node;
+
+/* A handle of ino opens: find or make its node (with a stream writing through a duplicate of
+ * fd when writable). Returns 0 or a negative errno. */
+int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct node **out);
+
+/* A handle closes; the last one waits for the stream's data, then frees the node. */
+void node_detach(struct tfs *fs, fuse_ino_t ino, struct node *n);
+
+/* The node's stream, or NULL when it was never opened for writing. */
+struct stream *node_stream(struct node *n);
+
+/* Notes that a write was accepted now (the mtime stat shows while data is pending). */
+void node_wrote(struct node *n);
+
+/* Adjusts st (from the backing file) for data still pending in the stream. n may be NULL:
+ * then ino's node, if any, is looked up. */
+void node_attr(struct tfs *fs, fuse_ino_t ino, struct node *n, struct stat *st);
+
+/* Waits until the stream (of n, or of ino's node if any) has written everything; returns 0 or
+ * the stream's error. Before operations that change the file other than by writes. */
+int node_sync(struct node *n);
+int node_sync_ino(struct tfs *fs, fuse_ino_t ino);
 
 #endif

@@ -124,7 +124,8 @@ static void forget(void **state)
 	/* A deep chain of directories and a wide one, so that forgetting has work to do. */
 	h_path(path, "%s", fs->mnt);
 	for (int i = 0; i < 12; i++) {
-		h_path(path, "%s/level%d", path, i);
+		char next[PATH_MAX];
+		strcpy(path, h_path(next, "%s/level%d", path, i));
 		assert_int_equal(mkdir(path, 0755), 0);
 	}
 	put(H_AT(path, "leaf"), "deep");

@@ -167,8 +167,13 @@ pid_t h_daemon_spawn(const char *const *args, const char *logpath)
 	if (bin == NULL)
 		return -1;
 	argv[n++] = bin;
-	for (; *args != NULL && n < 31; args++)
+	for (; *args != NULL; args++) {
+		if (n == sizeof(argv) / sizeof(argv[0]) - 1) {
+			fprintf(stderr, "harness: too many daemon arguments\n");
+			return -1;
+		}
 		argv[n++] = *args;
+	}
 	argv[n] = NULL;
 
 	int log = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -284,24 +289,25 @@ bool h_is_mounted(const char *path)
 	return found;
 }
 
+/* Copies the whole daemon log to stderr: an ASan report is long, and all of it matters. */
 static void h_print_log(const struct h_fs *fs)
 {
 	char buf[4096];
-	ssize_t n = h_read_file(fs->log, buf, sizeof(buf) - 1);
-	if (n == -EFBIG) {
-		fprintf(stderr, "---- daemon log (head): %s\n", fs->log);
-		int fd = open(fs->log, O_RDONLY | O_CLOEXEC);
-		n = fd < 0 ? -errno : read(fd, buf, sizeof(buf) - 1);
-		if (fd >= 0)
-			close(fd);
-	} else {
-		fprintf(stderr, "---- daemon log: %s\n", fs->log);
+	ssize_t n;
+	bool newline = true;
+	int fd = open(fs->log, O_RDONLY | O_CLOEXEC);
+
+	fprintf(stderr, "---- daemon log: %s\n", fs->log);
+	if (fd < 0) {
+		fprintf(stderr, "(cannot open: %s)\n", strerror(errno));
+		return;
 	}
-	if (n < 0)
-		n = 0;
-	buf[n] = '\0';
-	fprintf(stderr, "%s%s---- end of daemon log\n", buf,
-		n > 0 && buf[n - 1] != '\n' ? "\n" : "");
+	while ((n = read(fd, buf, sizeof(buf))) > 0) {
+		fwrite(buf, 1, (size_t)n, stderr);
+		newline = buf[n - 1] == '\n';
+	}
+	close(fd);
+	fprintf(stderr, "%s---- end of daemon log\n", newline ? "" : "\n");
 }
 
 static void h_describe_status(const char *what, int st)
@@ -401,17 +407,18 @@ int h_fs_mount(struct h_fs *fs, const char *opts)
 		}
 		h_sleep_ms(10);
 	}
-	/* The first request through the mount proves the daemon answers, not just that it mounted.
-	 */
+	/* A first request proves that the daemon answers, not only that it mounted. */
 	struct stat sm, sr;
-	if (stat(fs->mnt, &sm) != 0 || stat(fs->root, &sr) != 0 || sm.st_dev == sr.st_dev) {
-		fprintf(stderr, "harness: %s is listed as mounted but does not answer: %s\n",
-			fs->mnt, strerror(errno));
-		h_force_stop(fs);
-		h_print_log(fs);
-		return -1;
+	if (stat(fs->mnt, &sm) != 0 || stat(fs->root, &sr) != 0) {
+		fprintf(stderr, "harness: stat %s: %s\n", fs->mnt, strerror(errno));
+	} else if (sm.st_dev == sr.st_dev) {
+		fprintf(stderr, "harness: %s is listed as mounted but is not the mount\n", fs->mnt);
+	} else {
+		return 0;
 	}
-	return 0;
+	h_force_stop(fs);
+	h_print_log(fs);
+	return -1;
 }
 
 int h_fs_unmount(struct h_fs *fs)

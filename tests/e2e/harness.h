@@ -104,6 +104,7 @@ enum {
 	H_CMP_XATTR = 1u << 4, /* user.* extended attributes, names and values */
 	H_CMP_ROOT = 1u << 5,  /* apply the above to the two top directories too */
 	H_CMP_ALL = 0x3f,
+	H_CMP_QUIET = 1u << 6, /* do not print the difference (when polling for a match) */
 };
 
 /*

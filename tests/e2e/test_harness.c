@@ -89,6 +89,7 @@ static void compare_respects_flags(void **state)
 			 0);
 	assert_int_equal(h_tree_compare(p->a, p->b, 0, ".git"), 0);
 	assert_int_equal(h_tree_compare(p->a, p->b, 0, NULL), -1);
+	assert_int_equal(h_tree_compare(p->a, p->b, H_CMP_QUIET, NULL), -1);
 	assert_int_equal(h_tree_compare(p->a, p->b, H_CMP_MODE, ".git"), -1);
 }
 

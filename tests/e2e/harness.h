@@ -1,0 +1,144 @@
+/*
+ * harness.h - end-to-end test harness: mounts the daemon on a fresh temp dir and compares trees.
+ *
+ * Every test gets its own temp dir below $TFS_TEST_ROOT (or /tmp) holding backing/ (what the
+ * daemon serves), mnt/ (the view) and plain/ (an ordinary directory on the same filesystem, where
+ * a test repeats its work so the view can be compared with what the kernel does natively). The
+ * harness promises that a mount it made is gone when the test process ends, however it ends:
+ * teardown unmounts, an atexit hook and a SIGINT/SIGTERM handler unmount what is left, and the
+ * daemon itself gets SIGTERM through PR_SET_PDEATHSIG if the test process dies outright.
+ *
+ * The daemon is $THROTTLEFS_BIN_OVERRIDE if set (to run the suite against a stand-in), else
+ * $THROTTLEFS_BIN (set by meson to the built daemon).
+ *
+ * Functions that can fail return 0 / -1 and print why on stderr; the cmocka-facing wrappers
+ * (h_setup, h_teardown) turn that into a failed test.
+ */
+#ifndef THROTTLEFS_HARNESS_H
+#define THROTTLEFS_HARNESS_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct h_fs {
+	char root[PATH_MAX];	/* the temp dir; removed by h_fs_free */
+	char backing[PATH_MAX]; /* root/backing */
+	char mnt[PATH_MAX];	/* root/mnt */
+	char plain[PATH_MAX];	/* root/plain */
+	char log[PATH_MAX];	/* root/daemon.log: the daemon's stdout and stderr */
+	pid_t pid;		/* the daemon while mounted, else 0 */
+};
+
+/* The daemon binary to run, or NULL (with a message) when neither variable is set. */
+const char *h_daemon_bin(void);
+
+/* Creates a fresh temp dir with backing/, mnt/ and plain/; NULL on failure. */
+struct h_fs *h_fs_new(void);
+
+/*
+ * Starts the daemon in the foreground on fs->backing and fs->mnt with "-o opts" (unless opts is
+ * NULL or empty) and waits up to 20 s for the mount to appear. On failure the daemon is stopped,
+ * its exit status and log are printed, and -1 is returned.
+ */
+int h_fs_mount(struct h_fs *fs, const char *opts);
+
+/*
+ * Unmounts (fusermount3 -u, retried while busy; then -uz and signals as a last resort) and reaps
+ * the daemon. Returns 0 only if the clean path worked and the daemon exited with status 0; prints
+ * the daemon log otherwise. A no-op returning 0 when not mounted.
+ */
+int h_fs_unmount(struct h_fs *fs);
+
+/* Unmounts if needed, removes the temp dir and frees fs. Returns h_fs_unmount's verdict. */
+int h_fs_free(struct h_fs *fs);
+
+/* cmocka group or test setup/teardown: *state becomes a mounted struct h_fs (no options). */
+int h_setup(void **state);
+int h_teardown(void **state);
+
+/* Whether path is a mount point according to /proc/self/mountinfo. */
+bool h_is_mounted(const char *path);
+
+/*
+ * Runs the daemon with the given arguments (argv[0] excluded, NULL-terminated), its stdout and
+ * stderr going to logpath, and returns its pid (-1 on failure). The daemon gets SIGTERM if the
+ * test process dies.
+ */
+pid_t h_daemon_spawn(const char *const *args, const char *logpath);
+
+/*
+ * Waits up to timeout_ms for pid to exit; returns 0 and its wait status in *status, or -1 if it
+ * is still running (then nothing is reaped).
+ */
+int h_wait_pid(pid_t pid, int timeout_ms, int *status);
+
+/*
+ * Runs a shell command built printf-style (stdout and stderr go to the test's stderr) and returns
+ * its exit status: 0..255, or 128 + signal number, or -1 if it could not be run.
+ */
+int h_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* snprintf into a PATH_MAX buffer; aborts the test process on truncation. Returns buf. */
+char *h_path(char *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Writes len bytes to path (created or truncated, mode 0644). Returns 0 or -errno. */
+int h_write_file(const char *path, const void *data, size_t len);
+
+/*
+ * Reads up to cap bytes of path into buf; returns the count read or -errno. A file longer than
+ * cap is reported as -EFBIG so a caller never compares a prefix by accident.
+ */
+ssize_t h_read_file(const char *path, void *buf, size_t cap);
+
+/* Fills buf with a byte pattern that depends on seed and on the position. */
+void h_fill(void *buf, size_t len, unsigned seed);
+
+/* What h_tree_compare looks at beyond type, names, file size, content and symlink targets. */
+enum {
+	H_CMP_MODE = 1u << 0,  /* permission bits */
+	H_CMP_OWNER = 1u << 1, /* uid and gid */
+	H_CMP_MTIME = 1u << 2, /* mtime to the nanosecond, directories included */
+	H_CMP_LINKS = 1u << 3, /* hard-link structure: the same groups of names share an inode */
+	H_CMP_XATTR = 1u << 4, /* user.* extended attributes, names and values */
+	H_CMP_ROOT = 1u << 5,  /* apply the above to the two top directories too */
+	H_CMP_ALL = 0x3f,
+	H_CMP_QUIET = 1u << 6, /* do not print the difference (when polling for a match) */
+};
+
+/*
+ * Walks the trees a and b in name order and returns 0 if they match under flags, else prints the
+ * first difference (with both paths) and returns -1. A name equal to skip (may be NULL) is ignored
+ * at every level, e.g. ".git".
+ */
+int h_tree_compare(const char *a, const char *b, unsigned flags, const char *skip);
+
+/*
+ * fsyncs every regular file and directory below dir (symlinks not followed), so that a daemon
+ * that streams writes behind the application's back has delivered them to the backing store.
+ * Returns 0 or -1 (after printing which path failed).
+ */
+int h_sync_tree(const char *dir);
+
+/*
+ * The comparison most tests make: run work(dir) on fs->plain and on fs->mnt, then require the
+ * view to match plain under flags and, after h_sync_tree, the backing dir to match the view in
+ * every respect (H_CMP_ALL). Returns 0 or -1 (after printing the difference).
+ */
+int h_both(struct h_fs *fs, void (*work)(const char *dir), unsigned flags);
+
+/* "dir/rel" in a temporary buffer that lives until the end of the enclosing block. */
+#define H_AT(dir, rel) h_path((char[PATH_MAX]){0}, "%s/%s", (dir), (rel))
+
+/* Asserts (cmocka) that call returns -1 and sets errno to err. */
+#define H_EXPECT_ERRNO(call, err)                                                                  \
+	do {                                                                                       \
+		errno = 0;                                                                         \
+		long h_ret_ = (long)(call);                                                        \
+		int h_err_ = errno;                                                                \
+		assert_int_equal(h_ret_, -1);                                                      \
+		assert_int_equal(h_err_, (err));                                                   \
+	} while (0)
+
+#endif

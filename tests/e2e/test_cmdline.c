@@ -1,0 +1,159 @@
+/*
+ * test_cmdline.c - throttlefs refuses a bad command line before mounting anything.
+ *
+ * The contract: exit status 2, exactly one line on stderr naming the problem, and no mount left
+ * anywhere below the test's temp dir. Each case runs the daemon in the foreground; should it
+ * mount by mistake, the test fails and cleans up (lazy unmount, then signals).
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+/* Mount points below root in /proc/mounts; lazily unmounts them when cleanup is set. */
+static int mounts_below(const char *root, bool cleanup)
+{
+	char line[3 * PATH_MAX], mp[PATH_MAX];
+	int n = 0;
+	FILE *f = fopen("/proc/mounts", "re");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		size_t len = strlen(root);
+		if (sscanf(line, "%*s %4095s", mp) != 1 || strncmp(mp, root, len) != 0 ||
+		    (mp[len] != '\0' && mp[len] != '/'))
+			continue;
+		if (cleanup) {
+			fprintf(stderr, "mounted below the test dir: %s", line);
+			h_run("fusermount3 -uz %s", mp);
+		}
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+/* Runs the daemon with args; requires status 2, one stderr line, and no mount. */
+static void expect_refusal(struct h_fs *fs, const char *const *args)
+{
+	int st = 0;
+	pid_t pid = h_daemon_spawn(args, fs->log);
+	assert_true(pid > 0);
+	/* Up to 10 s to give up, but a mount appearing is a failure at once. */
+	bool exited = false;
+	for (int i = 0; i < 200 && !exited; i++) {
+		exited = h_wait_pid(pid, 50, &st) == 0;
+		if (!exited && mounts_below(fs->root, false) > 0)
+			break;
+	}
+	if (!exited) {
+		mounts_below(fs->root, true);
+		kill(pid, SIGTERM);
+		if (h_wait_pid(pid, 5000, &st) != 0) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+		}
+		fail_msg("the daemon accepted a bad command line (mounted or kept running)");
+	}
+	int stray = mounts_below(fs->root, true);
+
+	char log[4096];
+	ssize_t n = h_read_file(fs->log, log, sizeof(log) - 1);
+	assert_true(n >= 0);
+	log[n] = '\0';
+	fprintf(stderr, "daemon said: %s", log);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 2);
+	assert_int_equal(stray, 0);
+	/* Exactly one line: non-empty, ending in its only newline. */
+	assert_true(n > 1);
+	assert_int_equal(log[n - 1], '\n');
+	assert_ptr_equal(strchr(log, '\n'), log + n - 1);
+}
+
+static int setup(void **state)
+{
+	struct h_fs *fs = h_fs_new();
+	if (fs == NULL)
+		return -1;
+	*state = fs;
+	return 0;
+}
+
+static void missing_backing(void **state)
+{
+	struct h_fs *fs = *state;
+	expect_refusal(fs, (const char *[]){"-f", H_AT(fs->root, "nothing"), fs->mnt, NULL});
+}
+
+static void backing_is_file(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_write_file(H_AT(fs->root, "file"), "x", 1), 0);
+	expect_refusal(fs, (const char *[]){"-f", H_AT(fs->root, "file"), fs->mnt, NULL});
+}
+
+static void missing_mountpoint(void **state)
+{
+	struct h_fs *fs = *state;
+	expect_refusal(fs, (const char *[]){"-f", fs->backing, H_AT(fs->root, "nothing"), NULL});
+}
+
+static void mountpoint_is_backing(void **state)
+{
+	struct h_fs *fs = *state;
+	expect_refusal(fs, (const char *[]){"-f", fs->backing, fs->backing, NULL});
+}
+
+static void mountpoint_inside_backing(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(mkdir(H_AT(fs->backing, "inner"), 0755), 0);
+	expect_refusal(fs, (const char *[]){"-f", fs->backing, H_AT(fs->backing, "inner"), NULL});
+}
+
+static void unknown_option(void **state)
+{
+	struct h_fs *fs = *state;
+	expect_refusal(fs, (const char *[]){"-f", "-o", "bogus=1", fs->backing, fs->mnt, NULL});
+}
+
+static void malformed_size(void **state)
+{
+	struct h_fs *fs = *state;
+	expect_refusal(fs, (const char *[]){"-f", "-o", "buffer=12Q", fs->backing, fs->mnt, NULL});
+}
+
+static void rate_out_of_range(void **state)
+{
+	struct h_fs *fs = *state;
+	expect_refusal(fs, (const char *[]){"-f", "-o", "rate=-5", fs->backing, fs->mnt, NULL});
+}
+
+static int teardown(void **state)
+{
+	int rc = h_fs_free(*state);
+	*state = NULL;
+	return rc;
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    T(missing_backing),	      T(backing_is_file),	    T(missing_mountpoint),
+	    T(mountpoint_is_backing), T(mountpoint_inside_backing), T(unknown_option),
+	    T(malformed_size),	      T(rate_out_of_range),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -89,16 +89,41 @@ int backing_at(struct tfs *fs, fuse_ino_t ino, struct fdcache_ref *dir, char nam
 	return err != 0 ? err : backing_dir(fs, parent, dir);
 }
 
+/* A file whose name is gone (unlinked while open) is still reached through its open handles. */
+static int open_by_node(struct tfs *fs, fuse_ino_t ino, int err, struct stat *st)
+{
+	if (err != -ENOENT && err != -ESTALE)
+		return err;
+	int fd = node_fd(fs, ino);
+	if (fd < 0)
+		return err;
+	if (fstat(fd, st) != 0) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
 int backing_stat(struct tfs *fs, fuse_ino_t ino, struct stat *st)
 {
 	struct fdcache_ref dir;
 	char name[256];
 	int err = backing_at(fs, ino, &dir, name);
-	if (err != 0)
-		return err;
-	err = fstatat(dir.fd, name, st, AT_SYMLINK_NOFOLLOW) != 0 ? -errno : same_file(fs, ino, st);
-	backing_put(fs, &dir);
-	return err;
+	if (err == 0) {
+		if (fstatat(dir.fd, name, st, AT_SYMLINK_NOFOLLOW) != 0)
+			err = -errno;
+		else
+			err = same_file(fs, ino, st);
+		backing_put(fs, &dir);
+	}
+	if (err == 0)
+		return 0;
+	int fd = open_by_node(fs, ino, err, st);
+	if (fd < 0)
+		return fd;
+	close(fd);
+	return 0;
 }
 
 int backing_open(struct tfs *fs, fuse_ino_t ino, int flags, struct stat *st)
@@ -106,21 +131,25 @@ int backing_open(struct tfs *fs, fuse_ino_t ino, int flags, struct stat *st)
 	struct stat local;
 	struct fdcache_ref dir;
 	char name[256];
+	if (st == NULL)
+		st = &local;
 	int err = backing_at(fs, ino, &dir, name);
 	if (err != 0)
-		return err;
+		return (flags & O_PATH) ? open_by_node(fs, ino, err, st) : err;
 	int fd = openat(dir.fd, name, flags | O_NOFOLLOW | O_CLOEXEC);
 	backing_put(fs, &dir);
 	if (fd < 0)
-		return -errno;
-	if (st == NULL)
-		st = &local;
-	err = fstat(fd, st) != 0 ? -errno : same_file(fs, ino, st);
-	if (err != 0) {
+		err = -errno;
+	else if (fstat(fd, st) != 0)
+		err = -errno;
+	else
+		err = same_file(fs, ino, st);
+	if (err == 0)
+		return fd;
+	if (fd >= 0)
 		close(fd);
-		return err;
-	}
-	return fd;
+	/* Only a handle to the node itself may come from an open handle of another mode. */
+	return (flags & O_PATH) ? open_by_node(fs, ino, err, st) : err;
 }
 
 void backing_proc_path(int fd, char buf[static 32])

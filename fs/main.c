@@ -41,7 +41,9 @@ static void usage(const char *prog)
 static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
 {
 	char fsname[4200];
-	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=throttlefs,default_permissions",
+	/* libfuse's default of 10 threads is too few when writers wait and others must not. */
+	snprintf(fsname, sizeof(fsname),
+		 "-ofsname=%s,subtype=throttlefs,default_permissions,max_threads=64",
 		 o->backing_real);
 	/* fsname is a comma-separated list element: a comma in the path would split it. */
 	for (char *p = fsname + 9; *p != '\0' && p < strstr(fsname, ",subtype"); p++)
@@ -52,6 +54,16 @@ static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
 
 int main(int argc, char **argv)
 {
+	/* Descriptors 0-2 must be taken before we open anything, or the backing root could land
+	 * on one of them and be clobbered by whoever writes to "stdout". */
+	for (;;) {
+		int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (fd < 0 || fd > 2) {
+			if (fd > 2)
+				close(fd);
+			break;
+		}
+	}
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cl = {0};
 	struct tfs fs = {.root_fd = -1, .timeout = 1.0};
@@ -135,7 +147,10 @@ int main(int argc, char **argv)
 		}
 		fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
 		fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads);
-		fuse_loop_cfg_set_max_threads(lc, cl.max_threads > 10 ? cl.max_threads : 64);
+		/* libfuse's default of 10 threads is too few when writers are parked and others
+		 * wait. */
+		fuse_loop_cfg_set_max_threads(
+		    lc, cl.max_threads > 10 && cl.max_threads <= 100000 ? cl.max_threads : 64);
 		ret = fuse_session_loop_mt(fs.se, lc) != 0;
 		fuse_loop_cfg_destroy(lc);
 	}

@@ -4,12 +4,14 @@
  * buffered data (read-your-writes, sizes, ordering).
  *
  * A struct node hangs off the inode record's data slot (lib/inode) while at least one handle
- * is open. It is created by the first open, gets a stream at the first open for writing, and
- * goes away with the last release, which first waits until the stream has written everything
- * (normally nothing is left: close already waited in flush). The slot is only read or changed
- * under the inode table lock; a handle keeps its node pointer, valid until its release.
- * The stream pointer is set once under that lock and read without it by handles (atomically):
- * it only goes away when no handle is left.
+ * is open. It holds a descriptor of its own, so that an open file or directory whose name is
+ * gone (unlinked, removed, renamed behind the view's back) still answers fstat, fchmod and the
+ * like, as on a local filesystem. It is created by the first open, gets a stream at the first open
+ * for writing, and goes away with the last release, which first waits until the stream has written
+ * everything (normally nothing is left: close already waited in flush). The slot is only read or
+ * changed under the inode table lock; a handle keeps its node pointer, valid until its release. The
+ * stream pointer is set once under that lock and read without it by handles (atomically): it only
+ * goes away when no handle is left.
  */
 #include "tfs.h"
 
@@ -22,6 +24,7 @@
 
 struct node {
 	unsigned handles;
+	int fd; /* a descriptor of the file, so an open file stays reachable without a name */
 	struct stream *stream;
 	uint64_t last_write_ns; /* CLOCK_REALTIME of the last write accepted, for mtime */
 };
@@ -42,6 +45,12 @@ int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct nod
 			err = -ENOMEM;
 			goto out;
 		}
+		n->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (n->fd < 0) {
+			err = -errno;
+			free(n);
+			goto out;
+		}
 		*slot = n;
 	}
 	if (writable && n->stream == NULL) {
@@ -52,6 +61,7 @@ int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct nod
 		err = sfd < 0 ? -errno : stream_open(fs->streams, sfd, &s);
 		if (err != 0) {
 			if (n->handles == 0) {
+				close(n->fd);
 				free(n);
 				*slot = NULL;
 			}
@@ -102,7 +112,22 @@ void node_detach(struct tfs *fs, fuse_ino_t ino, struct node *n)
 				 "throttlefs: closing the stream of inode %llu: %s\n",
 				 (unsigned long long)ino, strerror(-err));
 	}
+	close(n->fd);
 	free(n);
+}
+
+int node_fd(struct tfs *fs, fuse_ino_t ino)
+{
+	int fd = -ENOENT;
+	inode_lock(fs->inodes);
+	void **slot = inode_data(fs->inodes, ino);
+	if (slot != NULL && *slot != NULL) {
+		fd = fcntl(((struct node *)*slot)->fd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0)
+			fd = -errno;
+	}
+	inode_unlock(fs->inodes);
+	return fd;
 }
 
 struct stream *node_stream(struct node *n)

@@ -414,13 +414,13 @@ static int backing_flags(int flags)
 	return flags & ~(O_APPEND | O_DIRECT | O_CREAT | O_EXCL | O_NOCTTY);
 }
 
-/* Pins the inode while h is open and, for regular files, joins the inode's node. */
+/* Pins the inode while h is open and joins the inode's node. */
 static int handle_attach(struct tfs *fs, struct handle *h, int flags)
 {
 	int err = inode_pin(fs->inodes, h->ino);
-	if (err != 0 || (flags & O_DIRECTORY))
+	if (err != 0)
 		return err;
-	h->writable = (flags & O_ACCMODE) != O_RDONLY;
+	h->writable = !(flags & O_DIRECTORY) && (flags & O_ACCMODE) != O_RDONLY;
 	err = node_attach(fs, h->ino, h->writable, h->fd, &h->node);
 	if (err != 0)
 		inode_unpin(fs->inodes, h->ino);

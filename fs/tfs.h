@@ -57,12 +57,15 @@ void backing_proc_path(int fd, char buf[static 32]);
 /* node.c: the state of an inode with open handles (its stream). */
 struct node;
 
-/* A handle of ino opens: find or make its node (with a stream writing through a duplicate of
- * fd when writable). Returns 0 or a negative errno. */
+/* A handle of ino (file or directory, open as fd) opens: find or make its node (with a stream
+ * writing through a duplicate of fd when writable). Returns 0 or a negative errno. */
 int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct node **out);
 
 /* A handle closes; the last one waits for the stream's data, then frees the node. */
 void node_detach(struct tfs *fs, fuse_ino_t ino, struct node *n);
+
+/* A new descriptor of ino's file when it has open handles, else -ENOENT. */
+int node_fd(struct tfs *fs, fuse_ino_t ino);
 
 /* The node's stream, or NULL when it was never opened for writing. */
 struct stream *node_stream(struct node *n);

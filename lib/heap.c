@@ -120,6 +120,7 @@ struct heap {
 	enum state state;
 	size_t root_cursor; /* marking: next slot to scan for roots */
 	bool mark_overflow; /* mstack could not grow: rescan marked objects */
+	bool full_mark;	    /* atomic full marking: young objects are traced and marked too */
 	size_t marked_bytes;
 	char *sweep; /* sweeping: next arena address to sweep */
 	size_t trigger;
@@ -463,7 +464,7 @@ static void shade(struct heap *h, struct hdr *o)
 	if (o->flags & F_MARK)
 		return;
 	o->flags |= F_MARK;
-	if (!(o->flags & F_LARGE))
+	if (!(o->flags & F_LARGE) && is_old(h, o))
 		h->marked_bytes += obj_size(o);
 	if (o->nrefs != 0 && vec_push(&h->mstack, o->idx) < 0)
 		h->mark_overflow = true;
@@ -482,7 +483,7 @@ static size_t scan_for_mark(struct heap *h, struct hdr *o)
 	uint64_t *r = refs(o);
 	for (uint32_t i = 0; i < o->nrefs; i++) {
 		struct hdr *t = r[i] ? ref_obj(h, r[i]) : NULL;
-		if (t != NULL && is_old(h, t))
+		if (t != NULL && (h->full_mark || is_old(h, t)))
 			shade(h, t);
 	}
 	return obj_size(o);
@@ -492,6 +493,9 @@ static size_t scan_for_mark(struct heap *h, struct hdr *o)
 static void mark_rescan(struct heap *h)
 {
 	h->mark_overflow = false;
+	for (char *p = h->from; h->full_mark && p < h->ytop; p += obj_size((struct hdr *)p))
+		if (((struct hdr *)p)->flags & F_MARK)
+			scan_for_mark(h, (struct hdr *)p);
 	for (char *p = h->obase; p < h->otop; p += obj_size((struct hdr *)p)) {
 		struct hdr *o = (struct hdr *)p;
 		if (o->type != T_FREE && (o->flags & F_MARK))
@@ -509,15 +513,19 @@ static bool mark_step(struct heap *h, size_t budget)
 {
 	while (budget > 0) {
 		if (h->root_cursor < h->used_slots) {
-			size_t end = h->root_cursor + 4096;
-			if (end > h->used_slots)
-				end = h->used_slots;
-			for (; h->root_cursor < end; h->root_cursor++) {
+			/* a slot costs about what scanning its 16 bytes costs */
+			size_t n = budget / sizeof(struct slot) + 1;
+			if (n > h->used_slots - h->root_cursor)
+				n = h->used_slots - h->root_cursor;
+			for (size_t end = h->root_cursor + n; h->root_cursor < end;
+			     h->root_cursor++) {
 				struct slot *s = slot_at(h, (uint32_t)h->root_cursor);
-				if (s->obj != NULL && s->roots != 0 && is_old(h, s->obj))
+				if (s->obj != NULL && s->roots != 0 &&
+				    (h->full_mark || is_old(h, s->obj)))
 					shade(h, s->obj);
 			}
-			budget = budget > 4096 * sizeof(struct slot) ? budget - 4096 * 16 : 0;
+			budget =
+			    budget > n * sizeof(struct slot) ? budget - n * sizeof(struct slot) : 0;
 			continue;
 		}
 		if (h->mstack.len == 0) {
@@ -582,7 +590,7 @@ static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char
 		n = (struct hdr *)*to_top;
 		*to_top += size;
 		memcpy(n, o, size);
-		n->flags &= (uint8_t) ~(F_YROOT | F_FORWARDED);
+		n->flags &= (uint8_t) ~(F_YROOT | F_FORWARDED | F_MARK);
 		n->age = age > 255 ? 255 : (uint8_t)age;
 	}
 	o->flags |= F_FORWARDED;
@@ -636,7 +644,7 @@ static int scavenge(struct heap *h, bool promote_all)
 		if (o == NULL || is_young(h, o) || !(o->flags & F_REMEMBERED))
 			continue;
 		o->flags &= (uint8_t)~F_REMEMBERED;
-		if (!known_dead(h, o))
+		if (!known_dead(h, o) && !(h->full_mark && !(o->flags & F_MARK)))
 			h->rset.v[n++] = h->rset.v[i];
 	}
 	h->rset.len = n;
@@ -749,8 +757,10 @@ static const char *mark_finish(struct heap *h, bool atomic, bool force_compact)
 {
 	if (scavenge(h, atomic) < 0)
 		return NULL; /* still marking; the next slice or collection retries */
-	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
-		scan_for_mark(h, (struct hdr *)p);
+	if (!h->full_mark)
+		for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
+			scan_for_mark(h, (struct hdr *)p);
+	h->full_mark = false;
 	mark_step(h, SIZE_MAX);
 	large_sweep(h);
 	size_t extent = (size_t)(h->otop - h->obase);
@@ -768,16 +778,35 @@ static const char *mark_finish(struct heap *h, bool atomic, bool force_compact)
 	return "mark-sweep";
 }
 
+/* A precise full collection. A cycle already marking is finished first (it may keep
+ * floating garbage). Then the young generation is promoted wholesale, so the fresh marking
+ * sees one generation and the remembered set cannot keep dead young objects alive; what
+ * could not be promoted for lack of room gets a last chance after the sweep. */
 static int collect_full(struct heap *h, bool force_compact)
 {
 	uint64_t t0 = now_ns(h);
-	if (h->state != MARKING)
+	const char *what = "full";
+	if (h->state == MARKING) {
+		mark_step(h, SIZE_MAX);
+		what = mark_finish(h, true, false);
+	}
+	if (h->state == SWEEPING)
+		sweep_all(h);
+	if (what != NULL && scavenge(h, true) < 0)
+		what = NULL;
+	if (what != NULL) {
 		mark_start(h);
-	mark_step(h, SIZE_MAX);
-	const char *what = mark_finish(h, true, force_compact);
-	/* Survivors that found no room before the old space was swept get it now. */
+		h->full_mark = true;
+		mark_step(h, SIZE_MAX);
+		what = mark_finish(h, true, force_compact);
+	}
 	if (what != NULL && h->ytop != h->from && scavenge(h, true) < 0)
 		what = NULL;
+	if (h->full_mark) { /* the finishing scavenge failed: young marks must not linger */
+		for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
+			((struct hdr *)p)->flags &= (uint8_t)~F_MARK;
+		h->full_mark = false;
+	}
 	pause_end(h, t0, what);
 	return what != NULL ? 0 : -ENOMEM;
 }

@@ -380,6 +380,39 @@ static void incremental_marking_with_mutation(void **state)
 	heap_free(h);
 }
 
+/* The insertion barrier: during marking, a scanned (black) object B takes over the only
+ * reference to an unscanned (white) W from a not yet scanned (grey) G. heap_step with
+ * budget 1 does exactly one unit of work (one root slot or one object), which lets the test
+ * stop right after B is scanned. Without the barrier W would be swept. */
+static void insertion_barrier_saves_moved_referent(void **state)
+{
+	(void)state;
+	struct heap *h = new_heap(16 << 10, 64 << 10, NULL);
+	for (int i = 0; i < 100; i++)
+		assert_true(heap_alloc(h, 1, 0, 48) != 0); /* rooted filler: passes the trigger */
+	uint64_t g = heap_alloc(h, 2, 1, 0);
+	uint64_t w = heap_alloc(h, 3, 0, 32);
+	uint64_t b = heap_alloc(h, 4, 1, 0);
+	fill(h, w, 77);
+	assert_int_equal(heap_set_ref(h, g, 0, w), 0);
+	assert_int_equal(heap_root_dec(h, w), 0);
+	assert_int_equal(heap_collect(h, HEAP_MINOR), 0); /* all old; starts marking */
+	check(h);
+	for (int i = 0; i < 103; i++) /* one root slot each */
+		assert_int_equal(heap_step(h, 1), 1);
+	assert_int_equal(heap_step(h, 1), 1); /* pops b, the last pushed: b is black */
+	assert_int_equal(heap_set_ref(h, b, 0, w), 0);
+	assert_int_equal(heap_set_ref(h, g, 0, 0), 0);
+	while (heap_step(h, 1) != 0)
+		;
+	check(h);
+	assert_true(intact(h, w, 77));
+	uint64_t t = 0;
+	assert_int_equal(heap_get_ref(h, b, 0, &t), 0);
+	assert_true(t == w);
+	heap_free(h);
+}
+
 /* Pause stats and trace lines follow the injected clock exactly. */
 static void stats_follow_injected_clock(void **state)
 {
@@ -644,6 +677,7 @@ int main(void)
 	    cmocka_unit_test(large_objects_stay_put),
 	    cmocka_unit_test(fragmentation_triggers_compaction),
 	    cmocka_unit_test(incremental_marking_with_mutation),
+	    cmocka_unit_test(insertion_barrier_saves_moved_referent),
 	    cmocka_unit_test(stats_follow_injected_clock),
 	    cmocka_unit_test(property_random_programs),
 	};

@@ -460,7 +460,7 @@ static unsigned below(unsigned n)
 	return (unsigned)(rnd() % n);
 }
 
-enum { MAXOBJ = 400, MAXREFS = 3, STEPS = 500 };
+enum { MAXOBJ = 400, MAXREFS = 3, STEPS = 400 };
 
 struct model {
 	uint64_t handle;

@@ -38,7 +38,7 @@
 
 #define HEAP_DEFAULT_SEMI_SPACE	  ((size_t)8 << 20)   /* 8 MiB per semi-space */
 #define HEAP_DEFAULT_OLD_SPACE	  ((size_t)256 << 20) /* 256 MiB: ~1M inodes with 100 B names */
-#define HEAP_DEFAULT_PROMOTE_AGE  1		      /* survive one scavenge, then promote */
+#define HEAP_DEFAULT_PROMOTE_AGE  2		      /* survive two scavenges (see bench_heap) */
 #define HEAP_DEFAULT_LARGE_OBJECT 2048		      /* bigger objects are never copied */
 #define HEAP_DEFAULT_COMPACT	  0.5		      /* fragmentation that triggers compaction */
 #define HEAP_MIN_SEMI_SPACE	  ((size_t)4 << 10)   /* tiny heaps are for tests */

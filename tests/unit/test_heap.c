@@ -44,7 +44,7 @@ static void fake_trace(void *arg, const char *line)
 
 static struct heap *new_heap(size_t semi, size_t old, struct fake_clock *clk)
 {
-	struct heap_config cfg = {.semi_space = semi, .old_space = old};
+	struct heap_config cfg = {.semi_space = semi, .old_space = old, .promote_age = 1};
 	if (semi != 0 && semi / 4 < HEAP_DEFAULT_LARGE_OBJECT)
 		cfg.large_object = semi / 4;
 	if (clk != NULL) {

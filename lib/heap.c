@@ -1,0 +1,1253 @@
+/*
+ * heap.c - a generational, moving collector for the daemon's metadata records.
+ *
+ * Why handles everywhere. Every object owns one slot of the handle table (struct slot: the
+ * object's current address, the slot's generation, the root count). A handle is
+ * (generation << 32) | (slot index + 1), so it is never 0 and a reused slot yields a new
+ * value. Reference slots inside objects hold handles too, not addresses. That choice makes
+ * every move cheap and local: copying or sliding an object updates exactly one table entry,
+ * no forwarding pointers, no pointer fix-up pass. The price is one indirection per reference
+ * read, which is nothing next to a FUSE round trip.
+ *
+ * Object layout (all 8-byte aligned): a 16-byte struct hdr {type, flags, age, nbytes, slot
+ * index, nrefs}, then nrefs uint64_t handles, then nbytes raw bytes rounded up to 8. The
+ * first 8 bytes alone give the size of a free chunk (type T_FREE, nbytes = chunk size), so an
+ * 8-byte filler is a valid chunk and the old arena can always be walked from bottom to top.
+ *
+ * Young generation: a semi-space pair. Allocation bumps a pointer in `from`. A scavenge
+ * (Cheney) copies what is reachable from the young roots (rooted young objects, kept in the
+ * yroots vector) and from the remembered set (old objects that may hold young handles) into
+ * `to`, breadth-first with `to` itself as the queue. A survivor whose age reaches
+ * promote_age is copied into the old generation instead; promoted objects are queued on
+ * pstack and scanned too, and join the remembered set if they still point at young objects.
+ * If the old space is full the survivor simply stays young: `to` is as big as `from`, so a
+ * scavenge can never run out of room. Dead young objects are found by one linear walk of
+ * `from` (copied ones carry F_FORWARDED) and their handle slots are released.
+ *
+ * Old generation: one reserved arena (mmap, MAP_NORESERVE: pages are committed on first use)
+ * allocated by segregated free lists with a bump pointer at the top, plus a list of large
+ * objects (bigger than config.large_object) that are malloc'd individually and never move.
+ * It is collected by incremental mark-sweep: marking runs in slices (heap_step, and paced by
+ * allocation), protected by a Dijkstra insertion barrier in heap_set_ref and heap_root_inc
+ * (the newly stored old target is shaded). Young objects are not traced by old marking; the
+ * atomic finish instead scavenges and then shades every old object referenced from the
+ * young generation, which covers every old object reachable through young ones. Objects
+ * promoted while marking are marked and queued grey. Sweeping is lazy: it rebuilds the free
+ * lists from bottom to top, coalescing runs of garbage, a slice at a time; objects placed
+ * above the sweep cursor are pre-marked so the sweeper keeps them. When the garbage share of
+ * the arena passes compact_threshold, the finish slides every live object down instead
+ * (mark-compact, stop-the-world, Lisp-2 order-preserving but with no pointer fix-up thanks to
+ * handles).
+ *
+ * Invariants (heap_verify checks them):
+ *  - every object's header names a live slot whose address is that object;
+ *  - every non-zero reference slot of a live object holds a live handle;
+ *  - an old object holding a young handle has F_REMEMBERED and its index is in rset;
+ *  - outside marking and sweeping no old object carries F_MARK.
+ */
+#include "heap.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+enum {
+	F_MARK = 1,	   /* old: reached by the current marking (or kept by the sweeper) */
+	F_REMEMBERED = 2,  /* old: its index is in rset */
+	F_YROOT = 4,	   /* young: its index is in yroots */
+	F_FORWARDED = 8,   /* young, from-space copy: the object survived this scavenge */
+	F_LARGE = 16,	   /* lives in the large-object list */
+	T_FREE = 0xff,	   /* type of a free chunk in the old arena */
+	NCLASS = 63,	   /* exact free lists for chunks of 2..NCLASS words */
+	SLOT_SHIFT = 16,   /* handle table chunk: 65536 slots, never moved once allocated */
+	PACE_BYTES = 32768 /* allocation between two paced slices of old-generation work */
+};
+#define PACE_WORK  ((size_t)256 << 10) /* bytes of marking or sweeping per paced slice */
+#define SLOT_CHUNK ((size_t)1 << SLOT_SHIFT)
+
+struct hdr {
+	uint8_t type, flags, age, pad;
+	uint32_t nbytes; /* raw bytes; T_FREE: size of the whole chunk */
+	uint32_t idx;	 /* handle slot; T_FREE: next chunk as (offset / 8) + 1, 0 ends */
+	uint32_t nrefs;
+};
+
+struct large {
+	struct large *prev, *next;
+	size_t size;
+	size_t pad; /* keeps the header 16-byte aligned */
+};
+
+struct slot {
+	struct hdr *obj; /* NULL when free */
+	uint32_t gen;
+	uint32_t roots; /* root count; free slot: next free index + 1 */
+};
+
+struct vec {
+	uint32_t *v;
+	size_t len, cap;
+};
+
+enum state { IDLE, MARKING, SWEEPING };
+
+struct heap {
+	struct heap_config cfg;
+	char *ymem; /* both semi-spaces, 2 * semi bytes */
+	size_t semi;
+	char *from, *to, *ytop;
+
+	char *obase, *otop; /* old arena and its bump pointer */
+	size_t olimit;
+	size_t ofree;		    /* bytes in free chunks below otop */
+	uint32_t flist[NCLASS + 1]; /* [w]: chunks of w words; [0]: bigger ones, first fit */
+	uint64_t fmask;		    /* bit w set: flist[w] non-empty */
+	struct large *large;
+	size_t large_bytes;
+
+	struct slot **chunks;
+	size_t nchunks, used_slots; /* slots ever handed out (the table's extent) */
+	uint32_t free_slot;	    /* index + 1 of the first free slot, 0: none */
+	size_t live_slots;
+
+	struct vec rset, yroots, mstack, pstack;
+
+	enum state state;
+	size_t root_cursor; /* marking: next slot to scan for roots */
+	bool mark_overflow; /* mstack could not grow: rescan marked objects */
+	bool full_mark;	    /* atomic full marking: young objects are traced and marked too */
+	size_t marked_bytes;
+	char *sweep; /* sweeping: next arena address to sweep */
+	size_t trigger;
+	size_t debt;
+	bool in_gc;
+
+	struct heap_stats st;
+	uint64_t pause_ns_total, pause_ns_max;
+};
+
+/* ---- small helpers ---- */
+
+static size_t align8(size_t n)
+{
+	return (n + 7) & ~(size_t)7;
+}
+
+static size_t obj_size(const struct hdr *o)
+{
+	if (o->type == T_FREE)
+		return o->nbytes;
+	return sizeof(struct hdr) + 8 * (size_t)o->nrefs + align8(o->nbytes);
+}
+
+static uint64_t *refs(struct hdr *o)
+{
+	return (uint64_t *)(o + 1);
+}
+
+static struct slot *slot_at(const struct heap *h, uint32_t idx)
+{
+	return &h->chunks[idx >> SLOT_SHIFT][idx & (SLOT_CHUNK - 1)];
+}
+
+static uint64_t handle_of(const struct heap *h, uint32_t idx)
+{
+	return ((uint64_t)slot_at(h, idx)->gen << 32) | ((uint64_t)idx + 1);
+}
+
+/* The slot of a live handle, or NULL. */
+static struct slot *lookup(const struct heap *h, uint64_t handle)
+{
+	uint32_t low = (uint32_t)handle;
+	if (low == 0 || low - 1 >= h->used_slots)
+		return NULL;
+	struct slot *s = slot_at(h, low - 1);
+	if (s->obj == NULL || s->gen != (uint32_t)(handle >> 32))
+		return NULL;
+	return s;
+}
+
+static bool in_range(const void *p, const char *base, size_t len)
+{
+	return (const char *)p >= base && (const char *)p < base + len;
+}
+
+static bool is_young(const struct heap *h, const struct hdr *o)
+{
+	return in_range(o, h->ymem, 2 * h->semi);
+}
+
+static bool in_from(const struct heap *h, const struct hdr *o)
+{
+	return in_range(o, h->from, h->semi);
+}
+
+static bool in_to(const struct heap *h, const struct hdr *o)
+{
+	return in_range(o, h->to, h->semi);
+}
+
+static bool is_old(const struct heap *h, const struct hdr *o)
+{
+	return !is_young(h, o);
+}
+
+static int vec_reserve(struct vec *v, size_t n)
+{
+	if (n <= v->cap)
+		return 0;
+	size_t cap = v->cap ? v->cap : 256;
+	while (cap < n)
+		cap *= 2;
+	uint32_t *nv = realloc(v->v, cap * sizeof(*nv));
+	if (nv == NULL)
+		return -ENOMEM;
+	v->v = nv;
+	v->cap = cap;
+	return 0;
+}
+
+static int vec_push(struct vec *v, uint32_t x)
+{
+	int rc = vec_reserve(v, v->len + 1);
+	if (rc < 0)
+		return rc;
+	v->v[v->len++] = x;
+	return 0;
+}
+
+static uint64_t now_ns(const struct heap *h)
+{
+	if (h->cfg.clock_ns != NULL)
+		return h->cfg.clock_ns(h->cfg.arg);
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static size_t old_used(const struct heap *h)
+{
+	return (size_t)(h->otop - h->obase) - h->ofree + h->large_bytes;
+}
+
+/* Free chunk bytes over the arena extent (during a lazy sweep: swept part only). */
+static double fragmentation(const struct heap *h)
+{
+	size_t extent = (size_t)(h->otop - h->obase);
+	return extent ? (double)h->ofree / (double)extent : 0;
+}
+
+/* Ends a pause that began at t0; traces `what` when the embedder asked for it. */
+static void pause_end(struct heap *h, uint64_t t0, const char *what)
+{
+	uint64_t dt = now_ns(h) - t0;
+	h->pause_ns_total += dt;
+	if (dt > h->pause_ns_max)
+		h->pause_ns_max = dt;
+	h->st.pause_us.last = dt / 1000;
+	if (what == NULL || h->cfg.trace == NULL)
+		return;
+	char line[200];
+	snprintf(line, sizeof(line),
+		 "heap: %s young %zuK/%zuK old %zuK/%zuK frag %.2f objects %zu pause %.3f ms", what,
+		 (size_t)(h->ytop - h->from) >> 10, h->semi >> 10, old_used(h) >> 10,
+		 h->olimit >> 10, fragmentation(h), h->live_slots, (double)dt / 1e6);
+	h->cfg.trace(h->cfg.arg, line);
+}
+
+/* ---- handle table ---- */
+
+static int slot_alloc(struct heap *h, uint32_t *idx)
+{
+	if (h->free_slot != 0) {
+		*idx = h->free_slot - 1;
+		h->free_slot = slot_at(h, *idx)->roots;
+		h->live_slots++;
+		return 0;
+	}
+	if (h->used_slots >= (size_t)UINT32_MAX - 1)
+		return -ENOMEM;
+	if (h->used_slots == h->nchunks * SLOT_CHUNK) {
+		struct slot **nc = realloc(h->chunks, (h->nchunks + 1) * sizeof(*nc));
+		if (nc == NULL)
+			return -ENOMEM;
+		h->chunks = nc;
+		nc[h->nchunks] = calloc(SLOT_CHUNK, sizeof(struct slot));
+		if (nc[h->nchunks] == NULL)
+			return -ENOMEM;
+		h->nchunks++;
+	}
+	*idx = (uint32_t)h->used_slots++;
+	slot_at(h, *idx)->gen = 1;
+	h->live_slots++;
+	return 0;
+}
+
+/* The object in slot idx is gone: bump the generation so old handles go stale. A slot
+ * whose generation would wrap is retired instead of reused. */
+static void slot_release(struct heap *h, uint32_t idx)
+{
+	struct slot *s = slot_at(h, idx);
+	s->obj = NULL;
+	s->roots = 0;
+	h->live_slots--;
+	if (s->gen == UINT32_MAX)
+		return;
+	s->gen++;
+	s->roots = h->free_slot;
+	h->free_slot = idx + 1;
+}
+
+/* ---- old arena free lists ---- */
+
+static struct hdr *chunk_at(const struct heap *h, uint32_t link)
+{
+	return link == 0 ? NULL : (struct hdr *)(h->obase + (size_t)(link - 1) * 8);
+}
+
+static uint32_t chunk_link(const struct heap *h, const struct hdr *c)
+{
+	return (uint32_t)(((const char *)c - h->obase) / 8 + 1);
+}
+
+static void flist_reset(struct heap *h)
+{
+	memset(h->flist, 0, sizeof(h->flist));
+	h->fmask = 0;
+	h->ofree = 0;
+}
+
+/* Turns [p, p + len) into free space: a listed chunk, or an 8-byte filler. */
+static void chunk_add(struct heap *h, char *p, size_t len)
+{
+	struct hdr *c = (struct hdr *)p;
+	c->type = T_FREE;
+	c->flags = 0;
+	c->nbytes = (uint32_t)len;
+	h->ofree += len;
+	if (len < sizeof(struct hdr))
+		return;
+	size_t w = len / 8 <= NCLASS ? len / 8 : 0;
+	c->idx = h->flist[w];
+	h->flist[w] = chunk_link(h, c);
+	h->fmask |= (uint64_t)1 << w;
+}
+
+static struct hdr *chunk_pop(struct heap *h, size_t w)
+{
+	struct hdr *c = chunk_at(h, h->flist[w]);
+	h->flist[w] = c->idx;
+	if (c->idx == 0)
+		h->fmask &= ~((uint64_t)1 << w);
+	return c;
+}
+
+/* Takes `size` bytes from the free lists: the smallest non-empty exact class that fits,
+ * else first fit among the big chunks; the rest of the chunk goes back as free space. */
+static struct hdr *flist_take(struct heap *h, size_t size)
+{
+	size_t w = size / 8;
+	struct hdr *c = NULL;
+	if (w <= NCLASS) {
+		uint64_t m = h->fmask & (~(uint64_t)0 << w) & ~(uint64_t)1;
+		if (m != 0)
+			c = chunk_pop(h, (size_t)__builtin_ctzll(m));
+	}
+	if (c == NULL) {
+		uint32_t *link = &h->flist[0];
+		while (*link != 0 && chunk_at(h, *link)->nbytes < size)
+			link = &chunk_at(h, *link)->idx;
+		if (*link == 0)
+			return NULL;
+		c = chunk_at(h, *link);
+		*link = c->idx;
+		if (h->flist[0] == 0)
+			h->fmask &= ~(uint64_t)1;
+	}
+	size_t csize = c->nbytes;
+	h->ofree -= csize;
+	if (csize > size)
+		chunk_add(h, (char *)c + size, csize - size);
+	return c;
+}
+
+/* ---- lazy sweeping ---- */
+
+static void sweep_done(struct heap *h)
+{
+	h->state = IDLE;
+	size_t used = old_used(h);
+	size_t room = h->olimit - used;
+	h->trigger = used + (used < room / 2 ? used : room / 2);
+	if (h->trigger < used + h->olimit / 16)
+		h->trigger = used + h->olimit / 16;
+}
+
+/* Sweeps about budget bytes of the arena. A run of garbage and free chunks is always
+ * finished, so the free lists only ever hold maximal runs. */
+static void sweep_step(struct heap *h, size_t budget)
+{
+	char *p = h->sweep;
+	while (p < h->otop) {
+		char *run = p;
+		while (p < h->otop) {
+			struct hdr *o = (struct hdr *)p;
+			if (o->type != T_FREE && (o->flags & F_MARK))
+				break;
+			if (o->type != T_FREE)
+				slot_release(h, o->idx);
+			p += obj_size(o);
+		}
+		if (p > run) {
+			if (p == h->otop)
+				h->otop = run;
+			else
+				chunk_add(h, run, (size_t)(p - run));
+		}
+		if (p < h->otop) {
+			struct hdr *o = (struct hdr *)p;
+			o->flags &= (uint8_t)~F_MARK;
+			size_t sz = obj_size(o);
+			p += sz;
+			budget = budget > sz ? budget - sz : 0;
+		}
+		if (budget == 0)
+			break;
+	}
+	h->sweep = p;
+	if (p >= h->otop)
+		sweep_done(h);
+}
+
+static void sweep_all(struct heap *h)
+{
+	while (h->state == SWEEPING)
+		sweep_step(h, SIZE_MAX);
+}
+
+/* ---- old allocation ---- */
+
+static struct hdr *old_alloc(struct heap *h, size_t size)
+{
+	struct hdr *o = flist_take(h, size);
+	if (o == NULL && h->state == SWEEPING) {
+		sweep_step(h, 64 << 10);
+		o = flist_take(h, size);
+	}
+	if (o == NULL && (size_t)(h->otop - h->obase) + h->large_bytes + size <= h->olimit) {
+		o = (struct hdr *)h->otop;
+		h->otop += size;
+		if (h->state == SWEEPING)
+			o->flags = F_MARK; /* above the sweep cursor: keep it */
+		else
+			o->flags = 0;
+		return o;
+	}
+	if (o == NULL && h->state == SWEEPING) {
+		sweep_all(h);
+		o = flist_take(h, size);
+	}
+	if (o != NULL)
+		o->flags = 0;
+	return o;
+}
+
+/* ---- marking ---- */
+
+static void shade(struct heap *h, struct hdr *o)
+{
+	if (o->flags & F_MARK)
+		return;
+	o->flags |= F_MARK;
+	if (!(o->flags & F_LARGE) && is_old(h, o))
+		h->marked_bytes += obj_size(o);
+	if (o->nrefs != 0 && vec_push(&h->mstack, o->idx) < 0)
+		h->mark_overflow = true;
+}
+
+/* The object a stored reference names, or NULL when the slot went stale (only possible in
+ * garbage whose referents were swept first). */
+static struct hdr *ref_obj(const struct heap *h, uint64_t r)
+{
+	struct slot *s = lookup(h, r);
+	return s ? s->obj : NULL;
+}
+
+static size_t scan_for_mark(struct heap *h, struct hdr *o)
+{
+	uint64_t *r = refs(o);
+	for (uint32_t i = 0; i < o->nrefs; i++) {
+		struct hdr *t = r[i] ? ref_obj(h, r[i]) : NULL;
+		if (t != NULL && (h->full_mark || is_old(h, t)))
+			shade(h, t);
+	}
+	return obj_size(o);
+}
+
+/* After mstack overflowed: rescan every marked object so no grey one is forgotten. */
+static void mark_rescan(struct heap *h)
+{
+	h->mark_overflow = false;
+	for (char *p = h->from; h->full_mark && p < h->ytop; p += obj_size((struct hdr *)p))
+		if (((struct hdr *)p)->flags & F_MARK)
+			scan_for_mark(h, (struct hdr *)p);
+	for (char *p = h->obase; p < h->otop; p += obj_size((struct hdr *)p)) {
+		struct hdr *o = (struct hdr *)p;
+		if (o->type != T_FREE && (o->flags & F_MARK))
+			scan_for_mark(h, o);
+	}
+	for (struct large *l = h->large; l != NULL; l = l->next) {
+		struct hdr *o = (struct hdr *)(l + 1);
+		if (o->flags & F_MARK)
+			scan_for_mark(h, o);
+	}
+}
+
+/* Marks for about budget bytes. Returns true when marking is complete. */
+static bool mark_step(struct heap *h, size_t budget)
+{
+	while (budget > 0) {
+		if (h->root_cursor < h->used_slots) {
+			/* a slot costs about what scanning its 16 bytes costs */
+			size_t n = budget / sizeof(struct slot) + 1;
+			if (n > h->used_slots - h->root_cursor)
+				n = h->used_slots - h->root_cursor;
+			for (size_t end = h->root_cursor + n; h->root_cursor < end;
+			     h->root_cursor++) {
+				struct slot *s = slot_at(h, (uint32_t)h->root_cursor);
+				if (s->obj != NULL && s->roots != 0 &&
+				    (h->full_mark || is_old(h, s->obj)))
+					shade(h, s->obj);
+			}
+			budget =
+			    budget > n * sizeof(struct slot) ? budget - n * sizeof(struct slot) : 0;
+			continue;
+		}
+		if (h->mstack.len == 0) {
+			if (!h->mark_overflow)
+				return true;
+			mark_rescan(h);
+			continue;
+		}
+		struct hdr *o = slot_at(h, h->mstack.v[--h->mstack.len])->obj;
+		size_t sz = scan_for_mark(h, o);
+		budget = budget > sz ? budget - sz : 0;
+	}
+	return h->root_cursor >= h->used_slots && h->mstack.len == 0 && !h->mark_overflow;
+}
+
+static void mark_start(struct heap *h)
+{
+	if (h->state == SWEEPING)
+		sweep_all(h);
+	h->state = MARKING;
+	h->root_cursor = 0;
+	h->mstack.len = 0;
+	h->mark_overflow = false;
+	h->marked_bytes = 0;
+	if (h->cfg.trace != NULL) {
+		char line[120];
+		snprintf(line, sizeof(line), "heap: marking start old %zuK/%zuK", old_used(h) >> 10,
+			 h->olimit >> 10);
+		h->cfg.trace(h->cfg.arg, line);
+	}
+}
+
+/* ---- scavenge ---- */
+
+/* Copies the object in slot idx out of from-space (if it is there) and returns its address. */
+static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char **to_top)
+{
+	struct slot *s = slot_at(h, idx);
+	struct hdr *o = s->obj;
+	if (!in_from(h, o))
+		return o;
+	size_t size = obj_size(o);
+	unsigned age = o->age + 1u;
+	struct hdr *n = NULL;
+	if (promote_all || age >= h->cfg.promote_age) {
+		n = old_alloc(h, size);
+		if (n != NULL) {
+			uint8_t keep = n->flags & F_MARK;
+			memcpy(n, o, size);
+			n->flags = keep;
+			h->pstack.v[h->pstack.len++] = idx;
+			h->st.young.promoted_bytes += size;
+			if (h->state == MARKING) {
+				n->flags |= F_MARK;
+				h->marked_bytes += size;
+				if (n->nrefs != 0)
+					h->mstack.v[h->mstack.len++] = idx;
+			}
+		}
+	}
+	if (n == NULL) {
+		n = (struct hdr *)*to_top;
+		*to_top += size;
+		memcpy(n, o, size);
+		n->flags &= (uint8_t) ~(F_YROOT | F_FORWARDED | F_MARK);
+		n->age = age > 255 ? 255 : (uint8_t)age;
+	}
+	o->flags |= F_FORWARDED;
+	s->obj = n;
+	return n;
+}
+
+/* Evacuates the young referents of o; returns true if o still points into the young
+ * generation afterwards. */
+static bool scavenge_refs(struct heap *h, struct hdr *o, bool promote_all, char **to_top)
+{
+	bool young = false;
+	uint64_t *r = refs(o);
+	for (uint32_t i = 0; i < o->nrefs; i++) {
+		struct slot *s = r[i] ? lookup(h, r[i]) : NULL;
+		if (s == NULL)
+			continue;
+		struct hdr *t = evacuate(h, (uint32_t)(r[i] - 1), promote_all, to_top);
+		young |= in_to(h, t);
+	}
+	return young;
+}
+
+/* True when o is old garbage the sweeper has not reached yet. */
+static bool known_dead(const struct heap *h, const struct hdr *o)
+{
+	return h->state == SWEEPING && !(o->flags & (F_MARK | F_LARGE)) &&
+	       (const char *)o >= h->sweep && (const char *)o < h->otop;
+}
+
+static int scavenge(struct heap *h, bool promote_all)
+{
+	size_t most = (size_t)(h->ytop - h->from) / sizeof(struct hdr);
+	if (vec_reserve(&h->pstack, most) < 0 || vec_reserve(&h->rset, h->rset.len + most) < 0 ||
+	    (h->state == MARKING && vec_reserve(&h->mstack, h->mstack.len + most) < 0))
+		return -ENOMEM;
+	char *to_top = h->to;
+	char *scan = h->to;
+	h->pstack.len = 0;
+
+	for (size_t i = 0; i < h->yroots.len; i++) {
+		struct slot *s = slot_at(h, h->yroots.v[i]);
+		if (s->obj != NULL && s->roots != 0)
+			evacuate(h, h->yroots.v[i], promote_all, &to_top);
+	}
+
+	/* Remembered set: drop stale entries and duplicates, then scan each once. */
+	size_t n = 0;
+	for (size_t i = 0; i < h->rset.len; i++) {
+		struct hdr *o = slot_at(h, h->rset.v[i])->obj;
+		if (o == NULL || is_young(h, o) || !(o->flags & F_REMEMBERED))
+			continue;
+		o->flags &= (uint8_t)~F_REMEMBERED;
+		if (!known_dead(h, o) && !(h->full_mark && !(o->flags & F_MARK)))
+			h->rset.v[n++] = h->rset.v[i];
+	}
+	h->rset.len = n;
+	n = 0;
+	for (size_t i = 0; i < h->rset.len; i++) {
+		struct hdr *o = slot_at(h, h->rset.v[i])->obj;
+		if (scavenge_refs(h, o, promote_all, &to_top)) {
+			o->flags |= F_REMEMBERED;
+			h->rset.v[n++] = h->rset.v[i];
+		}
+	}
+	h->rset.len = n;
+
+	while (scan < to_top || h->pstack.len != 0) {
+		if (scan < to_top) {
+			struct hdr *o = (struct hdr *)scan;
+			scavenge_refs(h, o, promote_all, &to_top);
+			scan += obj_size(o);
+			continue;
+		}
+		uint32_t idx = h->pstack.v[--h->pstack.len];
+		struct hdr *o = slot_at(h, idx)->obj;
+		if (scavenge_refs(h, o, promote_all, &to_top) && !(o->flags & F_REMEMBERED)) {
+			o->flags |= F_REMEMBERED;
+			h->rset.v[h->rset.len++] = idx;
+		}
+	}
+
+	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p)) {
+		struct hdr *o = (struct hdr *)p;
+		if (!(o->flags & F_FORWARDED))
+			slot_release(h, o->idx);
+	}
+
+	char *old_from = h->from;
+	h->from = h->to;
+	h->to = old_from;
+	h->ytop = to_top;
+
+	n = 0;
+	for (size_t i = 0; i < h->yroots.len; i++) {
+		uint32_t idx = h->yroots.v[i];
+		struct slot *s = slot_at(h, idx);
+		if (s->obj == NULL || !in_from(h, s->obj) || s->roots == 0 ||
+		    (s->obj->flags & F_YROOT))
+			continue;
+		s->obj->flags |= F_YROOT;
+		h->yroots.v[n++] = idx;
+	}
+	h->yroots.len = n;
+	h->st.young.scavenges++;
+	return 0;
+}
+
+/* ---- finishing a cycle ---- */
+
+static void large_sweep(struct heap *h)
+{
+	struct large *l = h->large;
+	while (l != NULL) {
+		struct large *next = l->next;
+		struct hdr *o = (struct hdr *)(l + 1);
+		if (o->flags & F_MARK) {
+			o->flags &= (uint8_t)~F_MARK;
+		} else {
+			slot_release(h, o->idx);
+			if (l->prev != NULL)
+				l->prev->next = next;
+			else
+				h->large = next;
+			if (next != NULL)
+				next->prev = l->prev;
+			h->large_bytes -= l->size;
+			free(l);
+		}
+		l = next;
+	}
+}
+
+/* Slides every marked arena object down to the bottom, in address order. */
+static void compact(struct heap *h)
+{
+	char *p = h->obase, *dst = h->obase;
+	while (p < h->otop) {
+		struct hdr *o = (struct hdr *)p;
+		size_t size = obj_size(o);
+		if (o->type != T_FREE) {
+			if (o->flags & F_MARK) {
+				uint32_t idx = o->idx;
+				o->flags &= (uint8_t)~F_MARK;
+				if (dst != p)
+					memmove(dst, p, size);
+				slot_at(h, idx)->obj = (struct hdr *)dst;
+				dst += size;
+			} else {
+				slot_release(h, o->idx);
+			}
+		}
+		p += size;
+	}
+	h->otop = dst;
+	flist_reset(h);
+	h->st.old.mark_compacts++;
+	sweep_done(h);
+}
+
+/* The atomic end of marking: scavenge, shade what young objects point at, drain, then
+ * sweep (lazily unless `atomic`) or compact. Returns the kind of cycle for the trace. */
+static const char *mark_finish(struct heap *h, bool atomic, bool force_compact)
+{
+	if (scavenge(h, atomic) < 0)
+		return NULL; /* still marking; the next slice or collection retries */
+	if (!h->full_mark)
+		for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
+			scan_for_mark(h, (struct hdr *)p);
+	h->full_mark = false;
+	mark_step(h, SIZE_MAX);
+	large_sweep(h);
+	size_t extent = (size_t)(h->otop - h->obase);
+	double garbage = extent ? 1.0 - (double)h->marked_bytes / (double)extent : 0;
+	if (force_compact || garbage > h->cfg.compact_threshold) {
+		compact(h);
+		return "mark-compact";
+	}
+	h->st.old.mark_sweeps++;
+	flist_reset(h);
+	h->state = SWEEPING;
+	h->sweep = h->obase;
+	if (atomic)
+		sweep_all(h);
+	return "mark-sweep";
+}
+
+/* A precise full collection. A cycle already marking is finished first (it may keep
+ * floating garbage). Then the young generation is promoted wholesale, so the fresh marking
+ * sees one generation and the remembered set cannot keep dead young objects alive; what
+ * could not be promoted for lack of room gets a last chance after the sweep. */
+static int collect_full(struct heap *h, bool force_compact)
+{
+	uint64_t t0 = now_ns(h);
+	const char *what = "full";
+	if (h->state == MARKING) {
+		mark_step(h, SIZE_MAX);
+		what = mark_finish(h, true, false);
+	}
+	if (h->state == SWEEPING)
+		sweep_all(h);
+	if (what != NULL && scavenge(h, true) < 0)
+		what = NULL;
+	if (what != NULL) {
+		mark_start(h);
+		h->full_mark = true;
+		mark_step(h, SIZE_MAX);
+		what = mark_finish(h, true, force_compact);
+	}
+	if (what != NULL && h->ytop != h->from && scavenge(h, true) < 0)
+		what = NULL;
+	if (h->full_mark) { /* the finishing scavenge failed: young marks must not linger */
+		for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
+			((struct hdr *)p)->flags &= (uint8_t)~F_MARK;
+		h->full_mark = false;
+	}
+	pause_end(h, t0, what);
+	return what != NULL ? 0 : -ENOMEM;
+}
+
+static int collect_minor(struct heap *h)
+{
+	uint64_t t0 = now_ns(h);
+	int rc = scavenge(h, false);
+	if (rc == 0 && h->state == IDLE && old_used(h) >= h->trigger)
+		mark_start(h);
+	pause_end(h, t0, "scavenge");
+	return rc;
+}
+
+/* One slice of old-generation work. Returns 1 while a cycle is in progress. */
+static int step(struct heap *h, size_t budget)
+{
+	if (h->state == IDLE && old_used(h) >= h->trigger)
+		mark_start(h);
+	if (h->state == IDLE)
+		return 0;
+	uint64_t t0 = now_ns(h);
+	const char *what = NULL;
+	if (h->state == MARKING) {
+		if (mark_step(h, budget))
+			what = mark_finish(h, false, false);
+	} else {
+		sweep_step(h, budget);
+	}
+	pause_end(h, t0, what);
+	return h->state != IDLE;
+}
+
+/* ---- public API ---- */
+
+int heap_new(const struct heap_config *config, struct heap **out)
+{
+	struct heap_config c = {0};
+	if (config != NULL)
+		c = *config;
+	if (c.semi_space == 0)
+		c.semi_space = HEAP_DEFAULT_SEMI_SPACE;
+	if (c.old_space == 0)
+		c.old_space = HEAP_DEFAULT_OLD_SPACE;
+	if (c.promote_age == 0)
+		c.promote_age = HEAP_DEFAULT_PROMOTE_AGE;
+	if (c.large_object == 0)
+		c.large_object = HEAP_DEFAULT_LARGE_OBJECT;
+	if (c.compact_threshold == 0)
+		c.compact_threshold = HEAP_DEFAULT_COMPACT;
+	c.semi_space = align8(c.semi_space);
+	c.old_space = align8(c.old_space);
+	if (c.semi_space < HEAP_MIN_SEMI_SPACE || c.semi_space > ((size_t)1 << 32) ||
+	    c.old_space > HEAP_MAX_OLD_SPACE || c.promote_age > 255 ||
+	    c.large_object > c.semi_space / 4 || c.large_object < sizeof(struct hdr) ||
+	    !(c.compact_threshold > 0 && c.compact_threshold <= 1))
+		return -EINVAL;
+
+	struct heap *h = calloc(1, sizeof(*h));
+	if (h == NULL)
+		return -ENOMEM;
+	h->cfg = c;
+	h->semi = c.semi_space;
+	h->olimit = c.old_space;
+	h->ymem = mmap(NULL, 2 * h->semi, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (h->ymem == MAP_FAILED) {
+		free(h);
+		return -ENOMEM;
+	}
+	if (h->olimit != 0) {
+		h->obase = mmap(NULL, h->olimit, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (h->obase == MAP_FAILED) {
+			munmap(h->ymem, 2 * h->semi);
+			free(h);
+			return -ENOMEM;
+		}
+	}
+	h->from = h->ytop = h->ymem;
+	h->to = h->ymem + h->semi;
+	h->otop = h->obase;
+	sweep_done(h);
+	h->st.young.size = h->semi;
+	h->st.old.size = h->olimit;
+	*out = h;
+	return 0;
+}
+
+void heap_free(struct heap *h)
+{
+	if (h == NULL)
+		return;
+	while (h->large != NULL) {
+		struct large *next = h->large->next;
+		free(h->large);
+		h->large = next;
+	}
+	for (size_t i = 0; i < h->nchunks; i++)
+		free(h->chunks[i]);
+	free(h->chunks);
+	free(h->rset.v);
+	free(h->yroots.v);
+	free(h->mstack.v);
+	free(h->pstack.v);
+	munmap(h->ymem, 2 * h->semi);
+	if (h->obase != NULL)
+		munmap(h->obase, h->olimit);
+	free(h);
+}
+
+static struct hdr *large_alloc(struct heap *h, size_t size)
+{
+	if ((size_t)(h->otop - h->obase) + h->large_bytes + size > h->olimit) {
+		if (collect_full(h, true) < 0 ||
+		    (size_t)(h->otop - h->obase) + h->large_bytes + size > h->olimit)
+			return NULL;
+	}
+	struct large *l = malloc(sizeof(*l) + size);
+	if (l == NULL)
+		return NULL;
+	l->size = size;
+	l->prev = NULL;
+	l->next = h->large;
+	if (h->large != NULL)
+		h->large->prev = l;
+	h->large = l;
+	h->large_bytes += size;
+	struct hdr *o = (struct hdr *)(l + 1);
+	o->flags = F_LARGE | (h->state == MARKING ? F_MARK : 0);
+	return o;
+}
+
+static struct hdr *young_alloc(struct heap *h, size_t size)
+{
+	if (h->ytop + size > h->from + h->semi) {
+		if (collect_minor(h) < 0)
+			return NULL;
+		if (h->ytop + size > h->from + h->semi &&
+		    (collect_full(h, true) < 0 || h->ytop + size > h->from + h->semi))
+			return NULL;
+	}
+	struct hdr *o = (struct hdr *)h->ytop;
+	h->ytop += size;
+	o->flags = F_YROOT;
+	return o;
+}
+
+uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
+{
+	if (type > HEAP_TYPE_MAX || nrefs > HEAP_REFS_MAX || nbytes > HEAP_BYTES_MAX) {
+		errno = EINVAL;
+		return 0;
+	}
+	size_t size = sizeof(struct hdr) + 8 * nrefs + align8(nbytes);
+	bool large = size > h->cfg.large_object;
+	uint32_t idx;
+	if ((!large && vec_reserve(&h->yroots, h->yroots.len + 1) < 0) || slot_alloc(h, &idx) < 0) {
+		errno = ENOMEM;
+		return 0;
+	}
+	/* The slot is reserved but empty (obj NULL) while a collection may run. */
+	struct hdr *o = large ? large_alloc(h, size) : young_alloc(h, size);
+	if (o == NULL) {
+		slot_release(h, idx);
+		errno = ENOMEM;
+		return 0;
+	}
+	o->type = (uint8_t)type;
+	o->age = 0;
+	o->pad = 0;
+	o->nbytes = (uint32_t)nbytes;
+	o->idx = idx;
+	o->nrefs = (uint32_t)nrefs;
+	memset(o + 1, 0, size - sizeof(*o));
+	struct slot *s = slot_at(h, idx);
+	s->obj = o;
+	s->roots = 1;
+	if (!large)
+		h->yroots.v[h->yroots.len++] = idx;
+	if (h->state != IDLE) {
+		h->debt += size;
+		if (h->debt >= PACE_BYTES) {
+			h->debt = 0;
+			step(h, PACE_WORK);
+		}
+	}
+	return handle_of(h, idx);
+}
+
+void *heap_deref(struct heap *h, uint64_t handle)
+{
+	struct slot *s = lookup(h, handle);
+	if (s == NULL)
+		return NULL;
+	return (char *)(s->obj + 1) + 8 * (size_t)s->obj->nrefs;
+}
+
+int heap_type(struct heap *h, uint64_t handle)
+{
+	struct slot *s = lookup(h, handle);
+	return s ? s->obj->type : -ESTALE;
+}
+
+int heap_shape(struct heap *h, uint64_t handle, size_t *nrefs, size_t *nbytes)
+{
+	struct slot *s = lookup(h, handle);
+	if (s == NULL)
+		return -ESTALE;
+	if (nrefs != NULL)
+		*nrefs = s->obj->nrefs;
+	if (nbytes != NULL)
+		*nbytes = s->obj->nbytes;
+	return 0;
+}
+
+int heap_set_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t target)
+{
+	struct slot *s = lookup(h, obj);
+	struct slot *t = target ? lookup(h, target) : NULL;
+	if (s == NULL || (target != 0 && t == NULL))
+		return -ESTALE;
+	struct hdr *o = s->obj;
+	if (slot >= o->nrefs)
+		return -EINVAL;
+	if (t != NULL) {
+		if (is_old(h, o) && is_young(h, t->obj) && !(o->flags & F_REMEMBERED)) {
+			if (vec_push(&h->rset, o->idx) < 0)
+				return -ENOMEM;
+			o->flags |= F_REMEMBERED;
+		}
+		if (h->state == MARKING && is_old(h, t->obj))
+			shade(h, t->obj);
+	}
+	refs(o)[slot] = target;
+	return 0;
+}
+
+int heap_get_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t *target)
+{
+	struct slot *s = lookup(h, obj);
+	if (s == NULL)
+		return -ESTALE;
+	if (slot >= s->obj->nrefs)
+		return -EINVAL;
+	*target = refs(s->obj)[slot];
+	return 0;
+}
+
+int heap_root_inc(struct heap *h, uint64_t handle)
+{
+	struct slot *s = lookup(h, handle);
+	if (s == NULL)
+		return -ESTALE;
+	if (s->roots == UINT32_MAX)
+		return -EOVERFLOW;
+	struct hdr *o = s->obj;
+	if (is_young(h, o) && !(o->flags & F_YROOT)) {
+		if (vec_push(&h->yroots, o->idx) < 0)
+			return -ENOMEM;
+		o->flags |= F_YROOT;
+	}
+	if (h->state == MARKING && is_old(h, o))
+		shade(h, o);
+	s->roots++;
+	return 0;
+}
+
+int heap_root_dec(struct heap *h, uint64_t handle)
+{
+	struct slot *s = lookup(h, handle);
+	if (s == NULL)
+		return -ESTALE;
+	if (s->roots == 0)
+		return -EINVAL;
+	s->roots--;
+	return 0;
+}
+
+int heap_collect(struct heap *h, enum heap_collect_kind kind)
+{
+	if (kind == HEAP_MINOR)
+		return collect_minor(h);
+	if (kind == HEAP_FULL)
+		return collect_full(h, false);
+	return -EINVAL;
+}
+
+int heap_step(struct heap *h, size_t budget)
+{
+	return step(h, budget ? budget : 1);
+}
+
+void heap_stats(const struct heap *h, struct heap_stats *out)
+{
+	*out = h->st;
+	out->young.used = (uint64_t)(h->ytop - h->from);
+	out->old.used = old_used(h);
+	out->old.fragmentation = fragmentation(h);
+	out->pause_us.max = h->pause_ns_max / 1000;
+	out->pause_us.total = h->pause_ns_total / 1000;
+	out->objects = h->live_slots;
+	size_t table = h->nchunks * SLOT_CHUNK * sizeof(struct slot);
+	out->heap_total = 2 * h->semi + (size_t)(h->otop - h->obase) + h->large_bytes + table;
+	out->heap_used = out->young.used + out->old.used + h->live_slots * sizeof(struct slot);
+}
+
+/* ---- verification ---- */
+
+struct verify {
+	struct heap *h;
+	uint8_t *listed; /* bit per slot: in yroots (young objects) or rset (old ones) */
+	char *err;
+	size_t len;
+	size_t objects;
+};
+
+static int fail(struct verify *v, const char *fmt, ...)
+{
+	if (v->err != NULL && v->len != 0) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(v->err, v->len, fmt, ap);
+		va_end(ap);
+	}
+	return -EFAULT;
+}
+
+static int verify_object(struct verify *v, struct hdr *o, const char *space)
+{
+	struct heap *h = v->h;
+	if (o->type > HEAP_TYPE_MAX || o->nrefs > HEAP_REFS_MAX || o->nbytes > HEAP_BYTES_MAX)
+		return fail(v, "%s object %p: bad header", space, (void *)o);
+	if (o->idx >= h->used_slots || slot_at(h, o->idx)->obj != o)
+		return fail(v, "%s object %p: slot %u does not point back", space, (void *)o,
+			    o->idx);
+	v->objects++;
+	if (o->flags & F_FORWARDED)
+		return fail(v, "%s object %p: forwarded outside a scavenge", space, (void *)o);
+	bool garbage = known_dead(h, o);
+	bool young_ref = false;
+	for (uint32_t i = 0; i < o->nrefs; i++) {
+		uint64_t r = refs(o)[i];
+		if (r == 0)
+			continue;
+		struct slot *s = lookup(h, r);
+		if (s == NULL) {
+			if (garbage)
+				continue;
+			return fail(v, "%s object slot %u: ref %u is stale (%#llx)", space, o->idx,
+				    i, (unsigned long long)r);
+		}
+		young_ref |= is_young(h, s->obj);
+	}
+	bool listed = (v->listed[o->idx / 8] >> (o->idx % 8)) & 1;
+	if (is_old(h, o)) {
+		if (young_ref && !garbage && !(o->flags & F_REMEMBERED))
+			return fail(v, "old object slot %u points young but is not remembered",
+				    o->idx);
+		if ((o->flags & F_REMEMBERED) && !listed)
+			return fail(v, "old object slot %u remembered but not in rset", o->idx);
+		if ((o->flags & F_MARK) && h->state == IDLE)
+			return fail(v, "old object slot %u marked while idle", o->idx);
+	} else if (o->flags & (F_MARK | F_REMEMBERED | F_LARGE)) {
+		return fail(v, "young object slot %u has old flags %#x", o->idx, o->flags);
+	} else if ((o->flags & F_YROOT) && !listed) {
+		return fail(v, "young object slot %u flagged root but not in yroots", o->idx);
+	} else if (!(o->flags & F_YROOT) && slot_at(h, o->idx)->roots != 0) {
+		return fail(v, "young object slot %u rooted but not in yroots", o->idx);
+	}
+	return 0;
+}
+
+static void verify_list(struct verify *v, const struct vec *list)
+{
+	for (size_t i = 0; i < list->len; i++)
+		if (list->v[i] < v->h->used_slots)
+			v->listed[list->v[i] / 8] |= (uint8_t)(1u << (list->v[i] % 8));
+}
+
+static int verify_spaces(struct verify *v)
+
+{
+	struct heap *h = v->h;
+	int rc;
+	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
+		if ((rc = verify_object(v, (struct hdr *)p, "young")) < 0)
+			return rc;
+	if (h->ytop > h->from + h->semi)
+		return fail(v, "young top beyond the semi-space");
+	size_t free_bytes = 0;
+	for (char *p = h->obase; p < h->otop;) {
+		struct hdr *o = (struct hdr *)p;
+		size_t size = obj_size(o);
+		if (size < 8 || size % 8 != 0 || p + size > h->otop)
+			return fail(v, "old arena at offset %zu: bad size %zu",
+				    (size_t)(p - h->obase), size);
+		if (o->type == T_FREE) {
+			if (h->state != SWEEPING || p < h->sweep)
+				free_bytes += size;
+		} else if ((rc = verify_object(v, o, "old")) < 0) {
+			return rc;
+		}
+		p += size;
+	}
+	if (free_bytes != h->ofree)
+		return fail(v, "free bytes %zu but accounted %zu", free_bytes, h->ofree);
+	size_t large_bytes = 0;
+	for (struct large *l = h->large; l != NULL; l = l->next) {
+		struct hdr *o = (struct hdr *)(l + 1);
+		if (!(o->flags & F_LARGE) || l->size != obj_size(o))
+			return fail(v, "large object %p: bad header", (void *)o);
+		if ((rc = verify_object(v, o, "large")) < 0)
+			return rc;
+		large_bytes += l->size;
+	}
+	if (large_bytes != h->large_bytes)
+		return fail(v, "large bytes %zu but accounted %zu", large_bytes, h->large_bytes);
+	if (v->objects != h->live_slots)
+		return fail(v, "%zu objects but %zu live handles", v->objects, h->live_slots);
+	size_t free_slots = 0;
+	for (uint32_t f = h->free_slot; f != 0; f = slot_at(h, f - 1)->roots) {
+		if (f - 1 >= h->used_slots || slot_at(h, f - 1)->obj != NULL ||
+		    ++free_slots > h->used_slots)
+			return fail(v, "handle free list broken at slot %u", f - 1);
+	}
+	if (free_slots + h->live_slots > h->used_slots)
+		return fail(v, "handle table: %zu free + %zu live > %zu", free_slots, h->live_slots,
+			    h->used_slots);
+	return 0;
+}
+
+int heap_verify(struct heap *h, char *err, size_t len)
+{
+	struct verify v = {.h = h, .err = err, .len = len};
+	v.listed = calloc(h->used_slots / 8 + 1, 1);
+	if (v.listed == NULL)
+		return fail(&v, "out of memory for the verifier");
+	verify_list(&v, &h->yroots);
+	verify_list(&v, &h->rset);
+	int rc = verify_spaces(&v);
+	free(v.listed);
+	return rc;
+}

@@ -1,0 +1,134 @@
+/*
+ * heap.h - the metadata heap: a small generational, moving garbage collector for inode-like
+ * records, addressed only through stable handles.
+ *
+ * Objects. heap_alloc(type, nrefs, nbytes) makes an object of a caller-chosen type (0..254)
+ * with nrefs reference slots followed by nbytes raw bytes. Reference slots are precise: they
+ * hold handles (or 0) and are written only through heap_set_ref, which runs the write barrier.
+ * heap_deref returns a pointer to the raw bytes only, so a reference can never be stored
+ * behind the collector's back. Raw bytes and reference slots start zeroed.
+ *
+ * Handles. Objects move (young objects are copied, the old space may be compacted), so the
+ * embedder never keeps an address: it keeps a handle, a uint64_t that is never 0 and carries
+ * a generation, so a slot reused by a later object gives a different value. A handle whose
+ * object was collected is stale: heap_deref returns NULL and every other call -ESTALE.
+ * Pointers from heap_deref are valid until the next call that may allocate or collect
+ * (heap_alloc, heap_collect, heap_step); every other call leaves objects where they are.
+ *
+ * Liveness. An object is live when its root count is above zero or it is reachable from a
+ * live object through reference slots. A new object is born with root count 1 ("born rooted")
+ * so that it survives until the embedder either keeps it rooted (an inode with lookup count
+ * > 0, an open file) or links it from a rooted object and calls heap_root_dec. Everything else
+ * is garbage and is reclaimed by some later collection; using a handle to garbage (other than
+ * heap_deref returning NULL once it is reclaimed) is a caller bug.
+ *
+ * Limits. The young generation is one semi-space pair of config.semi_space bytes each; the old
+ * generation (including large objects) never exceeds config.old_space bytes. When even a full
+ * mark-compact cannot make room, heap_alloc returns 0 (ENOMEM); nothing is corrupted.
+ *
+ * Threads. The heap is not internally locked: the embedder holds one lock around every heap
+ * call (and around every use of a pointer returned by heap_deref). Collections run only
+ * inside heap_alloc, heap_collect and heap_step, on the caller's thread.
+ */
+#ifndef THROTTLEFS_HEAP_H
+#define THROTTLEFS_HEAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HEAP_DEFAULT_SEMI_SPACE	  ((size_t)8 << 20)   /* 8 MiB per semi-space */
+#define HEAP_DEFAULT_OLD_SPACE	  ((size_t)256 << 20) /* 256 MiB: ~1M inodes with 100 B names */
+#define HEAP_DEFAULT_PROMOTE_AGE  2		      /* survive two scavenges (see bench_heap) */
+#define HEAP_DEFAULT_LARGE_OBJECT 2048		      /* bigger objects are never copied */
+#define HEAP_DEFAULT_COMPACT	  0.5		      /* fragmentation that triggers compaction */
+#define HEAP_MIN_SEMI_SPACE	  ((size_t)4 << 10)   /* tiny heaps are for tests */
+#define HEAP_MAX_OLD_SPACE	  ((size_t)16 << 30)
+#define HEAP_TYPE_MAX		  254
+#define HEAP_REFS_MAX		  65535
+#define HEAP_BYTES_MAX		  ((size_t)1 << 30)
+
+struct heap;
+
+struct heap_config {
+	size_t semi_space;	  /* bytes per semi-space; 0: default; >= HEAP_MIN_SEMI_SPACE */
+	size_t old_space;	  /* max old generation bytes incl. large objects; 0: default */
+	unsigned promote_age;	  /* scavenges survived before promotion (1 or 2); 0: default */
+	size_t large_object;	  /* objects above this many bytes live in the large space and
+				     are never copied; 0: default; at most semi_space / 4 */
+	double compact_threshold; /* old-space fragmentation (0..1) above which a full
+				     collection compacts instead of sweeping; 0: default */
+	uint64_t (*clock_ns)(void *arg); /* monotonic ns for pause stats; NULL: CLOCK_MONOTONIC */
+	void (*trace)(void *arg, const char *line); /* one line per collection; NULL: silent */
+	void *arg;				    /* passed to clock_ns and trace */
+};
+
+struct heap_stats {
+	struct {
+		uint64_t size; /* bytes of one semi-space */
+		uint64_t used; /* bytes allocated in the current semi-space */
+		uint64_t scavenges;
+		uint64_t promoted_bytes; /* total bytes promoted to the old generation */
+	} young;
+	struct {
+		uint64_t size; /* max old-space bytes (config.old_space) */
+		uint64_t used; /* bytes in objects, incl. large ones and not yet swept garbage */
+		uint64_t mark_sweeps;
+		uint64_t mark_compacts;
+		double fragmentation; /* free bytes inside the old arena / arena extent, 0..1 */
+	} old;
+	struct {
+		uint64_t last, max,
+		    total; /* microseconds the caller was stopped in the collector */
+	} pause_us;
+	uint64_t objects;    /* objects with a live handle (incl. garbage not yet reclaimed) */
+	uint64_t heap_total; /* both semi-spaces + old arena extent + large + handle table */
+	uint64_t heap_used;  /* young used + old used + 16 bytes per live handle */
+};
+
+enum heap_collect_kind {
+	HEAP_MINOR = 1, /* scavenge the young generation */
+	HEAP_FULL = 2,	/* scavenge, promote everything, mark the whole heap, sweep or compact */
+};
+
+/* Creates a heap. config may be NULL for all defaults. Returns 0, -EINVAL for an impossible
+ * configuration or -ENOMEM. */
+int heap_new(const struct heap_config *config, struct heap **out);
+void heap_free(struct heap *h);
+
+/* Allocates an object, born with root count 1. Returns its handle, or 0 with errno set to
+ * EINVAL (bad type, nrefs > HEAP_REFS_MAX, nbytes > HEAP_BYTES_MAX) or ENOMEM. */
+uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes);
+
+/* The raw bytes of the object, or NULL when handle is 0 or stale. See the lifetime above. */
+void *heap_deref(struct heap *h, uint64_t handle);
+/* Object metadata; -ESTALE for a stale handle. */
+int heap_type(struct heap *h, uint64_t handle);
+int heap_shape(struct heap *h, uint64_t handle, size_t *nrefs, size_t *nbytes);
+
+/* Stores target (a live handle or 0) in reference slot `slot` of obj, running the write
+ * barrier. Returns 0, -ESTALE (obj or target stale), -EINVAL (slot out of range) or -ENOMEM
+ * (remembered set could not grow; nothing is stored). */
+int heap_set_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t target);
+/* Reads reference slot `slot` of obj into *target. Returns 0, -ESTALE or -EINVAL. */
+int heap_get_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t *target);
+
+/* Root counts. inc: 0, -ESTALE, -EOVERFLOW or -ENOMEM. dec: 0, -ESTALE or -EINVAL when the
+ * count is already 0. A dec to zero makes the object garbage unless it is reachable. */
+int heap_root_inc(struct heap *h, uint64_t handle);
+int heap_root_dec(struct heap *h, uint64_t handle);
+
+/* Runs a collection now. Returns 0 or -ENOMEM (bookkeeping could not grow; heap intact). */
+int heap_collect(struct heap *h, enum heap_collect_kind kind);
+
+/* Does about budget bytes of incremental old-generation work (marking, then lazy sweeping),
+ * e.g. from an idle loop. Starts a marking cycle when the old space passed its trigger.
+ * Returns 1 while a cycle is in progress, 0 when the old generation is idle. */
+int heap_step(struct heap *h, size_t budget);
+
+void heap_stats(const struct heap *h, struct heap_stats *out);
+
+/* Walks every object, the handle table and the remembered set. Returns 0, or -EFAULT with a
+ * description of the first inconsistency in err (when err != NULL). */
+int heap_verify(struct heap *h, char *err, size_t len);
+
+#endif

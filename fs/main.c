@@ -100,7 +100,7 @@ int main(int argc, char **argv)
 			strerror(errno));
 		goto out;
 	}
-	int err = inode_table_new(st.st_dev, st.st_ino, &fs.inodes);
+	int err = inode_table_new(st.st_dev, st.st_ino, node_free, &fs.inodes);
 	if (err == 0)
 		err = fdcache_new(TFS_DIR_CACHE, &fs.dirs);
 	if (err != 0) {

@@ -448,7 +448,7 @@ static int handle_open(struct tfs *fs, fuse_ino_t ino, int flags, struct handle 
 static void handle_close(struct tfs *fs, struct handle *h)
 {
 	if (h->node != NULL)
-		node_detach(fs, h->ino, h->node);
+		node_detach(fs, h->node);
 	if (h->dir != NULL)
 		closedir(h->dir); /* closes h->fd too */
 	else

@@ -24,6 +24,8 @@ struct tfs {
 	struct inode_table *inodes;
 	struct fdcache *dirs;	       /* recently used directory descriptors */
 	struct stream_engine *streams; /* write buffers, drain threads, rate limits */
+	struct node *active;	       /* nodes open for writing (under the inode lock) */
+	uint64_t files_done;	       /* transfers completed without error */
 	struct fuse_session *se;
 	double timeout; /* entry and attribute validity, seconds */
 };
@@ -54,23 +56,40 @@ int backing_open(struct tfs *fs, fuse_ino_t ino, int flags, struct stat *st);
 /* "/proc/self/fd/N" for descriptor fd, for calls that take only a path. */
 void backing_proc_path(int fd, char buf[static 32]);
 
-/* node.c: the state of an inode with open handles (its stream). */
+/* node.c: the state of an inode beyond its name: open handles, stream, last transfer. */
 struct node;
+
+/* What security.capability is known to be on a node's file (the kernel asks before every
+ * write; the answer is remembered while the daemon knows the inode). */
+enum node_cap { NODE_CAP_UNKNOWN, NODE_CAP_NONE, NODE_CAP_PRESENT };
+
+/* A transfer's figures: the stream's, and the times around it. */
+struct node_progress {
+	fuse_ino_t ino;
+	struct stream_stats st;
+	uint64_t started_rt, last_rt, ended_rt; /* CLOCK_REALTIME ns; 0: not (yet) */
+	uint64_t expected;			/* bytes to come in all; 0: unknown */
+	int active;				/* open for writing now */
+};
+
+/* Frees a node when its inode record goes (inode_table's free_data). */
+void node_free(void *data);
 
 /* A handle of ino (file or directory, open as fd) opens: find or make its node (with a stream
  * writing through a duplicate of fd when writable). Returns 0 or a negative errno. */
 int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct node **out);
 
-/* A handle closes; the last one waits for the stream's data, then frees the node. */
-void node_detach(struct tfs *fs, fuse_ino_t ino, struct node *n);
+/* A handle closes; the last one waits for the stream's data, keeps its final figures, and
+ * closes the stream and the node's descriptor. */
+void node_detach(struct tfs *fs, struct node *n);
 
 /* A new descriptor of ino's file when it has open handles, else -ENOENT. */
 int node_fd(struct tfs *fs, fuse_ino_t ino);
 
-/* The node's stream, or NULL when it was never opened for writing. */
+/* The node's stream, or NULL when it is not open for writing. */
 struct stream *node_stream(struct node *n);
 
-/* Notes that a write was accepted now (the mtime stat shows while data is pending). */
+/* Notes that a write was accepted now (for mtime while data is pending, and progress). */
 void node_wrote(struct node *n);
 
 /* Adjusts st (from the backing file) for data still pending in the stream. n may be NULL:
@@ -81,5 +100,24 @@ void node_attr(struct tfs *fs, fuse_ino_t ino, struct node *n, struct stat *st);
  * the stream's error. Before operations that change the file other than by writes. */
 int node_sync(struct node *n);
 int node_sync_ino(struct tfs *fs, fuse_ino_t ino);
+
+/* The progress of ino's current or last transfer: 0, or -ENOENT when it never had one. */
+int node_progress(struct tfs *fs, fuse_ino_t ino, struct node_progress *p);
+
+/* Sets the size a transfer is expected to reach (user.throttlefs.expected); 0 clears it. */
+int node_expect(struct tfs *fs, fuse_ino_t ino, uint64_t bytes);
+
+/* A file open for writing was truncated or allocated to size: the writer announced its final
+ * size (cp and many tools do), so progress can tell the percentage. */
+void node_sized(struct node *n, struct tfs *fs, uint64_t size);
+
+/* Copies up to max active transfers into out; returns how many there are. */
+size_t node_active(struct tfs *fs, struct node_progress *out, size_t max, uint64_t *files_done);
+
+enum node_cap node_cap_get(struct tfs *fs, fuse_ino_t ino);
+void node_cap_set(struct tfs *fs, fuse_ino_t ino, enum node_cap cap);
+
+/* CLOCK_REALTIME in ns. */
+uint64_t node_now_rt(void);
 
 #endif

@@ -40,6 +40,7 @@ struct inode_table {
 	uint32_t *bucket;
 	uint32_t nbucket; /* a power of two */
 	size_t name_bytes;
+	void (*free_data)(void *data);
 	struct inode_stats st;
 };
 
@@ -152,6 +153,8 @@ static void rec_release(struct inode_table *t, uint32_t s)
 		t->name_bytes -= name_bytes(r);
 		free(r->name);
 		r->name = NULL;
+		if (r->data != NULL && t->free_data != NULL)
+			t->free_data(r->data);
 		r->data = NULL;
 		r->live = 0;
 		r->gen++;
@@ -164,7 +167,8 @@ static void rec_release(struct inode_table *t, uint32_t s)
 	}
 }
 
-int inode_table_new(uint64_t root_dev, uint64_t root_ino, struct inode_table **out)
+int inode_table_new(uint64_t root_dev, uint64_t root_ino, void (*free_data)(void *data),
+		    struct inode_table **out)
 {
 	struct inode_table *t = calloc(1, sizeof(*t));
 	if (t == NULL)
@@ -180,6 +184,7 @@ int inode_table_new(uint64_t root_dev, uint64_t root_ino, struct inode_table **o
 		free(t);
 		return err ? -err : -ENOMEM;
 	}
+	t->free_data = free_data;
 	t->nrecs = ROOT_SLOT + 1;
 	struct rec *root = &t->recs[ROOT_SLOT];
 	root->dev = root_dev;
@@ -196,8 +201,11 @@ void inode_table_free(struct inode_table *t)
 {
 	if (t == NULL)
 		return;
-	for (uint32_t s = 0; s < t->nrecs; s++)
+	for (uint32_t s = 0; s < t->nrecs; s++) {
 		free(t->recs[s].name);
+		if (t->recs[s].live && t->recs[s].data != NULL && t->free_data != NULL)
+			t->free_data(t->recs[s].data);
+	}
 	free(t->recs);
 	free(t->bucket);
 	pthread_mutex_destroy(&t->lock);

@@ -37,7 +37,10 @@ struct inode_stats {
 	uint64_t forgotten; /* records freed */
 };
 
-int inode_table_new(uint64_t root_dev, uint64_t root_ino, struct inode_table **out);
+/* free_data, if not NULL, is called (under the table lock, with the record's data) when a
+ * record whose data slot is not NULL is freed, and for every such record at inode_table_free. */
+int inode_table_new(uint64_t root_dev, uint64_t root_ino, void (*free_data)(void *data),
+		    struct inode_table **out);
 void inode_table_free(struct inode_table *t);
 
 /* Records that (parent, name) names backing file (dev, ino) and adds one kernel lookup to its
@@ -69,7 +72,8 @@ int inode_parent(struct inode_table *t, uint64_t id, uint64_t *parent, char *nam
 int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino);
 
 /* The owner's per-inode data slot (initially NULL), valid only between inode_lock() and
- * inode_unlock(); NULL for an unknown id. */
+ * inode_unlock(); NULL for an unknown id. The data lives as long as the record (see
+ * free_data); no other call may be made while the lock is held. */
 void inode_lock(struct inode_table *t);
 void inode_unlock(struct inode_table *t);
 void **inode_data(struct inode_table *t, uint64_t id);

@@ -12,10 +12,18 @@
 
 #include "inode.h"
 
+static int freed; /* data slots handed to count_free */
+
+static void count_free(void *data)
+{
+	assert_non_null(data);
+	freed++;
+}
+
 static int setup(void **state)
 {
 	struct inode_table *t;
-	assert_int_equal(inode_table_new(7, 2, &t), 0);
+	assert_int_equal(inode_table_new(7, 2, count_free, &t), 0);
 	*state = t;
 	return 0;
 }
@@ -176,6 +184,12 @@ static void data_slot(void **state)
 	assert_ptr_equal(*inode_data(t, a), &x);
 	assert_null(inode_data(t, a + (1ull << 32)));
 	inode_unlock(t);
+	/* the data goes with its record, once */
+	freed = 0;
+	inode_forget(t, a, 1);
+	assert_int_equal(freed, 1);
+	inode_forget(t, a, 1);
+	assert_int_equal(freed, 1);
 }
 
 /* Many records, random forgets: the table never loses a live one nor keeps a dead one. */

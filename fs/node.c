@@ -330,6 +330,8 @@ int node_expect(struct tfs *fs, fuse_ino_t ino, uint64_t bytes)
 
 void node_sized(struct node *n, struct tfs *fs, uint64_t size)
 {
+	if (n == NULL)
+		return;
 	inode_lock(fs->inodes);
 	if (n->stream != NULL && size > 0)
 		n->expected = size;

@@ -239,6 +239,8 @@ static void tfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int v
 			err = -errno;
 			goto out;
 		}
+		if (fi != NULL && handle_of(fi)->node != NULL)
+			node_sized(handle_of(fi)->node, fs, (uint64_t)attr->st_size);
 	}
 	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
 		     FUSE_SET_ATTR_MTIME_NOW)) {
@@ -868,13 +870,26 @@ static void reply_xattr(fuse_req_t req, ssize_t r, const char *buf, size_t size)
 		fuse_reply_buf(req, buf, (size_t)r);
 }
 
+#define XATTR_CAPS "security.capability"
+
 static void tfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
+	struct tfs *fs = tfs_of(req);
+	if (vattr_getxattr(req, fs, ino, name, size))
+		return;
+	/* The kernel asks for security.capability before every write(2): once the file is
+	 * known to have none, say so at once. */
+	int caps = strcmp(name, XATTR_CAPS) == 0;
+	if (caps && node_cap_get(fs, ino) == NODE_CAP_NONE)
+		return reply_err(req, ENODATA);
 	char *buf = size ? malloc(size) : NULL;
 	if (size && buf == NULL)
 		return reply_err(req, ENOMEM);
 	struct xattr_call c = {.op = XATTR_GET, .name = name, .buf = buf, .size = size};
-	reply_xattr(req, xattr_call(tfs_of(req), ino, &c), buf, size);
+	ssize_t r = xattr_call(fs, ino, &c);
+	if (caps && (r >= 0 || r == -ENODATA))
+		node_cap_set(fs, ino, r == -ENODATA ? NODE_CAP_NONE : NODE_CAP_PRESENT);
+	reply_xattr(req, r, buf, size);
 	free(buf);
 }
 
@@ -891,16 +906,26 @@ static void tfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void tfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			 size_t size, int flags)
 {
+	struct tfs *fs = tfs_of(req);
+	if (vattr_setxattr(req, fs, ino, name, value, size))
+		return;
 	struct xattr_call c = {
 	    .op = XATTR_SET, .name = name, .value = value, .size = size, .flags = flags};
-	ssize_t r = xattr_call(tfs_of(req), ino, &c);
+	ssize_t r = xattr_call(fs, ino, &c);
+	if (strcmp(name, XATTR_CAPS) == 0)
+		node_cap_set(fs, ino, NODE_CAP_UNKNOWN);
 	reply_err(req, r < 0 ? (int)r : 0);
 }
 
 static void tfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
+	struct tfs *fs = tfs_of(req);
+	if (vattr_removexattr(req, fs, ino, name))
+		return;
 	struct xattr_call c = {.op = XATTR_REMOVE, .name = name};
-	ssize_t r = xattr_call(tfs_of(req), ino, &c);
+	ssize_t r = xattr_call(fs, ino, &c);
+	if (strcmp(name, XATTR_CAPS) == 0)
+		node_cap_set(fs, ino, NODE_CAP_UNKNOWN);
 	reply_err(req, r < 0 ? (int)r : 0);
 }
 
@@ -912,6 +937,8 @@ static void tfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, o
 	int err = node_sync(h->node);
 	if (err == 0 && fallocate(h->fd, mode, off, len) != 0)
 		err = -errno;
+	if (err == 0 && !(mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_COLLAPSE_RANGE)))
+		node_sized(h->node, tfs_of(req), (uint64_t)(off + len));
 	reply_err(req, err);
 }
 

@@ -65,42 +65,66 @@ static const char *kind_hint(enum opt_kind k)
 			     : "bytes with an optional K, M, G suffix, e.g. 4M";
 }
 
-/* Parses "name=value" for a known row. Returns 1 when arg is not ours, 0 when parsed, -1 on a
- * bad value (reported). */
+static const struct opt_row *row_named(const char *name, size_t len)
+{
+	for (size_t i = 0; i < NROWS; i++)
+		if (strlen(rows[i].name) == len && strncmp(rows[i].name, name, len) == 0)
+			return &rows[i];
+	return NULL;
+}
+
+/* Checks value against row r: 0, -EINVAL when malformed, -ERANGE when out of bounds. */
+static int row_value(const struct opt_row *r, const char *value, uint64_t *out)
+{
+	uint64_t x;
+	int err = size_parse(value, &x);
+	if (err == -EINVAL)
+		return err;
+	if (err != 0 || x > r->max || (x < r->min && !(r->kind == OPT_RATE && x == 0)))
+		return -ERANGE;
+	*out = x;
+	return 0;
+}
+
+int opts_value(const char *name, const char *value, uint64_t *out)
+{
+	const struct opt_row *r = row_named(name, strlen(name));
+	if (r == NULL || r->kind == OPT_FLAG)
+		return -ENOENT;
+	return row_value(r, value, out);
+}
+
+/* Parses "name=value" or "flag" for a known row. Returns 1 when arg is not ours, 0 when
+ * parsed, -1 on a bad value (reported). */
 static int parse_row(struct tfs_options *o, const char *arg)
 {
-	for (size_t i = 0; i < NROWS; i++) {
-		const struct opt_row *r = &rows[i];
-		size_t n = strlen(r->name);
-		if (strncmp(arg, r->name, n) != 0)
-			continue;
-		if (r->kind == OPT_FLAG) {
-			if (arg[n] != '\0')
-				continue;
-			*field(o, r) = 1;
-			return 0;
-		}
-		if (arg[n] != '=')
-			continue;
-		const char *v = arg + n + 1;
-		uint64_t x;
-		int err = size_parse(v, &x);
-		char lo[32], hi[32];
-		if (err == -EINVAL) {
-			fprintf(stderr, "throttlefs: bad value '%s' for -o %s: want %s\n", v,
-				r->name, kind_hint(r->kind));
+	const char *eq = strchr(arg, '=');
+	const struct opt_row *r = row_named(arg, eq ? (size_t)(eq - arg) : strlen(arg));
+	if (r == NULL)
+		return 1;
+	if (r->kind == OPT_FLAG) {
+		if (eq != NULL) {
+			fprintf(stderr, "throttlefs: -o %s takes no value\n", r->name);
 			return -1;
 		}
-		if (err != 0 || x > r->max || (x < r->min && !(r->kind == OPT_RATE && x == 0))) {
-			fprintf(stderr, "throttlefs: -o %s=%s is out of range (%s to %s)\n",
-				r->name, v, size_format(r->min, lo, sizeof(lo)),
-				size_format(r->max, hi, sizeof(hi)));
-			return -1;
-		}
-		*field(o, r) = x;
+		*field(o, r) = 1;
 		return 0;
 	}
-	return 1;
+	if (eq == NULL) {
+		fprintf(stderr, "throttlefs: -o %s needs a value: want %s\n", r->name,
+			kind_hint(r->kind));
+		return -1;
+	}
+	const char *v = eq + 1;
+	int err = row_value(r, v, field(o, r));
+	char lo[32], hi[32];
+	if (err == -EINVAL)
+		fprintf(stderr, "throttlefs: bad value '%s' for -o %s: want %s\n", v, r->name,
+			kind_hint(r->kind));
+	else if (err != 0)
+		fprintf(stderr, "throttlefs: -o %s=%s is out of range (%s to %s)\n", r->name, v,
+			size_format(r->min, lo, sizeof(lo)), size_format(r->max, hi, sizeof(hi)));
+	return err == 0 ? 0 : -1;
 }
 
 struct parse_ctx {

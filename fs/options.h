@@ -32,6 +32,11 @@ int opts_parse(struct fuse_args *args, struct tfs_options *o);
  * dir. Prints one line and returns -1 when they are not usable. */
 int opts_check_paths(struct tfs_options *o, const char *mountpoint);
 
+/* Parses value for the size or rate option name by the same rules as the command line (for
+ * changes at run time). Returns 0, -EINVAL when malformed, -ERANGE when out of range, or
+ * -ENOENT when name is no such option. */
+int opts_value(const char *name, const char *value, uint64_t *out);
+
 /* Prints the option list with defaults, for --help. */
 void opts_help(void);
 

@@ -117,6 +117,13 @@ size_t node_active(struct tfs *fs, struct node_progress *out, size_t max, uint64
 enum node_cap node_cap_get(struct tfs *fs, fuse_ino_t ino);
 void node_cap_set(struct tfs *fs, fuse_ino_t ino, enum node_cap cap);
 
+/* vattr.c: the virtual user.throttlefs.* attributes. Each returns 0 when name is not one of
+ * them (the caller passes the call through), or 1 when it has replied. */
+int vattr_getxattr(fuse_req_t req, struct tfs *fs, fuse_ino_t ino, const char *name, size_t size);
+int vattr_setxattr(fuse_req_t req, struct tfs *fs, fuse_ino_t ino, const char *name,
+		   const char *value, size_t size);
+int vattr_removexattr(fuse_req_t req, struct tfs *fs, fuse_ino_t ino, const char *name);
+
 /* CLOCK_REALTIME in ns. */
 uint64_t node_now_rt(void);
 

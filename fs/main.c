@@ -10,6 +10,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +52,17 @@ static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
 		if (*p == ',')
 			*p = '_';
 	return fuse_opt_insert_arg(args, 1, fsname);
+}
+
+/* The loop returns the number of the signal that ended it: a stop asked for, not a failure. */
+static int loop_status(int r)
+{
+	int sig = r < 0 ? -r : r;
+	if (r == 0 || sig == SIGINT || sig == SIGTERM || sig == SIGHUP)
+		return 0;
+	fuse_log(FUSE_LOG_ERR, "throttlefs: the session ended with an error: %s\n",
+		 strerror(r < 0 ? -r : r));
+	return 1;
 }
 
 int main(int argc, char **argv)
@@ -138,7 +151,7 @@ int main(int argc, char **argv)
 	}
 
 	if (cl.singlethread) {
-		ret = fuse_session_loop(fs.se) != 0;
+		ret = loop_status(fuse_session_loop(fs.se));
 	} else {
 		struct fuse_loop_config *lc = fuse_loop_cfg_create();
 		if (lc == NULL) {
@@ -146,12 +159,13 @@ int main(int argc, char **argv)
 			goto out_unmount;
 		}
 		fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
-		fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads);
+		if (cl.max_idle_threads != UINT_MAX) /* UINT_MAX: not given */
+			fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads);
 		/* libfuse's default of 10 threads is too few when writers are parked and others
 		 * wait. */
 		fuse_loop_cfg_set_max_threads(
 		    lc, cl.max_threads > 10 && cl.max_threads <= 100000 ? cl.max_threads : 64);
-		ret = fuse_session_loop_mt(fs.se, lc) != 0;
+		ret = loop_status(fuse_session_loop_mt(fs.se, lc));
 		fuse_loop_cfg_destroy(lc);
 	}
 	/* Graceful stop: what writers handed over reaches the store before the view goes. */

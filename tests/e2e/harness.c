@@ -425,8 +425,13 @@ int h_fs_unmount(struct h_fs *fs)
 {
 	int st = -1;
 
-	if (fs->pid <= 0)
+	if (fs->pid <= 0) {
+		/* Not the harness's daemon: a test mounted by other means (mount.fuse3, fstab)
+		 * and failed before unmounting. Never leave it behind. */
+		if (h_is_mounted(fs->mnt))
+			h_fusermount("-uz", fs->mnt, false);
 		return 0;
+	}
 	int64_t deadline = h_now_ms() + H_UMOUNT_RETRY_MS;
 	bool quiet = true;
 	for (;;) {

@@ -1,0 +1,248 @@
+/*
+ * test_mount.c - the ways in and out of a mount: signals unmount cleanly, mount.fuse3 and an
+ * fstab line start the daemon with its options, allow_other lets others in only as far as the
+ * backing store's modes allow, meson install puts the daemon and its man page in place, and
+ * --help / --version say what they should.
+ *
+ * Mounts made outside the harness (mount.fuse3, fstab) are unmounted in the test's own
+ * cleanup, and lazily by the harness's teardown of the temp dir as a last resort.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+/* A signal to the daemon unmounts the view, and the daemon exits 0. */
+static void stop_by(void **state, int sig)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_write_file(H_AT(fs->mnt, "f"), "data", 4), 0);
+	assert_int_equal(kill(fs->pid, sig), 0);
+	int st = 0;
+	assert_int_equal(h_wait_pid(fs->pid, 20000, &st), 0);
+	fs->pid = 0;
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_false(h_is_mounted(fs->mnt));
+	char buf[8];
+	assert_int_equal(h_read_file(H_AT(fs->backing, "f"), buf, sizeof(buf)), 4);
+}
+
+static void sigterm_unmounts(void **state)
+{
+	stop_by(state, SIGTERM);
+}
+
+static void sigint_unmounts(void **state)
+{
+	stop_by(state, SIGINT);
+}
+
+/* The directory holding the daemon binary, for a PATH that finds "throttlefs". */
+static const char *bin_dir(char *buf)
+{
+	strcpy(buf, h_daemon_bin());
+	char *slash = strrchr(buf, '/');
+	assert_non_null(slash);
+	*slash = '\0';
+	return buf;
+}
+
+/* Waits up to 10 s for path to be (or stop being) a mount point. */
+static int wait_mounted(const char *path, bool want)
+{
+	for (int i = 0; i < 200; i++) {
+		if (h_is_mounted(path) == want)
+			return 0;
+		usleep(50000);
+	}
+	return -1;
+}
+
+/* Reads the root's effective rate from user.throttlefs.config. */
+static long long config_rate(const char *mnt)
+{
+	char buf[1024];
+	ssize_t n = getxattr(mnt, "user.throttlefs.config", buf, sizeof(buf) - 1);
+	if (n < 0)
+		return -1;
+	buf[n] = '\0';
+	const char *p = strstr(buf, "\"rate\":");
+	return p ? atoll(p + 7) : -1;
+}
+
+/* Unmounts a daemonized mount and waits until it is gone. */
+static void unmount_daemonized(const char *mnt)
+{
+	assert_int_equal(h_run("fusermount3 -u %s", mnt), 0);
+	assert_int_equal(wait_mounted(mnt, false), 0);
+}
+
+static void mount_fuse3_helper(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_fs_unmount(fs), 0); /* this test mounts by itself */
+	char dir[PATH_MAX];
+	int r = h_run("PATH=%s:$PATH mount.fuse3 %s %s -t throttlefs -o rate=5M,buffer=1M",
+		      bin_dir(dir), fs->backing, fs->mnt);
+	assert_int_equal(r, 0);
+	assert_int_equal(wait_mounted(fs->mnt, true), 0);
+	long long rate = config_rate(fs->mnt);
+	assert_int_equal(h_write_file(H_AT(fs->mnt, "g"), "x", 1), 0);
+	unmount_daemonized(fs->mnt);
+	assert_int_equal(rate, 5 << 20);
+	char c;
+	assert_int_equal(h_read_file(H_AT(fs->backing, "g"), &c, 1), 1);
+}
+
+static void fstab_line(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_fs_unmount(fs), 0);
+	char fstab[PATH_MAX];
+	h_path(fstab, "%s/fstab", fs->root);
+	FILE *f = fopen(fstab, "we");
+	assert_non_null(f);
+	/* The "type#source" form names the daemon by path, as the sanitized PATH of mount(8)
+	 * would not find a build directory; an installed daemon is found as fuse.throttlefs. */
+	fprintf(f, "%s#%s %s fuse rate=7M,allow_other 0 0\n", h_daemon_bin(), fs->backing, fs->mnt);
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(h_run("mount -T %s %s", fstab, fs->mnt), 0);
+	assert_int_equal(wait_mounted(fs->mnt, true), 0);
+	long long rate = config_rate(fs->mnt);
+	unmount_daemonized(fs->mnt);
+	assert_int_equal(rate, 7 << 20);
+}
+
+/* Runs fn as user nobody in a child; returns fn's result (an errno, 0 for success). */
+static int as_nobody(int (*fn)(const char *), const char *arg)
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		gid_t g = 65534;
+		if (setgroups(1, &g) != 0 || setgid(65534) != 0 || setuid(65534) != 0)
+			_exit(255);
+		_exit(fn(arg));
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	return WEXITSTATUS(st);
+}
+
+static int try_read(const char *path)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return errno;
+	char c;
+	int err = read(fd, &c, 1) < 0 ? errno : 0;
+	close(fd);
+	return err;
+}
+
+static int try_create(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT, 0644);
+	if (fd < 0)
+		return errno;
+	close(fd);
+	return 0;
+}
+
+static void allow_other_checks_permissions(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_fs_unmount(fs), 0);
+	assert_int_equal(chmod(fs->root, 0755), 0); /* nobody must reach the mount point */
+	assert_int_equal(h_write_file(H_AT(fs->backing, "secret"), "s", 1), 0);
+	assert_int_equal(chmod(H_AT(fs->backing, "secret"), 0600), 0);
+	assert_int_equal(h_write_file(H_AT(fs->backing, "public"), "p", 1), 0);
+	assert_int_equal(chmod(H_AT(fs->backing, "public"), 0644), 0);
+	assert_int_equal(chmod(fs->backing, 0755), 0);
+	assert_int_equal(h_fs_mount(fs, "allow_other"), 0);
+	assert_int_equal(as_nobody(try_read, H_AT(fs->mnt, "public")), 0);
+	assert_int_equal(as_nobody(try_read, H_AT(fs->mnt, "secret")), EACCES);
+	assert_int_equal(as_nobody(try_create, H_AT(fs->mnt, "new")), EACCES);
+	struct stat st;
+	assert_int_equal(lstat(H_AT(fs->backing, "new"), &st), -1);
+}
+
+static void without_allow_other_only_owner(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(chmod(fs->root, 0755), 0);
+	assert_int_equal(chmod(fs->backing, 0755), 0);
+	assert_int_equal(h_write_file(H_AT(fs->backing, "public"), "p", 1), 0);
+	assert_int_equal(chmod(H_AT(fs->backing, "public"), 0644), 0);
+	/* The kernel keeps everyone but the mounting user out of a FUSE mount by default. */
+	assert_int_equal(as_nobody(try_read, H_AT(fs->mnt, "public")), EACCES);
+	assert_int_equal(try_read(H_AT(fs->mnt, "public")), 0);
+}
+
+static void meson_install(void **state)
+{
+	struct h_fs *fs = *state;
+	const char *build = getenv("TFS_BUILD_ROOT");
+	assert_non_null(build);
+	int r = h_run("meson install -C %s --no-rebuild --destdir %s/dest >%s/install.log 2>&1",
+		      build, fs->root, fs->root);
+	if (r != 0)
+		h_run("cat %s/install.log >&2", fs->root);
+	assert_int_equal(r, 0);
+	const char *want[] = {"bin/throttlefs", "share/man/man1/throttlefs.1"};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+		assert_int_equal(
+		    h_run("test -s \"$(find %s/dest -path '*/%s' | head -1)\"", fs->root, want[i]),
+		    0);
+	/* The installed daemon runs. */
+	assert_int_equal(h_run("\"$(find %s/dest -path '*/bin/throttlefs' | head -1)\" --version "
+			       "| grep -q '^throttlefs '",
+			       fs->root),
+			 0);
+}
+
+static void help_and_version(void **state)
+{
+	struct h_fs *fs = *state;
+	const char *opts[] = {"rate=",		 "file_rate=",	   "buffer=",  "max_buffer=",
+			      "max_semi_space=", "max_old_space=", "trace_gc", "allow_other"};
+	char out[PATH_MAX];
+	h_path(out, "%s/help.txt", fs->root);
+	assert_int_equal(h_run("%s --help >%s 2>&1", h_daemon_bin(), out), 0);
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
+		assert_int_equal(h_run("grep -q -- '%s' %s", opts[i], out), 0);
+	/* every throttlefs option line names its default */
+	assert_int_equal(h_run("test $(grep -c 'default: ' %s) -ge 7", out), 0);
+	assert_int_equal(h_run("%s --version | grep -q '^throttlefs [0-9]'", h_daemon_bin()), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(sigterm_unmounts, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(sigint_unmounts, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(mount_fuse3_helper, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(fstab_line, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(allow_other_checks_permissions, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(without_allow_other_only_owner, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(meson_install, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(help_and_version, h_setup, h_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

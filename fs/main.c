@@ -121,6 +121,13 @@ int main(int argc, char **argv)
 		ret = 1;
 		goto out;
 	}
+	err = cred_init();
+	if (err != 0) {
+		fprintf(stderr, "throttlefs: cannot read the daemon's credentials: %s\n",
+			strerror(-err));
+		ret = 1;
+		goto out;
+	}
 	/* Modes arrive from the kernel with the caller's umask applied; ours must not apply too. */
 	umask(0);
 

@@ -308,22 +308,22 @@ static void make_entry(fuse_req_t req, fuse_ino_t parent, const char *name, enum
 	fuse_reply_entry(req, &e);
 }
 
-static void tfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+static void do_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
 	make_entry(req, parent, name, MAKE_NODE, mode, rdev, NULL);
 }
 
-static void tfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+static void do_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
 	make_entry(req, parent, name, MAKE_DIR, mode, 0, NULL);
 }
 
-static void tfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+static void do_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
 	make_entry(req, parent, name, MAKE_SYMLINK, 0, 0, link);
 }
 
-static void tfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+static void do_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
 	struct tfs *fs = tfs_of(req);
 	struct fuse_entry_param e;
@@ -358,12 +358,12 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, in
 	reply_err(req, err);
 }
 
-static void tfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void do_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	remove_entry(req, parent, name, 0);
 }
 
-static void tfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+static void do_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	remove_entry(req, parent, name, AT_REMOVEDIR);
 }
@@ -377,8 +377,8 @@ static int rename_follow(struct tfs *fs, int dfd, fuse_ino_t parent, const char 
 	return inode_move(fs->inodes, st.st_dev, st.st_ino, parent, name);
 }
 
-static void tfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
-		       const char *newname, unsigned int flags)
+static void do_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
 {
 	struct tfs *fs = tfs_of(req);
 	struct fdcache_ref d, nd;
@@ -459,7 +459,7 @@ static void handle_close(struct tfs *fs, struct handle *h)
 	free(h);
 }
 
-static void tfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct tfs *fs = tfs_of(req);
 	struct handle *h;
@@ -471,8 +471,8 @@ static void tfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		handle_close(fs, h);
 }
 
-static void tfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-		       struct fuse_file_info *fi)
+static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
 {
 	struct tfs *fs = tfs_of(req);
 	struct fuse_entry_param e;
@@ -903,8 +903,8 @@ static void tfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	free(buf);
 }
 
-static void tfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
-			 size_t size, int flags)
+static void do_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
 {
 	struct tfs *fs = tfs_of(req);
 	if (vattr_setxattr(req, fs, ino, name, value, size))
@@ -917,7 +917,7 @@ static void tfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 	reply_err(req, r < 0 ? (int)r : 0);
 }
 
-static void tfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+static void do_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	struct tfs *fs = tfs_of(req);
 	if (vattr_removexattr(req, fs, ino, name))
@@ -983,6 +983,85 @@ static void tfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 	if (r < 0)
 		return reply_err(req, errno);
 	fuse_reply_lseek(req, r);
+}
+
+/*
+ * Requests that create, remove, rename or open run with the caller's credentials (cred.c), so
+ * new files belong to the caller and the backing store applies its own rules to the caller.
+ */
+static int caller_begin(fuse_req_t req, struct cred *c)
+{
+	int err = cred_enter(req, c);
+	if (err != 0)
+		reply_err(req, err);
+	return err;
+}
+
+#define AS_CALLER(call)                                                                            \
+	do {                                                                                       \
+		struct cred c_;                                                                    \
+		if (caller_begin(req, &c_) == 0) {                                                 \
+			call;                                                                      \
+			cred_leave(&c_);                                                           \
+		}                                                                                  \
+	} while (0)
+
+static void tfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	AS_CALLER(do_mknod(req, parent, name, mode, rdev));
+}
+
+static void tfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	AS_CALLER(do_mkdir(req, parent, name, mode));
+}
+
+static void tfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	AS_CALLER(do_symlink(req, link, parent, name));
+}
+
+static void tfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	AS_CALLER(do_link(req, ino, newparent, newname));
+}
+
+static void tfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	AS_CALLER(do_unlink(req, parent, name));
+}
+
+static void tfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	AS_CALLER(do_rmdir(req, parent, name));
+}
+
+static void tfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		       const char *newname, unsigned int flags)
+{
+	AS_CALLER(do_rename(req, parent, name, newparent, newname, flags));
+}
+
+static void tfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	AS_CALLER(do_open(req, ino, fi));
+}
+
+static void tfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		       struct fuse_file_info *fi)
+{
+	AS_CALLER(do_create(req, parent, name, mode, fi));
+}
+
+static void tfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			 size_t size, int flags)
+{
+	AS_CALLER(do_setxattr(req, ino, name, value, size, flags));
+}
+
+static void tfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	AS_CALLER(do_removexattr(req, ino, name));
 }
 
 const struct fuse_lowlevel_ops tfs_ops = {

@@ -124,6 +124,21 @@ int vattr_setxattr(fuse_req_t req, struct tfs *fs, fuse_ino_t ino, const char *n
 		   const char *value, size_t size);
 int vattr_removexattr(fuse_req_t req, struct tfs *fs, fuse_ino_t ino, const char *name);
 
+/* cred.c: acting as the caller (see there). */
+struct cred {
+	int switched;
+};
+
+/* Records the daemon's own credentials; once, before any thread starts. */
+int cred_init(void);
+
+/* Takes on the caller's fsuid, fsgid and groups for this thread (when the daemon is root and
+ * the caller is someone else). Returns 0 or a negative errno; then nothing changed. */
+int cred_enter(fuse_req_t req, struct cred *c);
+
+/* Returns this thread to the daemon's own credentials. */
+void cred_leave(struct cred *c);
+
 /* CLOCK_REALTIME in ns. */
 uint64_t node_now_rt(void);
 

@@ -519,6 +519,10 @@ int vattr_setxattr(fuse_req_t req, struct tfs *fs, fuse_ino_t ino, const char *n
 		err = -ENODATA;
 	if (err == 0 && !v->writable)
 		err = -EROFS;
+	/* The limits are the mount's: only its owner (or root) changes them. */
+	uid_t uid = fuse_req_ctx(req)->uid;
+	if (err == 0 && v->where == ON_ROOT && uid != 0 && uid != geteuid())
+		err = -EPERM;
 	char text[32];
 	if (err == 0 && size >= sizeof(text))
 		err = -EINVAL; /* no valid value is that long */

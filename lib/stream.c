@@ -24,9 +24,11 @@
  *
  * Memory. The pool counts blocks in use (`nused`, including blocks reserved by writers) and
  * never lets it exceed cap_blocks, except for a single write larger than the whole cap when
- * the pool is empty. Up to STREAM_POOL_KEEP free blocks stay mapped for reuse. mmap/munmap
- * run under the engine lock: they happen at most once per 128 KiB and only when the pool
- * grows or shrinks beyond the kept blocks.
+ * the pool is empty. Freed blocks stay mapped for reuse while anything is buffered; when
+ * nothing is, the pool shrinks to keep_blocks free blocks (a high-water mark's worth plus
+ * STREAM_POOL_KEEP). mmap/munmap run under the
+ * engine lock: they happen at most once per 128 KiB and only when the pool grows past its
+ * high point or shrinks when idle.
  *
  * Locks. s->lock, then e->lock; never the reverse. Fields tagged [s] are protected by the
  * stream lock, [e] by the engine lock, [s+e] are written with both held and may be read with
@@ -118,6 +120,7 @@ struct stream_engine {
 	pthread_cond_t work; /* the ready queue gained a stream, or stop */
 	pthread_cond_t room; /* pool blocks were released */
 	uint64_t high_water, max_buffer, cap_blocks;
+	uint64_t keep_blocks; /* free blocks kept mapped when nothing is buffered */
 	const struct clock *clock;
 	struct stream_sink sink;
 	struct throttle throttle; /* global rate */
@@ -268,16 +271,24 @@ static void pool_put(struct stream_engine *e, void *chain)
 	while (chain) {
 		void *next = *(void **)chain;
 		e->nused--;
-		/* A block that cannot be unmapped (cannot happen for a block we mapped) is
-		 * kept: it stays accounted as free memory instead of leaking silently. */
-		if (e->nfree >= STREAM_POOL_KEEP && munmap(chain, STREAM_BLOCK) == 0) {
-			chain = next;
-			continue;
-		}
 		*(void **)chain = e->free_blocks;
 		e->free_blocks = chain;
 		e->nfree++;
 		chain = next;
+	}
+	/* While data flows, every freed block is kept: a block unmapped now would be mapped and
+	 * faulted in again a moment later (that churn cost a fifth of the daemon's CPU on a
+	 * large copy), and the pool never exceeds its cap anyway. Once nothing is buffered,
+	 * the pool shrinks back to keep_blocks: one stream's high-water mark and a few more,
+	 * so that a copy faster than the store, which empties the buffer after every write,
+	 * does not churn either. A block that cannot be unmapped (cannot happen for a block we
+	 * mapped) stays, accounted as free memory. */
+	while (e->nused == 0 && e->nfree > e->keep_blocks) {
+		void *b = e->free_blocks, *next = *(void **)b;
+		if (munmap(b, STREAM_BLOCK) != 0)
+			break;
+		e->free_blocks = next;
+		e->nfree--;
 	}
 	if (any)
 		pthread_cond_broadcast(&e->room);
@@ -1063,6 +1074,9 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 	e->high_water = hw;
 	e->max_buffer = max;
 	e->cap_blocks = STREAM_POOL_CAP(max);
+	e->keep_blocks = STREAM_POOL_KEEP + (e->high_water + STREAM_BLOCK - 1) / STREAM_BLOCK;
+	if (e->keep_blocks > e->cap_blocks)
+		e->keep_blocks = e->cap_blocks;
 	e->clock = cfg->clock ? cfg->clock : &clock_monotonic;
 	e->sink = cfg->sink ? *cfg->sink : real_sink;
 	e->rate = cfg->rate;

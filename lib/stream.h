@@ -15,9 +15,10 @@
  *     would take more blocks makes the *calling thread* wait for free blocks (the only
  *     blocking case; it needs as many concurrent writers as it takes to fill the overflow
  *     allowance, STREAM_OVERFLOW = 8 MiB, while all of them are already over the marks).
- *     Up to STREAM_POOL_KEEP free blocks are kept for reuse, the rest are unmapped, so the
- *     daemon's buffer memory never exceeds max_buffer + STREAM_OVERFLOW + 2 MiB whatever
- *     the file sizes.
+ *     Freed blocks are kept for reuse while data is buffered; once nothing is, all but a
+ *     high-water mark's worth plus STREAM_POOL_KEEP blocks are unmapped. The daemon's
+ *     buffer memory never exceeds STREAM_POOL_CAP(max_buffer) blocks (max_buffer +
+ *     STREAM_OVERFLOW), whatever the file sizes.
  *
  * Data of a stream is one byte log of blocks: writes are appended to the tail block whatever
  * their file offset, so 4 KiB writes share blocks, and a write that continues the previous

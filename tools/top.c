@@ -143,7 +143,7 @@ static char *top_bytes(char *buf, size_t len, double bytes)
 	return buf;
 }
 
-/* 12.3 MiB/s; "unlimited" for a limit of 0 when unlimited is set. */
+/* 12.3 MiB/s; "unlimited" for 0 when zero_is_unlimited (a limit, not a speed). */
 static char *top_rate(char *buf, size_t len, double rate, int zero_is_unlimited)
 {
 	if (rate <= 0 && zero_is_unlimited) {
@@ -473,7 +473,7 @@ static int top_write_all(const char *buf, size_t len)
 	return 0;
 }
 
-/* Draws s and writes it out; prefix and suffix are escape sequences around the frame. */
+/* Draws s and writes it out in one write; prefix (escape sequences) goes first. */
 static int top_show(const char *mnt, const struct top_snap *s, int live, const char *prefix)
 {
 	char *frame = NULL;

@@ -472,8 +472,9 @@ int vattr_getxattr(fuse_req_t req, struct tfs *fs, fuse_ino_t ino, const char *n
 	if (err != 0)
 		fuse_reply_err(req, -err);
 	else if (size == 0) {
-		fuse_reply_xattr(req, len);
+		/* Kept before the reply: the read that follows may reach another thread first. */
 		snap_keep(pid, ino, v, text, len);
+		fuse_reply_xattr(req, len);
 		return 1;
 	} else if (len > size)
 		fuse_reply_err(req, ERANGE);

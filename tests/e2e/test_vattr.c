@@ -655,15 +655,7 @@ static void probe_then_read(const char *path, const char *name)
 	jsonr_free(parse_or_fail(name, buf, (size_t)n));
 }
 
-/*
- * Known daemon bug, so the 200-round loop below is skipped: in fs/vattr.c vattr_getxattr
- * answers a size probe (fuse_reply_xattr) before it keeps the value (snap_keep), so the read
- * that follows can reach another daemon thread first, find no snapshot, and get a fresh value
- * of another length; a longer one fails with ERANGE. Keeping the snapshot before replying
- * makes the loop pass. Set to 0 once fixed.
- */
-#define KNOWN_BUG_PROBE_BEFORE_KEEP 1
-
+/* The size probe and the read that follows see one snapshot, while the values change. */
 static void size_probe_then_read(void **state)
 {
 	(void)state;
@@ -681,7 +673,7 @@ static void size_probe_then_read(void **state)
 	H_EXPECT_ERRNO(lgetxattr(fs->mnt, "user.throttlefs.config", small, 3), ERANGE);
 	H_EXPECT_ERRNO(lgetxattr(path, "user.throttlefs.state", small, 1), ERANGE);
 	int during = 0;
-	for (int i = 0; i < PROBE_ROUNDS && !KNOWN_BUG_PROBE_BEFORE_KEEP; i++) {
+	for (int i = 0; i < PROBE_ROUNDS; i++) {
 		during += !writer_done(w);
 		probe_then_read(path, "progress");
 		probe_then_read(fs->mnt, "transfers");
@@ -689,12 +681,6 @@ static void size_probe_then_read(void **state)
 	}
 	writer_join(w);
 	unmount(fs);
-	if (KNOWN_BUG_PROBE_BEFORE_KEEP) {
-		fprintf(stderr, "SKIPPED the probe-then-read loop: known daemon bug, fs/vattr.c "
-				"replies to the size probe before keeping its snapshot (see "
-				"KNOWN_BUG_PROBE_BEFORE_KEEP)\n");
-		skip();
-	}
 	fprintf(stderr, "%d of %d rounds while the copy ran\n", during, PROBE_ROUNDS);
 	assert_true(during > 0);
 }

@@ -160,14 +160,23 @@ static uint64_t handle_of(const struct heap *h, uint32_t idx)
 	return ((uint64_t)slot_at(h, idx)->gen << 32) | ((uint64_t)idx + 1);
 }
 
-/* The slot of a live handle, or NULL. */
+/* True when o is old garbage the sweeper has not reached yet. */
+static bool known_dead(const struct heap *h, const struct hdr *o)
+{
+	return h->state == SWEEPING && !(o->flags & (F_MARK | F_LARGE)) &&
+	       (const char *)o >= h->sweep && (const char *)o < h->otop;
+}
+
+/* The slot of a live handle, or NULL. An object that marking found dead is stale already,
+ * though the sweeper has not reclaimed it yet: handing it out again (a weak table finding
+ * it, say) would resurrect memory the sweeper is about to reuse. */
 static struct slot *lookup(const struct heap *h, uint64_t handle)
 {
 	uint32_t low = (uint32_t)handle;
 	if (low == 0 || low - 1 >= h->used_slots)
 		return NULL;
 	struct slot *s = slot_at(h, low - 1);
-	if (s->obj == NULL || s->gen != (uint32_t)(handle >> 32))
+	if (s->obj == NULL || s->gen != (uint32_t)(handle >> 32) || known_dead(h, s->obj))
 		return NULL;
 	return s;
 }
@@ -303,6 +312,20 @@ static void slot_release(struct heap *h, uint32_t idx)
 	h->free_slot = idx + 1;
 }
 
+static void *payload(struct hdr *o)
+{
+	return (char *)(o + 1) + 8 * (size_t)o->nrefs;
+}
+
+/* Object o is garbage and its memory is about to be reused: tell the embedder (its weak
+ * tables and external resources), then retire the handle. */
+static void reclaim(struct heap *h, struct hdr *o)
+{
+	if (h->cfg.on_free != NULL)
+		h->cfg.on_free(h->cfg.arg, handle_of(h, o->idx), o->type, payload(o));
+	slot_release(h, o->idx);
+}
+
 /* ---- old arena free lists ---- */
 
 static struct hdr *chunk_at(const struct heap *h, uint32_t link)
@@ -400,7 +423,7 @@ static void sweep_step(struct heap *h, size_t budget)
 			if (o->type != T_FREE && (o->flags & F_MARK))
 				break;
 			if (o->type != T_FREE)
-				slot_release(h, o->idx);
+				reclaim(h, o);
 			p += obj_size(o);
 		}
 		if (p > run) {
@@ -614,13 +637,6 @@ static bool scavenge_refs(struct heap *h, struct hdr *o, bool promote_all, char 
 	return young;
 }
 
-/* True when o is old garbage the sweeper has not reached yet. */
-static bool known_dead(const struct heap *h, const struct hdr *o)
-{
-	return h->state == SWEEPING && !(o->flags & (F_MARK | F_LARGE)) &&
-	       (const char *)o >= h->sweep && (const char *)o < h->otop;
-}
-
 static int scavenge(struct heap *h, bool promote_all)
 {
 	size_t most = (size_t)(h->ytop - h->from) / sizeof(struct hdr);
@@ -676,7 +692,7 @@ static int scavenge(struct heap *h, bool promote_all)
 	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p)) {
 		struct hdr *o = (struct hdr *)p;
 		if (!(o->flags & F_FORWARDED))
-			slot_release(h, o->idx);
+			reclaim(h, o);
 	}
 
 	char *old_from = h->from;
@@ -710,7 +726,7 @@ static void large_sweep(struct heap *h)
 		if (o->flags & F_MARK) {
 			o->flags &= (uint8_t)~F_MARK;
 		} else {
-			slot_release(h, o->idx);
+			reclaim(h, o);
 			if (l->prev != NULL)
 				l->prev->next = next;
 			else
@@ -740,7 +756,7 @@ static void compact(struct heap *h)
 				slot_at(h, idx)->obj = (struct hdr *)dst;
 				dst += size;
 			} else {
-				slot_release(h, o->idx);
+				reclaim(h, o);
 			}
 		}
 		p += size;
@@ -896,10 +912,26 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	return 0;
 }
 
+/* Calls on_free for every object still in the heap, as heap_free promises. */
+static void finalize_all(struct heap *h)
+{
+	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
+		reclaim(h, (struct hdr *)p);
+	for (char *p = h->obase; p < h->otop; p += obj_size((struct hdr *)p))
+		if (((struct hdr *)p)->type != T_FREE)
+			reclaim(h, (struct hdr *)p);
+	for (struct large *l = h->large; l != NULL; l = l->next)
+		reclaim(h, (struct hdr *)(l + 1));
+}
+
 void heap_free(struct heap *h)
 {
 	if (h == NULL)
 		return;
+	if (h->cfg.on_free != NULL) {
+		h->state = IDLE; /* every object is finalized, garbage or not */
+		finalize_all(h);
+	}
 	while (h->large != NULL) {
 		struct large *next = h->large->next;
 		free(h->large);
@@ -1000,9 +1032,15 @@ uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
 void *heap_deref(struct heap *h, uint64_t handle)
 {
 	struct slot *s = lookup(h, handle);
-	if (s == NULL)
-		return NULL;
-	return (char *)(s->obj + 1) + 8 * (size_t)s->obj->nrefs;
+	return s != NULL ? payload(s->obj) : NULL;
+}
+
+uint64_t heap_handle_at(struct heap *h, uint32_t index)
+{
+	if (index == 0 || index - 1 >= h->used_slots)
+		return 0;
+	uint64_t handle = handle_of(h, index - 1);
+	return lookup(h, handle) != NULL ? handle : 0;
 }
 
 int heap_type(struct heap *h, uint64_t handle)
@@ -1084,6 +1122,12 @@ int heap_root_dec(struct heap *h, uint64_t handle)
 		return -EINVAL;
 	s->roots--;
 	return 0;
+}
+
+long heap_root_count(struct heap *h, uint64_t handle)
+{
+	struct slot *s = lookup(h, handle);
+	return s != NULL ? (long)s->roots : -ESTALE;
 }
 
 int heap_collect(struct heap *h, enum heap_collect_kind kind)

@@ -23,7 +23,7 @@ static void count_free(void *data)
 static int setup(void **state)
 {
 	struct inode_table *t;
-	assert_int_equal(inode_table_new(7, 2, count_free, &t), 0);
+	assert_int_equal(inode_table_new(7, 2, count_free, NULL, &t), 0);
 	*state = t;
 	return 0;
 }
@@ -34,8 +34,19 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* A full collection, after which the heap and the table must be consistent. */
+static void collect(struct inode_table *t)
+{
+	char err[256] = "";
+	assert_int_equal(inode_table_collect(t, HEAP_FULL), 0);
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+}
+
+/* Live records once garbage is collected. */
 static uint64_t live(struct inode_table *t)
 {
+	collect(t);
 	struct inode_stats st;
 	inode_stats(t, &st);
 	return st.inodes;
@@ -112,6 +123,7 @@ static void reused_slot_gives_new_id(void **state)
 	struct inode_table *t = *state;
 	uint64_t a = link_one(t, INODE_ROOT, "a", 10);
 	inode_forget(t, a, 1);
+	collect(t);
 	uint64_t b = link_one(t, INODE_ROOT, "b", 20);
 	assert_true(a != b);
 	assert_true((uint32_t)a == (uint32_t)b); /* same slot, other generation */
@@ -168,6 +180,7 @@ static void parent_and_name(void **state)
 	assert_string_equal(name, ".");
 	assert_int_equal(inode_parent(t, f, &p, name, 4), -ENAMETOOLONG);
 	inode_forget(t, f, 1);
+	collect(t);
 	assert_int_equal(inode_parent(t, f, &p, name, sizeof(name)), -ESTALE);
 }
 
@@ -187,8 +200,10 @@ static void data_slot(void **state)
 	/* the data goes with its record, once */
 	freed = 0;
 	inode_forget(t, a, 1);
+	collect(t);
 	assert_int_equal(freed, 1);
 	inode_forget(t, a, 1);
+	collect(t);
 	assert_int_equal(freed, 1);
 }
 
@@ -219,6 +234,7 @@ static void many_records(void **state)
 		}
 	}
 	uint64_t want = 2;
+	collect(t);
 	for (int i = 0; i < N; i++) {
 		char buf[32], name[16];
 		snprintf(name, sizeof(name), "dir/f%d", i);

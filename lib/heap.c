@@ -912,16 +912,42 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	return 0;
 }
 
-/* Calls on_free for every object still in the heap, as heap_free promises. */
-static void finalize_all(struct heap *h)
+/* Calls fn for every object of every space. */
+static void each_object(struct heap *h, void (*fn)(struct heap *h, struct hdr *o, void *arg),
+			void *arg)
 {
 	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
-		reclaim(h, (struct hdr *)p);
+		fn(h, (struct hdr *)p, arg);
 	for (char *p = h->obase; p < h->otop; p += obj_size((struct hdr *)p))
 		if (((struct hdr *)p)->type != T_FREE)
-			reclaim(h, (struct hdr *)p);
+			fn(h, (struct hdr *)p, arg);
 	for (struct large *l = h->large; l != NULL; l = l->next)
-		reclaim(h, (struct hdr *)(l + 1));
+		fn(h, (struct hdr *)(l + 1), arg);
+}
+
+static void reclaim_each(struct heap *h, struct hdr *o, void *arg)
+{
+	(void)arg;
+	reclaim(h, o);
+}
+
+struct walk {
+	void (*fn)(void *arg, uint64_t handle, unsigned type, void *payload, int dead);
+	void *arg;
+};
+
+static void walk_each(struct heap *h, struct hdr *o, void *arg)
+{
+	struct walk *w = arg;
+	w->fn(w->arg, handle_of(h, o->idx), o->type, payload(o), known_dead(h, o));
+}
+
+void heap_walk(struct heap *h,
+	       void (*fn)(void *arg, uint64_t handle, unsigned type, void *payload, int dead),
+	       void *arg)
+{
+	struct walk w = {fn, arg};
+	each_object(h, walk_each, &w);
 }
 
 void heap_free(struct heap *h)
@@ -930,7 +956,7 @@ void heap_free(struct heap *h)
 		return;
 	if (h->cfg.on_free != NULL) {
 		h->state = IDLE; /* every object is finalized, garbage or not */
-		finalize_all(h);
+		each_object(h, reclaim_each, NULL);
 	}
 	while (h->large != NULL) {
 		struct large *next = h->large->next;

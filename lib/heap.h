@@ -141,6 +141,13 @@ int heap_step(struct heap *h, size_t budget);
 
 void heap_stats(const struct heap *h, struct heap_stats *out);
 
+/* Calls fn for every object in the heap: its handle, type, raw bytes, and whether it is
+ * garbage a finished marking already found dead (its handle is stale). fn must not call the
+ * heap. For verifiers and statistics. */
+void heap_walk(struct heap *h,
+	       void (*fn)(void *arg, uint64_t handle, unsigned type, void *payload, int dead),
+	       void *arg);
+
 /* Walks every object, the handle table and the remembered set. Returns 0, or -EFAULT with a
  * description of the first inconsistency in err (when err != NULL). */
 int heap_verify(struct heap *h, char *err, size_t len);

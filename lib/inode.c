@@ -629,10 +629,56 @@ static int verify_fail(char *err, size_t len, const char *what, uint64_t handle)
 	return -EFAULT;
 }
 
-int inode_table_verify(struct inode_table *t, char *err, size_t len)
+struct verify {
+	struct inode_table *t;
+	uint32_t *recs; /* handle indices of every record, dead or alive */
+	size_t nrecs, cap;
+	uint64_t bad; /* first record found inconsistent, 0: none */
+	const char *what;
+};
+
+static void verify_record(void *arg, uint64_t handle, unsigned type, void *payload, int dead)
 {
-	pthread_mutex_lock(&t->lock);
-	int rc = heap_verify(t->heap, err, len);
+	struct verify *v = arg;
+	if (type != T_REC)
+		return;
+	if (v->nrecs < v->cap)
+		v->recs[v->nrecs] = (uint32_t)handle;
+	v->nrecs++;
+	const struct rec *r = payload;
+	if (dead || v->bad != 0 || handle == v->t->root)
+		return;
+	long roots = heap_root_count(v->t->heap, handle);
+	/* a live record is indexed unless it was never rooted (rec_new's failure path) */
+	if (roots != (rooted(r) ? 1 : 0))
+		v->what = "root count disagrees with the lookup and pin counts";
+	else if (roots != 0 && ix_find(v->t, r->dev, r->ino) != handle)
+		v->what = "a rooted record is not found through the index";
+	else
+		return;
+	v->bad = handle;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* Every record is counted, consistent and findable; every index entry names a record. */
+static int verify_table(struct inode_table *t, char *err, size_t len)
+{
+	struct verify v = {.t = t, .cap = t->st.inodes + 1};
+	v.recs = malloc(v.cap * sizeof(uint32_t));
+	if (v.recs == NULL)
+		return verify_fail(err, len, "out of memory for the verifier", 0);
+	heap_walk(t->heap, verify_record, &v);
+	int rc = 0;
+	if (v.nrecs != t->st.inodes)
+		rc = verify_fail(err, len, "record count disagrees with the heap", v.nrecs);
+	else if (v.bad != 0)
+		rc = verify_fail(err, len, v.what, v.bad);
+	qsort(v.recs, rc == 0 ? v.nrecs : 0, sizeof(uint32_t), cmp_u32);
 	size_t entries = 0, tombs = 0;
 	for (size_t i = 0; rc == 0 && i < t->ix.cap; i++) {
 		uint32_t e = t->ix.v[i];
@@ -640,22 +686,23 @@ int inode_table_verify(struct inode_table *t, char *err, size_t len)
 		if (e == 0 || e == TOMB)
 			continue;
 		entries++;
-		uint64_t handle = heap_handle_at(t->heap, e);
-		const struct rec *r = handle ? rec_get(t, handle) : NULL;
-		if (handle != 0 && r == NULL)
-			rc = verify_fail(err, len, "index names a non-record", handle);
-		else if (r != NULL && ix_find(t, r->dev, r->ino) != handle)
-			rc = verify_fail(err, len, "two live records for one file", handle);
-		else if (r != NULL && handle != t->root &&
-			 heap_root_count(t->heap, handle) != (rooted(r) ? 1 : 0))
-			rc = verify_fail(err, len, "root count disagrees with the counts", handle);
+		if (bsearch(&e, v.recs, v.nrecs, sizeof(uint32_t), cmp_u32) == NULL)
+			rc = verify_fail(err, len, "an index entry names no record", e);
 	}
 	if (rc == 0 && (entries != t->ix.used || tombs != t->ix.tomb))
-		rc = verify_fail(err, len, "index counts disagree", 0);
-	if (rc == 0 && t->ix.used > t->st.inodes)
-		rc = verify_fail(err, len, "more index entries than records", 0);
+		rc = verify_fail(err, len, "index counts disagree", entries);
 	if (rc == 0 && t->errors != 0)
 		rc = verify_fail(err, len, "a root count update failed", t->errors);
+	free(v.recs);
+	return rc;
+}
+
+int inode_table_verify(struct inode_table *t, char *err, size_t len)
+{
+	pthread_mutex_lock(&t->lock);
+	int rc = heap_verify(t->heap, err, len);
+	if (rc == 0)
+		rc = verify_table(t, err, len);
 	pthread_mutex_unlock(&t->lock);
 	return rc;
 }

@@ -43,9 +43,10 @@
 enum { T_REC = 1, T_LINK = 2 };
 enum { R_LINKED = 1 }; /* ref 0 names a T_LINK object holding (parent, name) */
 
-#define TOMB	    UINT32_MAX /* a removed index entry; no handle index is ever this */
-#define INDEX_MIN   1024
-#define NAME_MAX_IN 0xffff
+#define TOMB	     UINT32_MAX /* a removed index entry; no handle index is ever this */
+#define INDEX_MIN    1024
+#define MIGRATE_STEP 64 /* old index buckets moved per insertion */
+#define NAME_MAX_IN  0xffff
 
 struct rec {
 	uint64_t dev, ino;
@@ -68,6 +69,8 @@ struct inode_table {
 	struct heap *heap;
 	uint64_t root; /* the root record's handle, known to the kernel as INODE_ROOT */
 	struct index ix;
+	struct index old; /* being migrated into ix; v NULL: none */
+	size_t migrate;	  /* next bucket of old to migrate */
 	void (*free_data)(void *data);
 	struct inode_config cfg;
 	bool closing;	 /* inode_table_free: on_free only finalizes */
@@ -138,12 +141,12 @@ static size_t ix_hash(uint64_t dev, uint64_t ino)
 	return (size_t)(h ^ (h >> 29));
 }
 
-/* The live record of (dev, ino), or 0. Entries of dead records are skipped. */
-static uint64_t ix_find(struct inode_table *t, uint64_t dev, uint64_t ino)
+/* The live record of (dev, ino) in one table, or 0. Entries of dead records are skipped. */
+static uint64_t ix_probe(struct inode_table *t, const struct index *ix, uint64_t dev, uint64_t ino)
 {
-	size_t mask = t->ix.cap - 1;
+	size_t mask = ix->cap - 1;
 	for (size_t i = ix_hash(dev, ino) & mask;; i = (i + 1) & mask) {
-		uint32_t e = t->ix.v[i];
+		uint32_t e = ix->v[i];
 		if (e == 0)
 			return 0;
 		uint64_t handle = e != TOMB ? heap_handle_at(t->heap, e) : 0;
@@ -151,6 +154,14 @@ static uint64_t ix_find(struct inode_table *t, uint64_t dev, uint64_t ino)
 		if (r != NULL && r->ino == ino && r->dev == dev)
 			return handle;
 	}
+}
+
+static uint64_t ix_find(struct inode_table *t, uint64_t dev, uint64_t ino)
+{
+	uint64_t handle = ix_probe(t, &t->ix, dev, ino);
+	if (handle == 0 && t->old.v != NULL)
+		handle = ix_probe(t, &t->old, dev, ino);
+	return handle;
 }
 
 static void ix_place(struct index *ix, uint32_t e, uint64_t dev, uint64_t ino)
@@ -164,33 +175,57 @@ static void ix_place(struct index *ix, uint32_t e, uint64_t dev, uint64_t ino)
 	ix->used++;
 }
 
-/* Makes room for one more entry: rebuilds (dropping entries of dead records and every
- * tombstone) when entries and tombstones would pass 3/4 of the table. */
+/* Moves up to n buckets of the old table into the current one, dropping entries of dead
+ * records; frees the old table once it is empty. */
+static void ix_migrate(struct inode_table *t, size_t n)
+{
+	struct index *old = &t->old;
+	for (; n > 0 && t->migrate < old->cap; n--, t->migrate++) {
+		uint32_t e = old->v[t->migrate];
+		if (e == 0 || e == TOMB)
+			continue;
+		uint64_t handle = heap_handle_at(t->heap, e);
+		const struct rec *r = handle ? rec_get(t, handle) : NULL;
+		if (r != NULL)
+			ix_place(&t->ix, e, r->dev, r->ino);
+		old->v[t->migrate] = TOMB;
+		old->used--;
+		old->tomb++;
+	}
+	if (t->migrate >= old->cap) {
+		free(old->v);
+		memset(old, 0, sizeof(*old));
+	}
+}
+
+/* Makes room for one more entry. When entries and tombstones would pass 3/4 of the table, a
+ * fresh one of twice the live entries takes over and the old one is migrated into it a few
+ * buckets per insertion (each needs a look at the record for its hash), so no single call
+ * rehashes a million records. */
 static int ix_reserve(struct inode_table *t)
 {
+	if (t->old.v != NULL)
+		ix_migrate(t, MIGRATE_STEP);
 	struct index *ix = &t->ix;
 	if ((ix->used + ix->tomb + 1) * 4 <= ix->cap * 3)
 		return 0;
-	size_t cap = INDEX_MIN;
-	while (cap < (ix->used + 1) * 2)
+	size_t live = ix->used + t->old.used, cap = INDEX_MIN;
+	while (cap < (live + 1) * 2)
 		cap *= 2;
 	struct index n = {.v = calloc(cap, sizeof(uint32_t)), .cap = cap};
 	if (n.v == NULL)
 		return -ENOMEM;
-	for (size_t i = 0; i < ix->cap; i++) {
-		uint32_t e = ix->v[i];
-		uint64_t handle = e != 0 && e != TOMB ? heap_handle_at(t->heap, e) : 0;
-		const struct rec *r = handle ? rec_get(t, handle) : NULL;
-		if (r != NULL)
-			ix_place(&n, e, r->dev, r->ino);
-	}
-	free(ix->v);
+	if (t->old.v != NULL) /* not expected: the margin lets a migration finish first */
+		ix_migrate(t, SIZE_MAX);
+	t->old = *ix;
 	*ix = n;
+	t->migrate = 0;
+	ix_migrate(t, MIGRATE_STEP);
 	return 0;
 }
 
-/* Removes the entry of a dying record; absent when a rebuild dropped it already. */
-static void ix_remove(struct index *ix, uint32_t e, uint64_t dev, uint64_t ino)
+/* Removes the entry of a dying record; absent when a migration dropped it already. */
+static bool ix_remove(struct index *ix, uint32_t e, uint64_t dev, uint64_t ino)
 {
 	size_t mask = ix->cap - 1;
 	for (size_t i = ix_hash(dev, ino) & mask; ix->v[i] != 0; i = (i + 1) & mask) {
@@ -198,9 +233,10 @@ static void ix_remove(struct index *ix, uint32_t e, uint64_t dev, uint64_t ino)
 			ix->v[i] = TOMB;
 			ix->used--;
 			ix->tomb++;
-			return;
+			return true;
 		}
 	}
+	return false;
 }
 
 /* ---- heap hooks ---- */
@@ -212,7 +248,8 @@ static void on_free(void *arg, uint64_t handle, unsigned type, void *payload)
 		return;
 	struct rec *r = payload;
 	if (!t->closing) {
-		ix_remove(&t->ix, (uint32_t)handle, r->dev, r->ino);
+		if (!ix_remove(&t->ix, (uint32_t)handle, r->dev, r->ino) && t->old.v != NULL)
+			ix_remove(&t->old, (uint32_t)handle, r->dev, r->ino);
 		t->st.forgotten++;
 	}
 	if (r->data != NULL && t->free_data != NULL)
@@ -301,6 +338,7 @@ void inode_table_free(struct inode_table *t)
 	t->closing = true;
 	heap_free(t->heap); /* finalizes every record: free_data for each data slot */
 	free(t->ix.v);
+	free(t->old.v);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
@@ -586,13 +624,18 @@ void **inode_data(struct inode_table *t, uint64_t id)
 	return r ? &r->data : NULL;
 }
 
+static size_t ix_bytes(const struct inode_table *t)
+{
+	return (t->ix.cap + t->old.cap) * sizeof(uint32_t);
+}
+
 void inode_stats(struct inode_table *t, struct inode_stats *st)
 {
 	struct heap_stats hs;
 	pthread_mutex_lock(&t->lock);
 	heap_stats(t->heap, &hs);
 	*st = t->st;
-	st->bytes = sizeof(*t) + hs.heap_used + t->ix.cap * sizeof(uint32_t);
+	st->bytes = sizeof(*t) + hs.heap_used + ix_bytes(t);
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -600,8 +643,8 @@ void inode_heap_stats(struct inode_table *t, struct heap_stats *st)
 {
 	pthread_mutex_lock(&t->lock);
 	heap_stats(t->heap, st);
-	st->heap_total += t->ix.cap * sizeof(uint32_t);
-	st->heap_used += t->ix.cap * sizeof(uint32_t);
+	st->heap_total += ix_bytes(t);
+	st->heap_used += ix_bytes(t);
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -679,18 +722,21 @@ static int verify_table(struct inode_table *t, char *err, size_t len)
 	else if (v.bad != 0)
 		rc = verify_fail(err, len, v.what, v.bad);
 	qsort(v.recs, rc == 0 ? v.nrecs : 0, sizeof(uint32_t), cmp_u32);
-	size_t entries = 0, tombs = 0;
-	for (size_t i = 0; rc == 0 && i < t->ix.cap; i++) {
-		uint32_t e = t->ix.v[i];
-		tombs += e == TOMB;
-		if (e == 0 || e == TOMB)
-			continue;
-		entries++;
-		if (bsearch(&e, v.recs, v.nrecs, sizeof(uint32_t), cmp_u32) == NULL)
-			rc = verify_fail(err, len, "an index entry names no record", e);
+	for (int k = 0; k < 2 && rc == 0; k++) {
+		const struct index *ix = k == 0 ? &t->ix : &t->old;
+		size_t entries = 0, tombs = 0;
+		for (size_t i = 0; rc == 0 && i < ix->cap; i++) {
+			uint32_t e = ix->v[i];
+			tombs += e == TOMB;
+			if (e == 0 || e == TOMB)
+				continue;
+			entries++;
+			if (bsearch(&e, v.recs, v.nrecs, sizeof(uint32_t), cmp_u32) == NULL)
+				rc = verify_fail(err, len, "an index entry names no record", e);
+		}
+		if (rc == 0 && (entries != ix->used || tombs != ix->tomb))
+			rc = verify_fail(err, len, "index counts disagree", entries);
 	}
-	if (rc == 0 && (entries != t->ix.used || tombs != t->ix.tomb))
-		rc = verify_fail(err, len, "index counts disagree", entries);
 	if (rc == 0 && t->errors != 0)
 		rc = verify_fail(err, len, "a root count update failed", t->errors);
 	free(v.recs);

@@ -39,6 +39,14 @@
  * (mark-compact, stop-the-world, Lisp-2 order-preserving but with no pointer fix-up thanks to
  * handles).
  *
+ * Finalization and weak tables. Every place that reclaims an object (the scavenger's walk of
+ * from-space, the sweeper, compaction, the large-object sweep, heap_free) goes through
+ * reclaim(), which calls config.on_free with the object's handle, type and raw bytes before
+ * the handle is retired, so an embedder can clear weak-table entries and release external
+ * resources exactly once. An old object that a finished marking left unmarked is already
+ * stale to every API call (lookup() checks known_dead), so a weak table can never hand out,
+ * and thereby resurrect, an object the lazy sweeper is about to reclaim.
+ *
  * Invariants (heap_verify checks them):
  *  - every object's header names a live slot whose address is that object;
  *  - every non-zero reference slot of a live object holds a live handle;

@@ -165,7 +165,8 @@ int main(int argc, char **argv)
 	t0 = now_s();
 	for (size_t i = 0; i < n; i++) {
 		char name[32];
-		snprintf(name, sizeof(name), "f%015llu", (unsigned long long)i % 1000000000000000ull);
+		snprintf(name, sizeof(name), "f%015llu",
+			 (unsigned long long)i % 1000000000000000ull);
 		m[i] = calloc(1, sizeof(**m));
 		if (m[i] == NULL || (m[i]->name = strdup(name)) == NULL)
 			exit(1);

@@ -113,7 +113,11 @@ int main(int argc, char **argv)
 			strerror(errno));
 		goto out;
 	}
-	int err = inode_table_new(st.st_dev, st.st_ino, node_free, &fs.inodes);
+	int err = inode_table_new(st.st_dev, st.st_ino, node_free,
+				  &(struct inode_config){.semi_space = fs.opt.max_semi_space,
+							 .old_space = fs.opt.max_old_space,
+							 .trace_gc = (int)fs.opt.trace_gc},
+				  &fs.inodes);
 	if (err == 0)
 		err = fdcache_new(TFS_DIR_CACHE, &fs.dirs);
 	if (err != 0) {

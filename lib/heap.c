@@ -39,6 +39,14 @@
  * (mark-compact, stop-the-world, Lisp-2 order-preserving but with no pointer fix-up thanks to
  * handles).
  *
+ * Finalization and weak tables. Every place that reclaims an object (the scavenger's walk of
+ * from-space, the sweeper, compaction, the large-object sweep, heap_free) goes through
+ * reclaim(), which calls config.on_free with the object's handle, type and raw bytes before
+ * the handle is retired, so an embedder can clear weak-table entries and release external
+ * resources exactly once. An old object that a finished marking left unmarked is already
+ * stale to every API call (lookup() checks known_dead), so a weak table can never hand out,
+ * and thereby resurrect, an object the lazy sweeper is about to reclaim.
+ *
  * Invariants (heap_verify checks them):
  *  - every object's header names a live slot whose address is that object;
  *  - every non-zero reference slot of a live object holds a live handle;
@@ -160,14 +168,23 @@ static uint64_t handle_of(const struct heap *h, uint32_t idx)
 	return ((uint64_t)slot_at(h, idx)->gen << 32) | ((uint64_t)idx + 1);
 }
 
-/* The slot of a live handle, or NULL. */
+/* True when o is old garbage the sweeper has not reached yet. */
+static bool known_dead(const struct heap *h, const struct hdr *o)
+{
+	return h->state == SWEEPING && !(o->flags & (F_MARK | F_LARGE)) &&
+	       (const char *)o >= h->sweep && (const char *)o < h->otop;
+}
+
+/* The slot of a live handle, or NULL. An object that marking found dead is stale already,
+ * though the sweeper has not reclaimed it yet: handing it out again (a weak table finding
+ * it, say) would resurrect memory the sweeper is about to reuse. */
 static struct slot *lookup(const struct heap *h, uint64_t handle)
 {
 	uint32_t low = (uint32_t)handle;
 	if (low == 0 || low - 1 >= h->used_slots)
 		return NULL;
 	struct slot *s = slot_at(h, low - 1);
-	if (s->obj == NULL || s->gen != (uint32_t)(handle >> 32))
+	if (s->obj == NULL || s->gen != (uint32_t)(handle >> 32) || known_dead(h, s->obj))
 		return NULL;
 	return s;
 }
@@ -303,6 +320,20 @@ static void slot_release(struct heap *h, uint32_t idx)
 	h->free_slot = idx + 1;
 }
 
+static void *payload(struct hdr *o)
+{
+	return (char *)(o + 1) + 8 * (size_t)o->nrefs;
+}
+
+/* Object o is garbage and its memory is about to be reused: tell the embedder (its weak
+ * tables and external resources), then retire the handle. */
+static void reclaim(struct heap *h, struct hdr *o)
+{
+	if (h->cfg.on_free != NULL)
+		h->cfg.on_free(h->cfg.arg, handle_of(h, o->idx), o->type, payload(o));
+	slot_release(h, o->idx);
+}
+
 /* ---- old arena free lists ---- */
 
 static struct hdr *chunk_at(const struct heap *h, uint32_t link)
@@ -400,7 +431,7 @@ static void sweep_step(struct heap *h, size_t budget)
 			if (o->type != T_FREE && (o->flags & F_MARK))
 				break;
 			if (o->type != T_FREE)
-				slot_release(h, o->idx);
+				reclaim(h, o);
 			p += obj_size(o);
 		}
 		if (p > run) {
@@ -614,13 +645,6 @@ static bool scavenge_refs(struct heap *h, struct hdr *o, bool promote_all, char 
 	return young;
 }
 
-/* True when o is old garbage the sweeper has not reached yet. */
-static bool known_dead(const struct heap *h, const struct hdr *o)
-{
-	return h->state == SWEEPING && !(o->flags & (F_MARK | F_LARGE)) &&
-	       (const char *)o >= h->sweep && (const char *)o < h->otop;
-}
-
 static int scavenge(struct heap *h, bool promote_all)
 {
 	size_t most = (size_t)(h->ytop - h->from) / sizeof(struct hdr);
@@ -676,7 +700,7 @@ static int scavenge(struct heap *h, bool promote_all)
 	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p)) {
 		struct hdr *o = (struct hdr *)p;
 		if (!(o->flags & F_FORWARDED))
-			slot_release(h, o->idx);
+			reclaim(h, o);
 	}
 
 	char *old_from = h->from;
@@ -710,7 +734,7 @@ static void large_sweep(struct heap *h)
 		if (o->flags & F_MARK) {
 			o->flags &= (uint8_t)~F_MARK;
 		} else {
-			slot_release(h, o->idx);
+			reclaim(h, o);
 			if (l->prev != NULL)
 				l->prev->next = next;
 			else
@@ -740,7 +764,7 @@ static void compact(struct heap *h)
 				slot_at(h, idx)->obj = (struct hdr *)dst;
 				dst += size;
 			} else {
-				slot_release(h, o->idx);
+				reclaim(h, o);
 			}
 		}
 		p += size;
@@ -896,10 +920,52 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	return 0;
 }
 
+/* Calls fn for every object of every space. */
+static void each_object(struct heap *h, void (*fn)(struct heap *h, struct hdr *o, void *arg),
+			void *arg)
+{
+	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
+		fn(h, (struct hdr *)p, arg);
+	for (char *p = h->obase; p < h->otop; p += obj_size((struct hdr *)p))
+		if (((struct hdr *)p)->type != T_FREE)
+			fn(h, (struct hdr *)p, arg);
+	for (struct large *l = h->large; l != NULL; l = l->next)
+		fn(h, (struct hdr *)(l + 1), arg);
+}
+
+static void reclaim_each(struct heap *h, struct hdr *o, void *arg)
+{
+	(void)arg;
+	reclaim(h, o);
+}
+
+struct walk {
+	void (*fn)(void *arg, uint64_t handle, unsigned type, void *payload, int dead);
+	void *arg;
+};
+
+static void walk_each(struct heap *h, struct hdr *o, void *arg)
+{
+	struct walk *w = arg;
+	w->fn(w->arg, handle_of(h, o->idx), o->type, payload(o), known_dead(h, o));
+}
+
+void heap_walk(struct heap *h,
+	       void (*fn)(void *arg, uint64_t handle, unsigned type, void *payload, int dead),
+	       void *arg)
+{
+	struct walk w = {fn, arg};
+	each_object(h, walk_each, &w);
+}
+
 void heap_free(struct heap *h)
 {
 	if (h == NULL)
 		return;
+	if (h->cfg.on_free != NULL) {
+		h->state = IDLE; /* every object is finalized, garbage or not */
+		each_object(h, reclaim_each, NULL);
+	}
 	while (h->large != NULL) {
 		struct large *next = h->large->next;
 		free(h->large);
@@ -1000,9 +1066,15 @@ uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
 void *heap_deref(struct heap *h, uint64_t handle)
 {
 	struct slot *s = lookup(h, handle);
-	if (s == NULL)
-		return NULL;
-	return (char *)(s->obj + 1) + 8 * (size_t)s->obj->nrefs;
+	return s != NULL ? payload(s->obj) : NULL;
+}
+
+uint64_t heap_handle_at(struct heap *h, uint32_t index)
+{
+	if (index == 0 || index - 1 >= h->used_slots)
+		return 0;
+	uint64_t handle = handle_of(h, index - 1);
+	return lookup(h, handle) != NULL ? handle : 0;
 }
 
 int heap_type(struct heap *h, uint64_t handle)
@@ -1084,6 +1156,12 @@ int heap_root_dec(struct heap *h, uint64_t handle)
 		return -EINVAL;
 	s->roots--;
 	return 0;
+}
+
+long heap_root_count(struct heap *h, uint64_t handle)
+{
+	struct slot *s = lookup(h, handle);
+	return s != NULL ? (long)s->roots : -ESTALE;
 }
 
 int heap_collect(struct heap *h, enum heap_collect_kind kind)

@@ -20,7 +20,8 @@
  * so that it survives until the embedder either keeps it rooted (an inode with lookup count
  * > 0, an open file) or links it from a rooted object and calls heap_root_dec. Everything else
  * is garbage and is reclaimed by some later collection; using a handle to garbage (other than
- * heap_deref returning NULL once it is reclaimed) is a caller bug.
+ * heap_deref returning NULL once it is reclaimed) is a caller bug. An old object that a
+ * finished marking found unreachable is stale at once, before the lazy sweeper reclaims it.
  *
  * Limits. The young generation is one semi-space pair of config.semi_space bytes each; the old
  * generation (including large objects) never exceeds config.old_space bytes. When even a full
@@ -59,7 +60,12 @@ struct heap_config {
 				     collection compacts instead of sweeping; 0: default */
 	uint64_t (*clock_ns)(void *arg); /* monotonic ns for pause stats; NULL: CLOCK_MONOTONIC */
 	void (*trace)(void *arg, const char *line); /* one line per collection; NULL: silent */
-	void *arg;				    /* passed to clock_ns and trace */
+	/* Finalization: called once for every object the collector reclaims (and, at heap_free,
+	 * for every object left), with its last handle, type and raw bytes, just before its
+	 * memory and handle are reused. It runs inside a collection: it must not call the heap.
+	 * NULL: none. */
+	void (*on_free)(void *arg, uint64_t handle, unsigned type, void *payload);
+	void *arg; /* passed to clock_ns, trace and on_free */
 };
 
 struct heap_stats {
@@ -101,6 +107,12 @@ uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes);
 
 /* The raw bytes of the object, or NULL when handle is 0 or stale. See the lifetime above. */
 void *heap_deref(struct heap *h, uint64_t handle);
+/* Weak tables. The low 32 bits of a handle (its "index", never 0) name its handle-table
+ * slot; heap_handle_at gives back the live handle of that slot, or 0 when the slot is free
+ * or its object is already known dead. A weak table may thus store 4-byte indices, and must
+ * drop an entry when on_free reports its object. */
+uint64_t heap_handle_at(struct heap *h, uint32_t index);
+
 /* Object metadata; -ESTALE for a stale handle. */
 int heap_type(struct heap *h, uint64_t handle);
 int heap_shape(struct heap *h, uint64_t handle, size_t *nrefs, size_t *nbytes);
@@ -116,6 +128,8 @@ int heap_get_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t *target);
  * count is already 0. A dec to zero makes the object garbage unless it is reachable. */
 int heap_root_inc(struct heap *h, uint64_t handle);
 int heap_root_dec(struct heap *h, uint64_t handle);
+/* The root count (>= 0), or -ESTALE. */
+long heap_root_count(struct heap *h, uint64_t handle);
 
 /* Runs a collection now. Returns 0 or -ENOMEM (bookkeeping could not grow; heap intact). */
 int heap_collect(struct heap *h, enum heap_collect_kind kind);
@@ -126,6 +140,13 @@ int heap_collect(struct heap *h, enum heap_collect_kind kind);
 int heap_step(struct heap *h, size_t budget);
 
 void heap_stats(const struct heap *h, struct heap_stats *out);
+
+/* Calls fn for every object in the heap: its handle, type, raw bytes, and whether it is
+ * garbage a finished marking already found dead (its handle is stale). fn must not call the
+ * heap. For verifiers and statistics. */
+void heap_walk(struct heap *h,
+	       void (*fn)(void *arg, uint64_t handle, unsigned type, void *payload, int dead),
+	       void *arg);
 
 /* Walks every object, the handle table and the remembered set. Returns 0, or -EFAULT with a
  * description of the first inconsistency in err (when err != NULL). */

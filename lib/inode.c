@@ -1,197 +1,331 @@
 /*
- * inode.c - the inode table (see inode.h for the contract).
+ * inode.c - the inode table (see inode.h for the contract), kept in the metadata heap.
  *
- * Records live in one growable array of slots; a node id is the slot index in the low 32 bits
- * and the slot's generation in the high 32 bits, so an id the kernel still quotes after its
- * slot was reused is recognised as stale instead of silently naming another file. Free slots
- * form a list threaded through the records. A chained hash over (dev, ino) finds the record of
- * a backing file, so a second lookup of a hard link or a readdirplus entry reuses the node id.
+ * A record is one heap object of type T_REC: reference slot 0 names the parent, the raw bytes
+ * are struct rec (backing identity, kernel lookup count, pin count, the owner's data pointer)
+ * followed by the name, inline. A rename to a name longer than the inline room does not move
+ * the record (its handle is the node id): slot 0 then names a T_LINK object instead, whose
+ * slot 0 is the parent and whose raw bytes are the name. So a record costs one handle-table
+ * slot (16 bytes), a header (16), the parent slot (8), struct rec (40) and the name rounded
+ * up to 8, plus its share of the index: about 90 + name bytes.
  *
- * Each record holds its parent's slot and a private copy of its name. A child keeps its
- * parent alive (nchild), so the chain from any live record to the root is always complete and
- * inode_path() can spell it. The issue "metadata in a generational heap" moves this storage
- * into lib/heap; this file's interface is what the daemon sees either way.
+ * Liveness is the heap's. A record holds exactly one heap root while its lookup count or pin
+ * count is above zero (root_inc/dec on the transitions), and its parent slot keeps the chain
+ * to the root alive by reachability, so nothing here counts children. A record nothing holds
+ * is garbage; until a collection reclaims it, a lookup of the same file may find it again
+ * (and root it again) through the index. The heap refuses handles of objects a finished
+ * marking found dead, so such a record can never be resurrected under the sweeper's feet.
+ *
+ * The index maps (dev, ino) to records: open addressing over 4-byte handle indices (the low
+ * half of a handle; heap_handle_at gives back the full one), linear probing, tombstones. It
+ * is weak: it holds no root, and the heap's on_free hook, which reports every reclaimed
+ * record, removes the entry (found by probing from the hash of the dying record's identity,
+ * without looking at any other object) and hands the data slot to free_data. The index is
+ * rebuilt, dropping entries of dead records, only when tombstones and entries fill it.
+ *
+ * Node ids are heap handles: never 0, generation-carrying, stale once collected. The root's
+ * handle is translated to FUSE_ROOT_ID (1) both ways; no handle is ever 1 (a handle's
+ * generation is at least 1, so handles are above 2^32).
+ *
+ * Locking: one mutex around every heap call. Collections happen only inside allocation (and
+ * inode_table_step/collect), on the caller's thread, under that mutex; on_free therefore runs
+ * under it too, which is why free_data must not call back into the table.
  */
 #include "inode.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+enum { T_REC = 1, T_LINK = 2 };
+enum { R_LINKED = 1 }; /* ref 0 names a T_LINK object holding (parent, name) */
+
+#define TOMB	     UINT32_MAX /* a removed index entry; no handle index is ever this */
+#define INDEX_MIN    1024
+#define MIGRATE_STEP 64 /* old index buckets moved per insertion */
+#define NAME_MAX_IN  0xffff
 
 struct rec {
 	uint64_t dev, ino;
 	uint64_t nlookup;
-	char *name;	 /* NULL for a free slot and the root */
-	void *data;	 /* the owner's slot */
-	uint32_t parent; /* slot of the parent; the root is its own parent */
-	uint32_t gen;
-	uint32_t nchild; /* live records naming this one as parent */
-	uint32_t npin;	 /* open files and directories */
-	uint32_t hnext;	 /* next slot in the hash chain, or, when free, in the free list */
-	uint32_t live;
+	void *data; /* the owner's slot */
+	uint32_t npin;
+	uint16_t namelen; /* inline name bytes, no NUL; 0 while R_LINKED */
+	uint16_t flags;
+	char name[]; /* inline room: the object's raw bytes minus sizeof(struct rec) */
+};
+
+struct index {
+	uint32_t *v; /* 0: empty, TOMB: removed, else a handle index */
+	size_t cap;  /* a power of two */
+	size_t used, tomb;
 };
 
 struct inode_table {
 	pthread_mutex_t lock;
-	struct rec *recs;
-	uint32_t nrecs, cap;
-	uint32_t free_head; /* 0: none */
-	uint32_t *bucket;
-	uint32_t nbucket; /* a power of two */
-	size_t name_bytes;
+	struct heap *heap;
+	uint64_t root; /* the root record's handle, known to the kernel as INODE_ROOT */
+	struct index ix;
+	struct index old; /* being migrated into ix; v NULL: none */
+	size_t migrate;	  /* next bucket of old to migrate */
 	void (*free_data)(void *data);
+	struct inode_config cfg;
+	bool closing;	 /* inode_table_free: on_free only finalizes */
+	uint64_t errors; /* root count updates that failed where no caller could be told */
 	struct inode_stats st;
 };
 
-#define ROOT_SLOT 1
+/* ---- ids and records ---- */
 
-static uint32_t slot_of(uint64_t id)
+static uint64_t handle_of_id(const struct inode_table *t, uint64_t id)
 {
-	return (uint32_t)id;
+	return id == INODE_ROOT ? t->root : id;
 }
 
-static uint64_t id_of(const struct inode_table *t, uint32_t slot)
+static uint64_t id_of_handle(const struct inode_table *t, uint64_t handle)
 {
-	return ((uint64_t)t->recs[slot].gen << 32) | slot;
+	return handle == t->root ? INODE_ROOT : handle;
 }
 
-static uint32_t hash_ident(uint64_t dev, uint64_t ino)
+/* The record of a live handle, or NULL. Valid until the next heap allocation. */
+static struct rec *rec_get(struct inode_table *t, uint64_t handle)
 {
-	uint64_t h = (ino ^ (dev << 29) ^ (dev >> 7)) * 0x9e3779b97f4a7c15ull;
-	return (uint32_t)(h >> 32);
+	struct rec *r = heap_deref(t->heap, handle);
+	return r != NULL && heap_type(t->heap, handle) == T_REC ? r : NULL;
 }
 
-/* The live record for id, or NULL when id is unknown or stale. */
-static struct rec *rec_get(struct inode_table *t, uint64_t id)
+static bool rooted(const struct rec *r)
 {
-	uint32_t s = slot_of(id);
-	if (s == 0 || s >= t->nrecs || !t->recs[s].live || id_of(t, s) != id)
-		return NULL;
-	return &t->recs[s];
+	return r->nlookup != 0 || r->npin != 0;
 }
 
-static uint32_t *bucket_for(struct inode_table *t, uint64_t dev, uint64_t ino)
+/* Keeps the record's single heap root in step with rooted(): call with rooted() before and
+ * after a count change. The root record holds its birth root forever. */
+static int root_follow(struct inode_table *t, uint64_t handle, bool was, bool now)
 {
-	return &t->bucket[hash_ident(dev, ino) & (t->nbucket - 1)];
+	if (was == now || handle == t->root)
+		return 0;
+	return now ? heap_root_inc(t->heap, handle) : heap_root_dec(t->heap, handle);
 }
 
-static uint32_t hash_find(struct inode_table *t, uint64_t dev, uint64_t ino)
+/* The parent handle and name of a non-root record. */
+static int rec_name(struct inode_table *t, uint64_t handle, uint64_t *parent, const char **name,
+		    size_t *len)
 {
-	for (uint32_t s = *bucket_for(t, dev, ino); s != 0; s = t->recs[s].hnext)
-		if (t->recs[s].ino == ino && t->recs[s].dev == dev)
-			return s;
-	return 0;
-}
-
-static void hash_insert(struct inode_table *t, uint32_t s)
-{
-	uint32_t *b = bucket_for(t, t->recs[s].dev, t->recs[s].ino);
-	t->recs[s].hnext = *b;
-	*b = s;
-}
-
-static void hash_remove(struct inode_table *t, uint32_t s)
-{
-	uint32_t *p = bucket_for(t, t->recs[s].dev, t->recs[s].ino);
-	while (*p != s)
-		p = &t->recs[*p].hnext;
-	*p = t->recs[s].hnext;
-}
-
-static int hash_grow(struct inode_table *t)
-{
-	uint32_t n = t->nbucket * 2;
-	uint32_t *b = calloc(n, sizeof(*b));
-	if (b == NULL)
-		return -ENOMEM;
-	free(t->bucket);
-	t->bucket = b;
-	t->nbucket = n;
-	for (uint32_t s = 1; s < t->nrecs; s++)
-		if (t->recs[s].live)
-			hash_insert(t, s);
-	return 0;
-}
-
-static int slot_alloc(struct inode_table *t, uint32_t *out)
-{
-	if (t->free_head != 0) {
-		*out = t->free_head;
-		t->free_head = t->recs[*out].hnext;
+	const struct rec *r = rec_get(t, handle);
+	uint64_t ref;
+	int rc = r != NULL ? heap_get_ref(t->heap, handle, 0, &ref) : -ESTALE;
+	if (rc != 0)
+		return rc;
+	if (!(r->flags & R_LINKED)) {
+		*parent = ref;
+		*name = r->name;
+		*len = r->namelen;
 		return 0;
 	}
-	if (t->nrecs == t->cap) {
-		if (t->cap >= UINT32_MAX / 2)
-			return -ENOMEM;
-		uint32_t cap = t->cap * 2;
-		struct rec *r = realloc(t->recs, cap * sizeof(*r));
-		if (r == NULL)
-			return -ENOMEM;
-		memset(r + t->cap, 0, (cap - t->cap) * sizeof(*r));
-		t->recs = r;
-		t->cap = cap;
-	}
-	*out = t->nrecs++;
+	*name = heap_deref(t->heap, ref);
+	if (*name == NULL || (rc = heap_shape(t->heap, ref, NULL, len)) != 0 ||
+	    (rc = heap_get_ref(t->heap, ref, 0, parent)) != 0)
+		return rc != 0 ? rc : -ESTALE;
 	return 0;
 }
 
-static size_t name_bytes(const struct rec *r)
+/* ---- the weak (dev, ino) index ---- */
+
+static size_t ix_hash(uint64_t dev, uint64_t ino)
 {
-	return r->name ? strlen(r->name) + 1 : 0;
+	uint64_t h = (ino ^ (dev << 29) ^ (dev >> 7)) * 0x9e3779b97f4a7c15ull;
+	return (size_t)(h ^ (h >> 29));
 }
 
-/* Frees slot s if nothing holds it, then walks up: its parent may have been held only by it. */
-static void rec_release(struct inode_table *t, uint32_t s)
+/* The live record of (dev, ino) in one table, or 0. Entries of dead records are skipped. */
+static uint64_t ix_probe(struct inode_table *t, const struct index *ix, uint64_t dev, uint64_t ino)
 {
-	while (s != ROOT_SLOT) {
-		struct rec *r = &t->recs[s];
-		if (r->nlookup != 0 || r->npin != 0 || r->nchild != 0)
-			return;
-		uint32_t parent = r->parent;
-		hash_remove(t, s);
-		t->name_bytes -= name_bytes(r);
-		free(r->name);
-		r->name = NULL;
-		if (r->data != NULL && t->free_data != NULL)
-			t->free_data(r->data);
-		r->data = NULL;
-		r->live = 0;
-		r->gen++;
-		r->hnext = t->free_head;
-		t->free_head = s;
-		t->st.inodes--;
-		t->st.forgotten++;
-		t->recs[parent].nchild--;
-		s = parent;
+	size_t mask = ix->cap - 1;
+	for (size_t i = ix_hash(dev, ino) & mask;; i = (i + 1) & mask) {
+		uint32_t e = ix->v[i];
+		if (e == 0)
+			return 0;
+		uint64_t handle = e != TOMB ? heap_handle_at(t->heap, e) : 0;
+		const struct rec *r = handle ? rec_get(t, handle) : NULL;
+		if (r != NULL && r->ino == ino && r->dev == dev)
+			return handle;
 	}
 }
 
+static uint64_t ix_find(struct inode_table *t, uint64_t dev, uint64_t ino)
+{
+	uint64_t handle = ix_probe(t, &t->ix, dev, ino);
+	if (handle == 0 && t->old.v != NULL)
+		handle = ix_probe(t, &t->old, dev, ino);
+	return handle;
+}
+
+static void ix_place(struct index *ix, uint32_t e, uint64_t dev, uint64_t ino)
+{
+	size_t mask = ix->cap - 1, i = ix_hash(dev, ino) & mask;
+	while (ix->v[i] != 0 && ix->v[i] != TOMB)
+		i = (i + 1) & mask;
+	if (ix->v[i] == TOMB)
+		ix->tomb--;
+	ix->v[i] = e;
+	ix->used++;
+}
+
+/* Moves up to n buckets of the old table into the current one, dropping entries of dead
+ * records; frees the old table once it is empty. */
+static void ix_migrate(struct inode_table *t, size_t n)
+{
+	struct index *old = &t->old;
+	for (; n > 0 && t->migrate < old->cap; n--, t->migrate++) {
+		uint32_t e = old->v[t->migrate];
+		if (e == 0 || e == TOMB)
+			continue;
+		uint64_t handle = heap_handle_at(t->heap, e);
+		const struct rec *r = handle ? rec_get(t, handle) : NULL;
+		if (r != NULL)
+			ix_place(&t->ix, e, r->dev, r->ino);
+		old->v[t->migrate] = TOMB;
+		old->used--;
+		old->tomb++;
+	}
+	if (t->migrate >= old->cap) {
+		free(old->v);
+		memset(old, 0, sizeof(*old));
+	}
+}
+
+/* Makes room for one more entry. When entries and tombstones would pass 3/4 of the table, a
+ * fresh one of twice the live entries takes over and the old one is migrated into it a few
+ * buckets per insertion (each needs a look at the record for its hash), so no single call
+ * rehashes a million records. */
+static int ix_reserve(struct inode_table *t)
+{
+	if (t->old.v != NULL)
+		ix_migrate(t, MIGRATE_STEP);
+	struct index *ix = &t->ix;
+	if ((ix->used + ix->tomb + 1) * 4 <= ix->cap * 3)
+		return 0;
+	size_t live = ix->used + t->old.used, cap = INDEX_MIN;
+	while (cap < (live + 1) * 2)
+		cap *= 2;
+	struct index n = {.v = calloc(cap, sizeof(uint32_t)), .cap = cap};
+	if (n.v == NULL)
+		return -ENOMEM;
+	if (t->old.v != NULL) /* not expected: the margin lets a migration finish first */
+		ix_migrate(t, SIZE_MAX);
+	t->old = *ix;
+	*ix = n;
+	t->migrate = 0;
+	ix_migrate(t, MIGRATE_STEP);
+	return 0;
+}
+
+/* Removes the entry of a dying record; absent when a migration dropped it already. */
+static bool ix_remove(struct index *ix, uint32_t e, uint64_t dev, uint64_t ino)
+{
+	size_t mask = ix->cap - 1;
+	for (size_t i = ix_hash(dev, ino) & mask; ix->v[i] != 0; i = (i + 1) & mask) {
+		if (ix->v[i] == e) {
+			ix->v[i] = TOMB;
+			ix->used--;
+			ix->tomb++;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* ---- heap hooks ---- */
+
+static void on_free(void *arg, uint64_t handle, unsigned type, void *payload)
+{
+	struct inode_table *t = arg;
+	if (type != T_REC)
+		return;
+	struct rec *r = payload;
+	if (!t->closing) {
+		if (!ix_remove(&t->ix, (uint32_t)handle, r->dev, r->ino) && t->old.v != NULL)
+			ix_remove(&t->old, (uint32_t)handle, r->dev, r->ino);
+		t->st.forgotten++;
+	}
+	if (r->data != NULL && t->free_data != NULL)
+		t->free_data(r->data);
+	t->st.inodes--;
+}
+
+static void trace_stderr(void *arg, const char *line)
+{
+	(void)arg;
+	fprintf(stderr, "throttlefs: %s\n", line);
+}
+
+static void on_trace(void *arg, const char *line)
+{
+	struct inode_table *t = arg;
+	t->cfg.trace(t->cfg.trace_arg, line);
+}
+
+static uint64_t on_clock(void *arg)
+{
+	struct inode_table *t = arg;
+	return t->cfg.clock_ns(t->cfg.trace_arg);
+}
+
+/* ---- table ---- */
+
 int inode_table_new(uint64_t root_dev, uint64_t root_ino, void (*free_data)(void *data),
-		    struct inode_table **out)
+		    const struct inode_config *config, struct inode_table **out)
 {
 	struct inode_table *t = calloc(1, sizeof(*t));
 	if (t == NULL)
 		return -ENOMEM;
-	t->cap = 1024;
-	t->nbucket = 1024;
-	t->recs = calloc(t->cap, sizeof(*t->recs));
-	t->bucket = calloc(t->nbucket, sizeof(*t->bucket));
-	int err = pthread_mutex_init(&t->lock, NULL);
-	if (t->recs == NULL || t->bucket == NULL || err != 0) {
-		free(t->recs);
-		free(t->bucket);
-		free(t);
-		return err ? -err : -ENOMEM;
-	}
+	if (config != NULL)
+		t->cfg = *config;
+	if (t->cfg.trace == NULL)
+		t->cfg.trace = trace_stderr;
 	t->free_data = free_data;
-	t->nrecs = ROOT_SLOT + 1;
-	struct rec *root = &t->recs[ROOT_SLOT];
-	root->dev = root_dev;
-	root->ino = root_ino;
-	root->parent = ROOT_SLOT;
-	root->live = 1;
-	hash_insert(t, ROOT_SLOT);
+	struct heap_config hc = {
+	    .semi_space = t->cfg.semi_space,
+	    .old_space = t->cfg.old_space,
+	    .clock_ns = t->cfg.clock_ns ? on_clock : NULL,
+	    .trace = t->cfg.trace_gc ? on_trace : NULL,
+	    .on_free = on_free,
+	    .arg = t,
+	};
+	/* tiny semi-spaces (tests) need a smaller large-object bound */
+	if (hc.semi_space != 0 && hc.semi_space / 4 < HEAP_DEFAULT_LARGE_OBJECT)
+		hc.large_object = hc.semi_space / 4;
+	int err = pthread_mutex_init(&t->lock, NULL);
+	if (err != 0) {
+		free(t);
+		return -err;
+	}
+	err = heap_new(&hc, &t->heap);
+	t->ix.cap = INDEX_MIN;
+	t->ix.v = err == 0 ? calloc(t->ix.cap, sizeof(uint32_t)) : NULL;
+	if (err == 0 && t->ix.v == NULL)
+		err = -ENOMEM;
+	if (err == 0) {
+		t->root = heap_alloc(t->heap, T_REC, 1, sizeof(struct rec));
+		if (t->root == 0)
+			err = -ENOMEM;
+	}
+	if (err != 0) {
+		heap_free(t->heap);
+		free(t->ix.v);
+		pthread_mutex_destroy(&t->lock);
+		free(t);
+		return err;
+	}
+	/* The root keeps its birth root for ever; its parent slot stays 0. */
+	struct rec *r = rec_get(t, t->root);
+	r->dev = root_dev;
+	r->ino = root_ino;
+	ix_place(&t->ix, (uint32_t)t->root, root_dev, root_ino);
 	t->st.inodes = t->st.peak = 1;
 	*out = t;
 	return 0;
@@ -201,37 +335,102 @@ void inode_table_free(struct inode_table *t)
 {
 	if (t == NULL)
 		return;
-	for (uint32_t s = 0; s < t->nrecs; s++) {
-		free(t->recs[s].name);
-		if (t->recs[s].live && t->recs[s].data != NULL && t->free_data != NULL)
-			t->free_data(t->recs[s].data);
-	}
-	free(t->recs);
-	free(t->bucket);
+	t->closing = true;
+	heap_free(t->heap); /* finalizes every record: free_data for each data slot */
+	free(t->ix.v);
+	free(t->old.v);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
 
-/* Points record s at (parent, name), keeping the parents' child counts right. */
-static int rec_rename(struct inode_table *t, uint32_t s, uint32_t parent, const char *name)
+/* Runs heap_root_dec on handle, counting a failure nobody can be told about. */
+static void root_release(struct inode_table *t, uint64_t handle)
 {
-	struct rec *r = &t->recs[s];
-	if (r->name != NULL && r->parent == parent && strcmp(r->name, name) == 0)
+	if (heap_root_dec(t->heap, handle) != 0)
+		t->errors++;
+}
+
+/* Points record `handle` at (parent, name). Both must be live; either may be unrooted (they
+ * are rooted across the allocation a long name needs). */
+static int rec_rename(struct inode_table *t, uint64_t handle, uint64_t parent, const char *name)
+{
+	size_t len = strlen(name), nbytes, oldlen;
+	uint64_t oldparent;
+	const char *oldname;
+	int rc = rec_name(t, handle, &oldparent, &oldname, &oldlen);
+	if (rc != 0)
+		return rc;
+	if (oldparent == parent && oldlen == len && memcmp(oldname, name, len) == 0)
 		return 0;
-	char *copy = strdup(name);
-	if (copy == NULL)
-		return -ENOMEM;
-	t->name_bytes -= name_bytes(r);
-	free(r->name);
-	r->name = copy;
-	t->name_bytes += name_bytes(r);
-	uint32_t old = r->parent;
-	r->parent = parent;
-	t->recs[parent].nchild++;
-	if (old != 0) {
-		t->recs[old].nchild--;
-		rec_release(t, old);
+	if (len > NAME_MAX_IN)
+		return -ENAMETOOLONG;
+	if ((rc = heap_shape(t->heap, handle, NULL, &nbytes)) != 0)
+		return rc;
+	if (len <= nbytes - sizeof(struct rec)) {
+		if ((rc = heap_set_ref(t->heap, handle, 0, parent)) != 0)
+			return rc;
+		struct rec *r = rec_get(t, handle);
+		memcpy(r->name, name, len);
+		r->namelen = (uint16_t)len;
+		r->flags &= (uint16_t)~R_LINKED;
+		return 0;
 	}
+	if ((rc = heap_root_inc(t->heap, handle)) != 0)
+		return rc;
+	if ((rc = heap_root_inc(t->heap, parent)) != 0) {
+		root_release(t, handle);
+		return rc;
+	}
+	uint64_t link = heap_alloc(t->heap, T_LINK, 1, len);
+	rc = link != 0 ? 0 : -ENOMEM;
+	if (rc == 0) {
+		memcpy(heap_deref(t->heap, link), name, len);
+		rc = heap_set_ref(t->heap, link, 0, parent);
+		if (rc == 0)
+			rc = heap_set_ref(t->heap, handle, 0, link);
+		if (rc == 0) {
+			struct rec *r = rec_get(t, handle);
+			r->namelen = 0;
+			r->flags |= R_LINKED;
+		}
+		root_release(t, link);
+	}
+	root_release(t, parent);
+	root_release(t, handle);
+	return rc;
+}
+
+/* A new record for (dev, ino) under (parent, name), with one lookup. */
+static int rec_new(struct inode_table *t, uint64_t parent, const char *name, uint64_t dev,
+		   uint64_t ino, uint64_t *out)
+{
+	size_t len = strlen(name);
+	if (len > NAME_MAX_IN)
+		return -ENAMETOOLONG;
+	int rc = ix_reserve(t);
+	if (rc != 0)
+		return rc;
+	/* born rooted: the root is the lookup about to be counted */
+	uint64_t handle = heap_alloc(t->heap, T_REC, 1, sizeof(struct rec) + len);
+	if (handle == 0)
+		return -ENOMEM;
+	struct rec *r = rec_get(t, handle);
+	r->dev = dev;
+	r->ino = ino;
+	r->nlookup = 1;
+	r->namelen = (uint16_t)len;
+	memcpy(r->name, name, len);
+	if (++t->st.inodes > t->st.peak)
+		t->st.peak = t->st.inodes;
+	/* The allocation may have collected an unrooted parent: set_ref then says -ESTALE and
+	 * the new record is left to the collector. */
+	if ((rc = heap_set_ref(t->heap, handle, 0, parent)) != 0) {
+		r->nlookup = 0;
+		root_release(t, handle);
+		return rc;
+	}
+	ix_place(&t->ix, (uint32_t)handle, dev, ino);
+	*out = handle;
 	return 0;
 }
 
@@ -240,44 +439,30 @@ int inode_link(struct inode_table *t, uint64_t parent, const char *name, uint64_
 {
 	int err = 0;
 	pthread_mutex_lock(&t->lock);
-	struct rec *p = rec_get(t, parent);
-	if (p == NULL) {
+	uint64_t p = handle_of_id(t, parent);
+	if (rec_get(t, p) == NULL) {
 		err = -ESTALE;
 		goto out;
 	}
-	uint32_t ps = slot_of(parent);
-	uint32_t s = hash_find(t, dev, ino);
-	if (s != 0) {
-		if (s != ROOT_SLOT)
-			err = rec_rename(t, s, ps, name);
-		if (err != 0)
-			goto out;
+	uint64_t handle = ix_find(t, dev, ino);
+	if (handle == 0) {
+		err = rec_new(t, p, name, dev, ino, &handle);
 	} else {
-		if (t->st.inodes >= t->nbucket && (err = hash_grow(t)) != 0)
-			goto out;
-		if ((err = slot_alloc(t, &s)) != 0)
-			goto out;
-		struct rec *r = &t->recs[s];
-		uint32_t g = r->gen;
-		memset(r, 0, sizeof(*r));
-		r->gen = g == 0 ? 1 : g; /* generation 0 is the root's alone */
-		r->dev = dev;
-		r->ino = ino;
-		if ((err = rec_rename(t, s, ps, name)) != 0) {
-			r->hnext = t->free_head;
-			t->free_head = s;
-			goto out;
-		}
-		r->live = 1;
-		hash_insert(t, s);
-		t->st.inodes++;
-		if (t->st.inodes > t->st.peak)
-			t->st.peak = t->st.inodes;
+		struct rec *r = rec_get(t, handle);
+		bool was = rooted(r);
+		r->nlookup++;
+		if ((err = root_follow(t, handle, was, true)) == 0 && handle != t->root &&
+		    (err = rec_rename(t, handle, p, name)) != 0 &&
+		    root_follow(t, handle, true, was) != 0)
+			t->errors++;
+		if (err != 0)
+			rec_get(t, handle)->nlookup--;
 	}
-	t->recs[s].nlookup++;
-	t->st.lookups++;
-	*id = id_of(t, s);
-	*gen = t->recs[s].gen;
+	if (err == 0) {
+		t->st.lookups++;
+		*id = id_of_handle(t, handle);
+		*gen = handle == t->root ? 0 : handle >> 32;
+	}
 out:
 	pthread_mutex_unlock(&t->lock);
 	return err;
@@ -286,10 +471,13 @@ out:
 void inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup)
 {
 	pthread_mutex_lock(&t->lock);
-	struct rec *r = rec_get(t, id);
+	uint64_t handle = handle_of_id(t, id);
+	struct rec *r = rec_get(t, handle);
 	if (r != NULL) {
+		bool was = rooted(r);
 		r->nlookup = nlookup >= r->nlookup ? 0 : r->nlookup - nlookup;
-		rec_release(t, slot_of(id));
+		if (root_follow(t, handle, was, rooted(r)) != 0)
+			t->errors++;
 	}
 	pthread_mutex_unlock(&t->lock);
 }
@@ -298,10 +486,15 @@ int inode_pin(struct inode_table *t, uint64_t id)
 {
 	int err = -ESTALE;
 	pthread_mutex_lock(&t->lock);
-	struct rec *r = rec_get(t, id);
-	if (r != NULL) {
+	uint64_t handle = handle_of_id(t, id);
+	struct rec *r = rec_get(t, handle);
+	if (r != NULL && r->npin == UINT32_MAX) {
+		err = -EOVERFLOW;
+	} else if (r != NULL) {
+		bool was = rooted(r);
 		r->npin++;
-		err = 0;
+		if ((err = root_follow(t, handle, was, true)) != 0)
+			r->npin--;
 	}
 	pthread_mutex_unlock(&t->lock);
 	return err;
@@ -310,10 +503,12 @@ int inode_pin(struct inode_table *t, uint64_t id)
 void inode_unpin(struct inode_table *t, uint64_t id)
 {
 	pthread_mutex_lock(&t->lock);
-	struct rec *r = rec_get(t, id);
+	uint64_t handle = handle_of_id(t, id);
+	struct rec *r = rec_get(t, handle);
 	if (r != NULL && r->npin > 0) {
 		r->npin--;
-		rec_release(t, slot_of(id));
+		if (root_follow(t, handle, true, rooted(r)) != 0)
+			t->errors++;
 	}
 	pthread_mutex_unlock(&t->lock);
 }
@@ -322,11 +517,12 @@ int inode_move(struct inode_table *t, uint64_t dev, uint64_t ino, uint64_t paren
 {
 	int err = 0;
 	pthread_mutex_lock(&t->lock);
-	uint32_t s = hash_find(t, dev, ino);
-	if (rec_get(t, parent) == NULL)
+	uint64_t p = handle_of_id(t, parent);
+	uint64_t handle = ix_find(t, dev, ino);
+	if (rec_get(t, p) == NULL)
 		err = -ESTALE;
-	else if (s != 0 && s != ROOT_SLOT)
-		err = rec_rename(t, s, slot_of(parent), name);
+	else if (handle != 0 && handle != t->root)
+		err = rec_rename(t, handle, p, name);
 	pthread_mutex_unlock(&t->lock);
 	return err;
 }
@@ -335,37 +531,41 @@ int inode_path(struct inode_table *t, uint64_t id, char *buf, size_t len)
 {
 	int n = -ESTALE;
 	pthread_mutex_lock(&t->lock);
-	struct rec *r = rec_get(t, id);
-	if (r == NULL)
+	uint64_t handle = handle_of_id(t, id);
+	if (rec_get(t, handle) == NULL)
 		goto out;
-	if (slot_of(id) == ROOT_SLOT) {
+	if (handle == t->root) {
 		n = len >= 2 ? 1 : -ENAMETOOLONG;
 		if (n > 0)
 			memcpy(buf, ".", 2);
 		goto out;
 	}
-	/* Spell the path backwards from the end of buf, then move it to the front. */
+	/* Spell the path backwards from the end of buf, then move it to the front. Every step
+	 * takes at least one byte, so even a (corrupt) cycle ends in -ENAMETOOLONG. */
 	size_t end = len, pos = len;
-	if (pos == 0) {
-		n = -ENAMETOOLONG;
+	n = -ENAMETOOLONG;
+	if (pos == 0)
 		goto out;
-	}
 	buf[--pos] = '\0';
-	for (uint32_t s = slot_of(id);; s = t->recs[s].parent) {
-		size_t l = strlen(t->recs[s].name);
-		if (l > pos) {
-			n = -ENAMETOOLONG;
+	for (uint64_t s = handle;;) {
+		uint64_t parent;
+		const char *name;
+		size_t l;
+		int rc = rec_name(t, s, &parent, &name, &l);
+		if (rc != 0) {
+			n = rc;
 			goto out;
 		}
+		if (l > pos)
+			goto out;
 		pos -= l;
-		memcpy(buf + pos, t->recs[s].name, l);
-		if (t->recs[s].parent == ROOT_SLOT)
+		memcpy(buf + pos, name, l);
+		if (parent == t->root)
 			break;
-		if (pos == 0) {
-			n = -ENAMETOOLONG;
+		if (pos == 0)
 			goto out;
-		}
 		buf[--pos] = '/';
+		s = parent;
 	}
 	memmove(buf, buf + pos, end - pos);
 	n = (int)(end - pos - 1);
@@ -376,17 +576,19 @@ out:
 
 int inode_parent(struct inode_table *t, uint64_t id, uint64_t *parent, char *name, size_t len)
 {
-	int err = -ESTALE;
 	pthread_mutex_lock(&t->lock);
-	struct rec *r = rec_get(t, id);
-	if (r != NULL) {
-		const char *n = slot_of(id) == ROOT_SLOT ? "." : r->name;
-		size_t l = strlen(n);
-		err = l < len ? 0 : -ENAMETOOLONG;
-		if (err == 0) {
-			memcpy(name, n, l + 1);
-			*parent = id_of(t, r->parent);
-		}
+	uint64_t handle = handle_of_id(t, id), p = t->root;
+	const char *n = ".";
+	size_t l = 1;
+	int err = rec_get(t, handle) == NULL ? -ESTALE : 0;
+	if (err == 0 && handle != t->root)
+		err = rec_name(t, handle, &p, &n, &l);
+	if (err == 0 && l >= len)
+		err = -ENAMETOOLONG;
+	if (err == 0) {
+		memcpy(name, n, l);
+		name[l] = '\0';
+		*parent = id_of_handle(t, p);
 	}
 	pthread_mutex_unlock(&t->lock);
 	return err;
@@ -396,7 +598,7 @@ int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino
 {
 	int err = -ESTALE;
 	pthread_mutex_lock(&t->lock);
-	struct rec *r = rec_get(t, id);
+	const struct rec *r = rec_get(t, handle_of_id(t, id));
 	if (r != NULL) {
 		*dev = r->dev;
 		*ino = r->ino;
@@ -418,15 +620,135 @@ void inode_unlock(struct inode_table *t)
 
 void **inode_data(struct inode_table *t, uint64_t id)
 {
-	struct rec *r = rec_get(t, id);
+	struct rec *r = rec_get(t, handle_of_id(t, id));
 	return r ? &r->data : NULL;
+}
+
+static size_t ix_bytes(const struct inode_table *t)
+{
+	return (t->ix.cap + t->old.cap) * sizeof(uint32_t);
 }
 
 void inode_stats(struct inode_table *t, struct inode_stats *st)
 {
+	struct heap_stats hs;
 	pthread_mutex_lock(&t->lock);
+	heap_stats(t->heap, &hs);
 	*st = t->st;
-	st->bytes = sizeof(*t) + (uint64_t)t->cap * sizeof(*t->recs) +
-		    (uint64_t)t->nbucket * sizeof(*t->bucket) + t->name_bytes;
+	st->bytes = sizeof(*t) + hs.heap_used + ix_bytes(t);
 	pthread_mutex_unlock(&t->lock);
+}
+
+void inode_heap_stats(struct inode_table *t, struct heap_stats *st)
+{
+	pthread_mutex_lock(&t->lock);
+	heap_stats(t->heap, st);
+	st->heap_total += ix_bytes(t);
+	st->heap_used += ix_bytes(t);
+	pthread_mutex_unlock(&t->lock);
+}
+
+int inode_table_step(struct inode_table *t, size_t budget)
+{
+	pthread_mutex_lock(&t->lock);
+	int rc = heap_step(t->heap, budget);
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+int inode_table_collect(struct inode_table *t, enum heap_collect_kind kind)
+{
+	pthread_mutex_lock(&t->lock);
+	int rc = heap_collect(t->heap, kind);
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+static int verify_fail(char *err, size_t len, const char *what, uint64_t handle)
+{
+	if (err != NULL && len != 0)
+		snprintf(err, len, "inode table: %s (handle %#llx)", what,
+			 (unsigned long long)handle);
+	return -EFAULT;
+}
+
+struct verify {
+	struct inode_table *t;
+	uint32_t *recs; /* handle indices of every record, dead or alive */
+	size_t nrecs, cap;
+	uint64_t bad; /* first record found inconsistent, 0: none */
+	const char *what;
+};
+
+static void verify_record(void *arg, uint64_t handle, unsigned type, void *payload, int dead)
+{
+	struct verify *v = arg;
+	if (type != T_REC)
+		return;
+	if (v->nrecs < v->cap)
+		v->recs[v->nrecs] = (uint32_t)handle;
+	v->nrecs++;
+	const struct rec *r = payload;
+	if (dead || v->bad != 0 || handle == v->t->root)
+		return;
+	long roots = heap_root_count(v->t->heap, handle);
+	/* a live record is indexed unless it was never rooted (rec_new's failure path) */
+	if (roots != (rooted(r) ? 1 : 0))
+		v->what = "root count disagrees with the lookup and pin counts";
+	else if (roots != 0 && ix_find(v->t, r->dev, r->ino) != handle)
+		v->what = "a rooted record is not found through the index";
+	else
+		return;
+	v->bad = handle;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* Every record is counted, consistent and findable; every index entry names a record. */
+static int verify_table(struct inode_table *t, char *err, size_t len)
+{
+	struct verify v = {.t = t, .cap = t->st.inodes + 1};
+	v.recs = malloc(v.cap * sizeof(uint32_t));
+	if (v.recs == NULL)
+		return verify_fail(err, len, "out of memory for the verifier", 0);
+	heap_walk(t->heap, verify_record, &v);
+	int rc = 0;
+	if (v.nrecs != t->st.inodes)
+		rc = verify_fail(err, len, "record count disagrees with the heap", v.nrecs);
+	else if (v.bad != 0)
+		rc = verify_fail(err, len, v.what, v.bad);
+	qsort(v.recs, rc == 0 ? v.nrecs : 0, sizeof(uint32_t), cmp_u32);
+	for (int k = 0; k < 2 && rc == 0; k++) {
+		const struct index *ix = k == 0 ? &t->ix : &t->old;
+		size_t entries = 0, tombs = 0;
+		for (size_t i = 0; rc == 0 && i < ix->cap; i++) {
+			uint32_t e = ix->v[i];
+			tombs += e == TOMB;
+			if (e == 0 || e == TOMB)
+				continue;
+			entries++;
+			if (bsearch(&e, v.recs, v.nrecs, sizeof(uint32_t), cmp_u32) == NULL)
+				rc = verify_fail(err, len, "an index entry names no record", e);
+		}
+		if (rc == 0 && (entries != ix->used || tombs != ix->tomb))
+			rc = verify_fail(err, len, "index counts disagree", entries);
+	}
+	if (rc == 0 && t->errors != 0)
+		rc = verify_fail(err, len, "a root count update failed", t->errors);
+	free(v.recs);
+	return rc;
+}
+
+int inode_table_verify(struct inode_table *t, char *err, size_t len)
+{
+	pthread_mutex_lock(&t->lock);
+	int rc = heap_verify(t->heap, err, len);
+	if (rc == 0)
+		rc = verify_table(t, err, len);
+	pthread_mutex_unlock(&t->lock);
+	return rc;
 }

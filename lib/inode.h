@@ -11,12 +11,21 @@
  * work. A record is reached from the backing root by the path its parent chain spells, and the
  * daemon resolves that path beneath the root without following symlinks.
  *
+ * The records live in the metadata heap (lib/heap.h): a node id is the record's heap handle
+ * (FUSE_ROOT_ID aside), so ids carry a generation and a stale one is detected. A record is a
+ * heap root while the kernel references it or it is pinned; its parent is a heap reference,
+ * so the chain to the root stays alive by reachability. A record nothing holds is garbage: it
+ * stays (and can be found again by a lookup) until a collection reclaims it.
+ *
  * Invariants:
  *  - node id 1 (FUSE_ROOT_ID) is the backing root; it is never freed.
  *  - a record lives while the kernel references it (lookup count > 0), while it is pinned (an
- *    open file or directory), or while a live record names it as parent; then it is freed.
- *  - one record per (dev, ino): hard links share one node id, as the kernel expects.
+ *    open file or directory), or while a live record names it as parent; otherwise some
+ *    later collection frees it (and its data, through free_data, exactly once).
+ *  - one live record per (dev, ino): hard links share one node id, as the kernel expects.
  *  - a node id is never reused with the same generation, so a stale id is detected.
+ *  - collections run only inside inode_link, inode_move, inode_table_step and
+ *    inode_table_collect, under the table lock; the lock hold time is the pause.
  * The table is internally locked; data slots are only touched under inode_lock().
  */
 #ifndef THROTTLEFS_INODE_H
@@ -24,6 +33,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "heap.h"
 
 #define INODE_ROOT 1
 
@@ -37,19 +48,32 @@ struct inode_stats {
 	uint64_t forgotten; /* records freed */
 };
 
+/* The heap's limits and tracing; a zero field takes the heap's default. */
+struct inode_config {
+	uint64_t semi_space; /* bytes per young semi-space (-o max_semi_space) */
+	uint64_t old_space;  /* max old-space bytes (-o max_old_space) */
+	int trace_gc;	     /* one line per collection (-o trace_gc) ... */
+	void (*trace)(void *arg, const char *line); /* ... given to trace; NULL: stderr */
+	void *trace_arg;
+	uint64_t (*clock_ns)(void *arg); /* for pause figures; NULL: CLOCK_MONOTONIC */
+};
+
 /* free_data, if not NULL, is called (under the table lock, with the record's data) when a
- * record whose data slot is not NULL is freed, and for every such record at inode_table_free. */
+ * record whose data slot is not NULL is freed, and for every such record at inode_table_free;
+ * it must not call the table. config may be NULL for the defaults. Returns 0, -EINVAL for
+ * impossible limits, or -ENOMEM. */
 int inode_table_new(uint64_t root_dev, uint64_t root_ino, void (*free_data)(void *data),
-		    struct inode_table **out);
+		    const struct inode_config *config, struct inode_table **out);
 void inode_table_free(struct inode_table *t);
 
 /* Records that (parent, name) names backing file (dev, ino) and adds one kernel lookup to its
- * record, creating it when new. Returns 0 with *id and *gen set, -ENOMEM, or -ESTALE when
- * parent is unknown. */
+ * record, creating it when new. Returns 0 with *id and *gen set, -ENOMEM (the heap is full
+ * even after a full collection; the table is unchanged), or -ESTALE when parent is unknown. */
 int inode_link(struct inode_table *t, uint64_t parent, const char *name, uint64_t dev, uint64_t ino,
 	       uint64_t *id, uint64_t *gen);
 
-/* The kernel drops nlookup references (FORGET). Frees what nothing holds any more. */
+/* The kernel drops nlookup references (FORGET). What nothing holds any more becomes garbage
+ * for a later collection. */
 void inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup);
 
 /* Pins a record while a file or directory is open on it, so it outlives FORGET. */
@@ -78,6 +102,22 @@ void inode_lock(struct inode_table *t);
 void inode_unlock(struct inode_table *t);
 void **inode_data(struct inode_table *t, uint64_t id);
 
+/* inodes counts records in the heap, garbage not yet collected included; forgotten counts
+ * records collected; bytes is the heap's extent plus the index. */
 void inode_stats(struct inode_table *t, struct inode_stats *st);
+
+/* The heap's figures (for user.throttlefs.heap and memory.heap_*). */
+void inode_heap_stats(struct inode_table *t, struct heap_stats *st);
+
+/* About budget bytes of incremental old-generation work, for an idle timer; allocation
+ * paces this work by itself. Returns 1 while a cycle is in progress, 0 when idle. */
+int inode_table_step(struct inode_table *t, size_t budget);
+
+/* Collects now (HEAP_MINOR or HEAP_FULL): 0, -EINVAL or -ENOMEM. */
+int inode_table_collect(struct inode_table *t, enum heap_collect_kind kind);
+
+/* heap_verify plus the table's own invariants (index <-> records, root counts). Returns 0 or
+ * -EFAULT with a description in err. */
+int inode_table_verify(struct inode_table *t, char *err, size_t len);
 
 #endif

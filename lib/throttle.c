@@ -12,7 +12,6 @@
  */
 #include "throttle.h"
 
-
 #define NS_PER_S 1000000000ull
 
 static uint64_t throttle_burst_for(uint64_t rate)

@@ -23,7 +23,7 @@ static void count_free(void *data)
 static int setup(void **state)
 {
 	struct inode_table *t;
-	assert_int_equal(inode_table_new(7, 2, count_free, &t), 0);
+	assert_int_equal(inode_table_new(7, 2, count_free, NULL, &t), 0);
 	*state = t;
 	return 0;
 }
@@ -34,8 +34,25 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* Data slots pointing at counters: each free counts one. */
+static void tag_free(void *data)
+{
+	(*(int *)data)++;
+}
+
+/* A full collection, after which the heap and the table must be consistent. */
+static void collect(struct inode_table *t)
+{
+	char err[256] = "";
+	assert_int_equal(inode_table_collect(t, HEAP_FULL), 0);
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+}
+
+/* Live records once garbage is collected. */
 static uint64_t live(struct inode_table *t)
 {
+	collect(t);
 	struct inode_stats st;
 	inode_stats(t, &st);
 	return st.inodes;
@@ -112,6 +129,7 @@ static void reused_slot_gives_new_id(void **state)
 	struct inode_table *t = *state;
 	uint64_t a = link_one(t, INODE_ROOT, "a", 10);
 	inode_forget(t, a, 1);
+	collect(t);
 	uint64_t b = link_one(t, INODE_ROOT, "b", 20);
 	assert_true(a != b);
 	assert_true((uint32_t)a == (uint32_t)b); /* same slot, other generation */
@@ -168,6 +186,7 @@ static void parent_and_name(void **state)
 	assert_string_equal(name, ".");
 	assert_int_equal(inode_parent(t, f, &p, name, 4), -ENAMETOOLONG);
 	inode_forget(t, f, 1);
+	collect(t);
 	assert_int_equal(inode_parent(t, f, &p, name, sizeof(name)), -ESTALE);
 }
 
@@ -187,8 +206,10 @@ static void data_slot(void **state)
 	/* the data goes with its record, once */
 	freed = 0;
 	inode_forget(t, a, 1);
+	collect(t);
 	assert_int_equal(freed, 1);
 	inode_forget(t, a, 1);
+	collect(t);
 	assert_int_equal(freed, 1);
 }
 
@@ -219,6 +240,7 @@ static void many_records(void **state)
 		}
 	}
 	uint64_t want = 2;
+	collect(t);
 	for (int i = 0; i < N; i++) {
 		char buf[32], name[16];
 		snprintf(name, sizeof(name), "dir/f%d", i);
@@ -238,6 +260,340 @@ static void many_records(void **state)
 	free(counts);
 }
 
+/* Records the kernel forgot are reclaimed by a collection, each data slot freed exactly once,
+ * and the figures say so. */
+static void forgotten_records_are_collected(void **state)
+{
+	(void)state;
+	struct inode_table *t;
+	assert_int_equal(inode_table_new(7, 2, tag_free, NULL, &t), 0);
+	enum { N = 3000 };
+	static int frees[N];
+	static uint64_t ids[N];
+	memset(frees, 0, sizeof(frees));
+	uint64_t dir = link_one(t, INODE_ROOT, "dir", 3);
+	for (int i = 0; i < N; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "f%d", i);
+		ids[i] = link_one(t, dir, name, 100 + (uint64_t)i);
+		inode_lock(t);
+		*inode_data(t, ids[i]) = &frees[i];
+		inode_unlock(t);
+	}
+	struct inode_stats st;
+	inode_stats(t, &st);
+	assert_int_equal(st.inodes, N + 2);
+	uint64_t forgotten = st.forgotten;
+	for (int i = 0; i < N; i += 2)
+		inode_forget(t, ids[i], 1);
+	assert_int_equal(live(t), N / 2 + 2);
+	inode_stats(t, &st);
+	assert_int_equal(st.forgotten - forgotten, N / 2);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(frees[i], i % 2 == 0 ? 1 : 0);
+		uint64_t dev, ino;
+		assert_int_equal(inode_ident(t, ids[i], &dev, &ino), i % 2 == 0 ? -ESTALE : 0);
+	}
+	struct heap_stats hs;
+	inode_heap_stats(t, &hs);
+	assert_true(hs.objects >= N / 2 + 2);
+	assert_true(hs.heap_used > 0 && hs.heap_used <= hs.heap_total);
+	for (int i = 1; i < N; i += 2)
+		inode_forget(t, ids[i], 1);
+	inode_forget(t, dir, 1);
+	assert_int_equal(live(t), 1);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(frees[i], 1);
+	inode_table_free(t);
+}
+
+/* A renamed record keeps its id; a long new name goes out of line and back. */
+static void long_renames(void **state)
+{
+	struct inode_table *t = *state;
+	uint64_t d = link_one(t, INODE_ROOT, "d", 5);
+	uint64_t f = link_one(t, d, "f", 10);
+	char longname[200], buf[256];
+	memset(longname, 'x', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	assert_int_equal(inode_move(t, 7, 10, INODE_ROOT, longname), 0);
+	assert_int_equal(inode_path(t, f, buf, sizeof(buf)), (int)strlen(longname));
+	assert_string_equal(buf, longname);
+	inode_forget(t, d, 1);
+	assert_int_equal(live(t), 2); /* d went: f's parent is the root now */
+	assert_int_equal(inode_path(t, f, buf, sizeof(buf)), (int)strlen(longname));
+	assert_string_equal(buf, longname);
+	uint64_t e = link_one(t, INODE_ROOT, "e", 6);
+	assert_true(link_one(t, e, "g", 10) == f);
+	assert_int_equal(inode_path(t, f, buf, sizeof(buf)), 3);
+	assert_string_equal(buf, "e/g");
+	inode_forget(t, f, 2);
+	inode_forget(t, e, 1);
+	assert_int_equal(live(t), 1);
+}
+
+static int gc_lines; /* trace lines seen: a collection ran */
+
+static void count_trace(void *arg, const char *line)
+{
+	(void)arg;
+	assert_non_null(strstr(line, "heap: "));
+	gc_lines++;
+}
+
+static struct inode_table *small_table(uint64_t semi, uint64_t old)
+{
+	struct inode_config cfg = {
+	    .semi_space = semi, .old_space = old, .trace_gc = 1, .trace = count_trace};
+	struct inode_table *t;
+	assert_int_equal(inode_table_new(7, 2, count_free, &cfg, &t), 0);
+	return t;
+}
+
+/* When even a full collection cannot make room, inode_link says -ENOMEM and changes
+ * nothing; once the kernel forgets, the table works again. */
+static void full_heap_says_enomem(void **state)
+{
+	(void)state;
+	struct inode_table *t = small_table(16 << 10, 64 << 10);
+	enum { MAX = 100000 };
+	static uint64_t ids[MAX];
+	int n = 0, err = 0;
+	char name[64], buf[64];
+	while (n < MAX) {
+		uint64_t gen;
+		snprintf(name, sizeof(name), "a-rather-long-file-name-%d", n);
+		err = inode_link(t, INODE_ROOT, name, 7, 100 + (uint64_t)n, &ids[n], &gen);
+		if (err != 0)
+			break;
+		n++;
+	}
+	assert_int_equal(err, -ENOMEM);
+	assert_true(n > 100);
+	char msg[256] = "";
+	if (inode_table_verify(t, msg, sizeof(msg)) != 0)
+		fail_msg("%s", msg);
+	assert_int_equal(live(t), (uint64_t)n + 1);
+	for (int i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "a-rather-long-file-name-%d", i);
+		assert_int_equal(inode_path(t, ids[i], buf, sizeof(buf)), (int)strlen(name));
+		assert_string_equal(buf, name);
+	}
+	/* a rename needing an out-of-line name may fail too, and leaves the record as it was */
+	char longname[240];
+	memset(longname, 'y', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	err = inode_move(t, 7, 100, INODE_ROOT, longname);
+	assert_true(err == 0 || err == -ENOMEM);
+	if (err == -ENOMEM) {
+		assert_int_equal(inode_path(t, ids[0], buf, sizeof(buf)), 25);
+		assert_string_equal(buf, "a-rather-long-file-name-0");
+	}
+	for (int i = 0; i < n; i++)
+		inode_forget(t, ids[i], 1);
+	uint64_t id = link_one(t, INODE_ROOT, "again", 5);
+	assert_int_equal(inode_path(t, id, buf, sizeof(buf)), 5);
+	assert_int_equal(live(t), 2);
+	assert_true(gc_lines > 0);
+	inode_table_free(t);
+}
+
+/* ---- randomized model test: the table against a plain model of what the kernel holds ---- */
+
+enum { MFILES = 64, MTAGS = 4096 };
+
+struct mfile {
+	uint64_t id, nlookup, npin;
+	int parent; /* model index; -1: the root */
+	char name[64];
+};
+
+static struct mfile mf[MFILES];
+static int tag_frees[MTAGS];
+static int ntags;
+static uint64_t mrnd_state;
+
+static unsigned mrnd(unsigned n)
+{
+	mrnd_state = mrnd_state * 6364136223846793005ull + 1442695040888963407ull;
+	return (unsigned)(mrnd_state >> 33) % n;
+}
+
+/* Alive in the model: looked up, pinned, or an ancestor of such a file. */
+static void model_alive(char *alive)
+{
+	memset(alive, 0, MFILES);
+	for (int i = 0; i < MFILES; i++)
+		if (mf[i].nlookup != 0 || mf[i].npin != 0)
+			for (int k = i; k >= 0 && !alive[k]; k = mf[k].parent)
+				alive[k] = 1;
+}
+
+static int under(int p, int x) /* is p in x's subtree? */
+{
+	for (; p >= 0; p = mf[p].parent)
+		if (p == x)
+			return 1;
+	return 0;
+}
+
+static int model_path(int i, char *buf, size_t len)
+{
+	if (mf[i].parent < 0)
+		return snprintf(buf, len, "%s", mf[i].name);
+	int n = model_path(mf[i].parent, buf, len);
+	return n + snprintf(buf + n, len - (size_t)n, "/%s", mf[i].name);
+}
+
+static void random_name(char *name)
+{
+	int len = 1 + (int)mrnd(mrnd(4) == 0 ? 60 : 12);
+	for (int k = 0; k < len; k++)
+		name[k] = (char)('a' + mrnd(26));
+	name[len] = '\0';
+}
+
+static uint64_t parent_id(int p)
+{
+	return p < 0 ? INODE_ROOT : mf[p].id;
+}
+
+static void model_check(struct inode_table *t, int full)
+{
+	char alive[MFILES], msg[256] = "";
+	if (full)
+		assert_int_equal(inode_table_collect(t, HEAP_FULL), 0);
+	if (inode_table_verify(t, msg, sizeof(msg)) != 0)
+		fail_msg("%s", msg);
+	model_alive(alive);
+	uint64_t want = 1;
+	for (int i = 0; i < MFILES; i++) {
+		if (!alive[i])
+			continue;
+		want++;
+		char buf[4096], exp[4096];
+		int n = model_path(i, exp, sizeof(exp));
+		assert_int_equal(inode_path(t, mf[i].id, buf, sizeof(buf)), n);
+		assert_string_equal(buf, exp);
+	}
+	if (full) {
+		struct inode_stats st;
+		inode_stats(t, &st);
+		assert_int_equal(st.inodes, want);
+		for (int i = 0; i < MFILES; i++) {
+			uint64_t dev, ino;
+			if (!alive[i] && mf[i].id != 0)
+				assert_int_equal(inode_ident(t, mf[i].id, &dev, &ino), -ESTALE);
+		}
+	}
+}
+
+static void model_step(struct inode_table *t)
+{
+	int x = (int)mrnd(MFILES), p = (int)mrnd(MFILES + 1) - 1;
+	char alive[MFILES];
+	model_alive(alive);
+	if (p >= 0 && mf[p].nlookup == 0)
+		p = -1; /* the kernel names only parents it holds */
+	switch (mrnd(10)) {
+	case 0:
+	case 1:
+	case 2: { /* lookup */
+		if (under(p, x))
+			break;
+		char name[64];
+		random_name(name);
+		uint64_t id, gen;
+		int err = inode_link(t, parent_id(p), name, 7, 1000 + (uint64_t)x, &id, &gen);
+		if (err == -ENOMEM)
+			break;
+		assert_int_equal(err, 0);
+		if (alive[x])
+			assert_true(id == mf[x].id);
+		mf[x].id = id;
+		mf[x].nlookup++;
+		mf[x].parent = p;
+		strcpy(mf[x].name, name);
+		inode_lock(t);
+		void **slot = inode_data(t, id);
+		assert_non_null(slot);
+		if (*slot == NULL && ntags < MTAGS)
+			*slot = &tag_frees[ntags++];
+		inode_unlock(t);
+		break;
+	}
+	case 3:
+	case 4: /* forget */
+		if (mf[x].nlookup != 0) {
+			uint64_t n = 1 + mrnd((unsigned)mf[x].nlookup);
+			inode_forget(t, mf[x].id, n);
+			mf[x].nlookup -= n;
+		}
+		break;
+	case 5: /* open */
+		if (mf[x].nlookup != 0) {
+			assert_int_equal(inode_pin(t, mf[x].id), 0);
+			mf[x].npin++;
+		}
+		break;
+	case 6: /* close */
+		if (mf[x].npin != 0) {
+			inode_unpin(t, mf[x].id);
+			mf[x].npin--;
+		}
+		break;
+	case 7: { /* rename */
+		if (!alive[x] || under(p, x))
+			break;
+		char name[64];
+		random_name(name);
+		int err = inode_move(t, 7, 1000 + (uint64_t)x, parent_id(p), name);
+		if (err == -ENOMEM)
+			break;
+		assert_int_equal(err, 0);
+		mf[x].parent = p;
+		strcpy(mf[x].name, name);
+		break;
+	}
+	case 8:
+		assert_int_equal(inode_table_collect(t, mrnd(4) ? HEAP_MINOR : HEAP_FULL), 0);
+		break;
+	default:
+		inode_table_step(t, 1 + mrnd(4096));
+		break;
+	}
+}
+
+static void run_model(unsigned seed, int steps)
+{
+	mrnd_state = seed;
+	memset(mf, 0, sizeof(mf));
+	memset(tag_frees, 0, sizeof(tag_frees));
+	ntags = 0;
+	struct inode_config cfg = {
+	    .semi_space = 4 << 10, .old_space = 32 << 10, .trace_gc = 1, .trace = count_trace};
+	struct inode_table *t;
+	assert_int_equal(inode_table_new(7, 2, tag_free, &cfg, &t), 0);
+	for (int s = 0; s < steps; s++) {
+		gc_lines = 0;
+		model_step(t);
+		if (gc_lines != 0 || s % 50 == 0)
+			model_check(t, s % 97 == 0);
+	}
+	model_check(t, 1);
+	inode_table_free(t);
+	for (int i = 0; i < ntags; i++)
+		if (tag_frees[i] != 1)
+			fail_msg("seed %u: data %d freed %d times", seed, i, tag_frees[i]);
+}
+
+static void property_model(void **state)
+{
+	(void)state;
+	for (unsigned seed = 1; seed <= 300; seed++)
+		run_model(seed, 1000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -251,6 +607,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(parent_and_name, setup, teardown),
 	    cmocka_unit_test_setup_teardown(data_slot, setup, teardown),
 	    cmocka_unit_test_setup_teardown(many_records, setup, teardown),
+	    cmocka_unit_test(forgotten_records_are_collected),
+	    cmocka_unit_test_setup_teardown(long_renames, setup, teardown),
+	    cmocka_unit_test(full_heap_says_enomem),
+	    cmocka_unit_test(property_model),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -91,6 +91,7 @@ enum call {
 	C_UTIMENS,   /* utimensat(AT_FDCWD, p1, times x, flags) */
 	C_SETXATTR,  /* lsetxattr(p1, "user.conform", "v", 1, 0) */
 	C_RMXATTR,   /* lremovexattr(p1, "user.conform") */
+	C_ACCESS,    /* access(p1, mode) */
 };
 
 /* The times argument of C_UTIMENS. */
@@ -129,6 +130,7 @@ struct step {
 #define TRUNC(p, n)	      {.call = C_TRUNCATE, .p1 = (p), .x = (n)}
 #define FTRUNC(p, f, n)	      {.call = C_FTRUNCATE, .p1 = (p), .flags = (f), .x = (n)}
 #define UTIMENS(p, t, f)      {.call = C_UTIMENS, .p1 = (p), .x = (t), .flags = (f)}
+#define ACCESS(p, m)	      {.call = C_ACCESS, .p1 = (p), .mode = (m)}
 #define ONE(c, p)	      {.call = (c), .p1 = (p)}
 #define TWO(c, from, to, ...) {.call = (c), .p1 = (from), .p2 = (to), __VA_ARGS__}
 /* clang-format on */
@@ -147,6 +149,7 @@ static const struct step script[] = {
     OPEN("priv/c", O_CREAT | O_WRONLY, 0644),
     OPEN("grp/c", O_CREAT | O_WRONLY, 0644),
     OPEN("pub/c1", O_CREAT | O_EXCL | O_WRONLY, 0644),
+    OPEN("f_a", O_CREAT | O_WRONLY, 0644),
     OPEN("pub/none/c", O_CREAT | O_WRONLY, 0644),
     OPEN("f_a/c", O_CREAT | O_WRONLY, 0644),
     OPEN(LONG_NAME, O_CREAT | O_WRONLY, 0644),
@@ -169,6 +172,7 @@ static const struct step script[] = {
     OPEN("w_all", O_WRONLY | O_DSYNC),
     OPEN("w_all", O_RDWR | O_DIRECT),
     OPEN("w_all", O_WRONLY | O_TRUNC),
+    OPEN("suid_o", O_WRONLY | O_TRUNC),
     OPEN("f_b", O_RDONLY | O_TRUNC),
     OPEN("ro_a", O_WRONLY),
     OPEN("ro_a", O_RDONLY | O_TRUNC),
@@ -301,6 +305,13 @@ static const struct step script[] = {
     ONE(C_SETXATTR, "fifo"),
     ONE(C_RMXATTR, "w_all"),
     ONE(C_RMXATTR, "f_b"),
+    /* access */
+    ACCESS("f_a", W_OK),
+    ACCESS("f_a", X_OK),
+    ACCESS("g_rw", R_OK | W_OK),
+    ACCESS("ro_a", W_OK),
+    ACCESS("priv/f", R_OK),
+    ACCESS("pub", W_OK | X_OK),
     /* rename: sticky directories, the errors, the flags */
     TWO(C_RENAME, "pub/c1", "pub/c1r"),
     TWO(C_RENAME, "sticky/own_a", "sticky/ren_a"),
@@ -322,6 +333,8 @@ static const struct step script[] = {
     TWO(C_RENAME, "pub/c2", LONG_NAME),
     TWO(C_RENAME, "pub/none", "pub/x"),
     TWO(C_RENAME, "pub/d1", "sticky/d1"),
+    TWO(C_RENAME, "pub/rdir", "sgid/rdir"),
+    TWO(C_RENAME, "pub/rdir", "pub/rdir2"),
     /* unlink */
     ONE(C_UNLINK, "sticky/own_b"),
     ONE(C_UNLINK, "sticky/own_r"),
@@ -372,6 +385,7 @@ static const struct fixture_entry fixture[] = {
     F("pub/full/x", S_IFREG | 0644, W_ROOT, W_ROOT),
     F("pub/empty", S_IFDIR | 0777, W_ROOT, W_ROOT),
     F("pub/empty2", S_IFDIR | 0777, W_ROOT, W_ROOT),
+    F("pub/rdir", S_IFDIR | 0755, W_ROOT, W_ROOT),
     L("pub/dirlink", "empty"),
     F("sticky", S_IFDIR | 01777, W_ROOT, W_ROOT),
     F("sticky/own_a", S_IFREG | 0666, W_A, W_USERS),
@@ -401,6 +415,7 @@ static const struct fixture_entry fixture[] = {
     F("suid_c", S_IFREG | 06777, W_A, W_G),
     F("suid_cr", S_IFREG | 06777, W_A, W_G),
     F("suid_l", S_IFREG | 04777, W_A, W_G),
+    F("suid_o", S_IFREG | 06777, W_A, W_G),
     F("sgid_nx", S_IFREG | 02666, W_A, W_G),
     F("fifo", S_IFIFO | 0666, W_ROOT, W_ROOT),
     L("lnk", "f_a"),
@@ -635,6 +650,12 @@ static void put_call(struct buf *b, const struct actor *a, const struct step *s)
 	case C_RMXATTR:
 		put(b, "lremovexattr(\"%s\", \"user.conform\")", p1);
 		break;
+	case C_ACCESS:
+		put(b, "access(\"%s\", %s%s%s%s%s)", p1, s->mode & R_OK ? "R_OK" : "",
+		    s->mode & R_OK && s->mode & (W_OK | X_OK) ? "|" : "",
+		    s->mode & W_OK ? "W_OK" : "", s->mode & W_OK && s->mode & X_OK ? "|" : "",
+		    s->mode & X_OK ? "X_OK" : "");
+		break;
 	}
 }
 
@@ -754,6 +775,8 @@ static long step_call(const struct step *s, const char **stage)
 		return lsetxattr(p1, "user.conform", "v", 1, 0);
 	case C_RMXATTR:
 		return lremovexattr(p1, "user.conform");
+	case C_ACCESS:
+		return access(p1, (int)s->mode);
 	}
 	errno = EINVAL;
 	return -1;
@@ -920,6 +943,88 @@ static int users_fini(struct conform *c)
 	return rc;
 }
 
+/* ---- differences understood ---- */
+
+/*
+ * Each difference listed here is still printed, with its explanation. A daemon bug (fatal) still
+ * fails the test: the entry only says what is known about it. A limitation of FUSE itself, which
+ * no daemon on libfuse 3.14 can remove, lets the test pass, and only while the view's result is
+ * exactly the one the limitation gives. An entry no difference matched any more is reported, so
+ * that it is removed once the view conforms.
+ */
+struct known {
+	enum call call;
+	const char *p1;
+	int flags;
+	const char *actor;	 /* NULL: every actor */
+	bool fatal;		 /* a daemon bug, not a FUSE limitation */
+	const char *view_result; /* not fatal: how the view's line must start */
+	const char *why;
+};
+
+static const struct known known[] = {
+    {C_OPEN, "pub", O_TMPFILE | O_RDWR, NULL, false, "= -1 EOPNOTSUPP |",
+     "FUSE limitation: libfuse 3.14 has no tmpfile operation, so the kernel refuses O_TMPFILE "
+     "with EOPNOTSUPP (callers such as glibc and systemd fall back to a named file)"},
+    {C_WRITE, "sgid_nx", 0, "nobody", true, NULL,
+     "daemon bug: a write by someone outside the file's group must clear S_ISGID even without "
+     "group execute (as the local filesystem does, setattr_should_drop_sgid); the kernel's FUSE "
+     "client only clears it with group execute, and the daemon writes as root, so the backing "
+     "store keeps it"},
+};
+
+#define N_KNOWN (sizeof(known) / sizeof(known[0]))
+
+static const struct known *known_find(const struct actor *a, const struct step *s)
+{
+	for (size_t i = 0; i < N_KNOWN; i++) {
+		const struct known *k = &known[i];
+		if (k->call == s->call && strcmp(k->p1, s->p1) == 0 && k->flags == s->flags &&
+		    (k->actor == NULL || strcmp(k->actor, a->name) == 0))
+			return k;
+	}
+	return NULL;
+}
+
+/*
+ * Prints every line where the transcripts differ; returns how many differences fail the test.
+ * Limitations that are excused are counted in *excused.
+ */
+static int report(char **plain, char **view, int *excused)
+{
+	bool seen[N_KNOWN] = {false};
+	int failures = 0;
+	*excused = 0;
+	for (size_t i = 0; i < N_LINES; i++) {
+		if (strcmp(plain[i], view[i]) == 0)
+			continue;
+		const struct actor *a = &cf->actors[i / SCRIPT_LEN];
+		const struct step *s = &script[i % SCRIPT_LEN];
+		const struct known *k = known_find(a, s);
+		bool excuse = k != NULL && !k->fatal &&
+			      strncmp(view[i], k->view_result, strlen(k->view_result)) == 0;
+		struct buf b = {.n = 0};
+		put_call(&b, a, s);
+		fprintf(stderr, "conform: step %zu %s: %s\n  plain: %s\n  view:  %s\n",
+			i % SCRIPT_LEN, excuse ? "differs (excused)" : "DIFFERS", b.s, plain[i],
+			view[i]);
+		if (k != NULL) {
+			fprintf(stderr, "  known: %s\n", k->why);
+			seen[k - known] = true;
+		}
+		if (excuse)
+			(*excused)++;
+		else
+			failures++;
+	}
+	for (size_t i = 0; i < N_KNOWN; i++) {
+		if (!seen[i])
+			fprintf(stderr, "conform: known difference no longer seen, remove it: %s\n",
+				known[i].why);
+	}
+	return failures;
+}
+
 /* ---- setup, the test, teardown ---- */
 
 static int conform_teardown(void **state)
@@ -983,16 +1088,7 @@ static void view_conforms(void **state)
 	assert_int_equal(transcript(c->fs->mnt, shared, view), 0);
 	munmap(shared, sizeof(*shared));
 
-	int differ = 0;
-	for (size_t i = 0; i < N_LINES; i++) {
-		if (strcmp(plain[i], view[i]) == 0)
-			continue;
-		struct buf b = {.n = 0};
-		put_call(&b, &c->actors[i / SCRIPT_LEN], &script[i % SCRIPT_LEN]);
-		fprintf(stderr, "conform: step %zu differs: %s\n  plain: %s\n  view:  %s\n",
-			i % SCRIPT_LEN, b.s, plain[i], view[i]);
-		differ++;
-	}
+	int excused, differ = report(plain, view, &excused);
 	if (getenv("TFS_CONFORM_TRANSCRIPT") != NULL) {
 		for (size_t i = 0; i < N_LINES; i++) {
 			struct buf b = {.n = 0};
@@ -1006,7 +1102,8 @@ static void view_conforms(void **state)
 	}
 	free(plain);
 	free(view);
-	fprintf(stderr, "conform: %d of %zu steps differ\n", differ, N_LINES);
+	fprintf(stderr, "conform: %zu steps (%zu calls x %d actors): %d differ, %d excused\n",
+		N_LINES, SCRIPT_LEN, N_ACTORS, differ, excused);
 
 	/* The trees as a whole, and what reached the backing store. */
 	unsigned flags = H_CMP_MODE | H_CMP_OWNER | H_CMP_LINKS;

@@ -689,8 +689,12 @@ static void put_stat(struct buf *b, const char *dir, const char *rel)
 	if (S_ISLNK(st.st_mode)) {
 		char t[64];
 		ssize_t n = readlink(p, t, sizeof(t) - 1);
-		t[n < 0 ? 0 : n] = '\0';
-		put(b, " -> %s", t);
+		if (n < 0) {
+			put(b, " -> (readlink: %s)", strerrorname_np(errno));
+		} else {
+			t[n] = '\0';
+			put(b, " -> %s", t);
+		}
 	}
 	if (st.st_atim.tv_sec < T_EXPLICIT_LIMIT)
 		put(b, " atime=%lld.%09ld", (long long)st.st_atim.tv_sec, st.st_atim.tv_nsec);
@@ -705,7 +709,9 @@ struct outcome {
 	int done;
 	long ret;
 	int err;
-	const char *stage; /* which call of a compound step failed; a string literal */
+	/* Which call of a compound step failed: a string literal, so the same address is valid
+	 * in the parent, which forked the child from the same image. */
+	const char *stage;
 };
 
 static char long_name[4 + 257];

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/fsuid.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -99,4 +100,35 @@ void cred_leave(struct cred *c)
 			 strerror(-err));
 		abort();
 	}
+}
+
+/* Is the caller of req in group gid (primary or supplementary)? */
+static int caller_in_group(fuse_req_t req, gid_t gid)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	if (ctx->gid == gid)
+		return 1;
+	gid_t groups[CRED_MAX_GROUPS];
+	int n = fuse_req_getgroups(req, CRED_MAX_GROUPS, groups);
+	for (int i = 0; i < n && i < CRED_MAX_GROUPS; i++)
+		if (groups[i] == gid)
+			return 1;
+	return 0;
+}
+
+int cred_drop_sgid(fuse_req_t req, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		return -errno;
+	/* The kernel's FUSE client drops setuid, and setgid with group-execute, itself. Setgid
+	 * without group-execute a local filesystem drops when the writer is neither in the
+	 * file's group nor privileged; the daemon writes as root, so it must do that here. */
+	if (!S_ISREG(st.st_mode) || !(st.st_mode & S_ISGID) || (st.st_mode & S_IXGRP))
+		return 0;
+	if (fuse_req_ctx(req)->uid == 0 || caller_in_group(req, st.st_gid))
+		return 0;
+	char proc[32];
+	backing_proc_path(fd, proc);
+	return chmod(proc, st.st_mode & 07777 & ~S_ISGID) == 0 ? 0 : -errno;
 }

@@ -33,7 +33,8 @@ struct handle {
 	fuse_ino_t ino;
 	struct node *node; /* regular files: the inode's shared state and stream */
 	int writable;
-	DIR *dir; /* directories only */
+	int wrote; /* a write came through this handle: privileges were checked */
+	DIR *dir;  /* directories only */
 	off_t dir_off;
 	struct dirent *dir_entry; /* read but not yet replied */
 };
@@ -235,8 +236,8 @@ static void tfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int v
 	}
 	if (valid & FUSE_SET_ATTR_SIZE) {
 		int r = fd >= 0 ? ftruncate(fd, attr->st_size) : truncate(proc, attr->st_size);
-		if (r != 0) {
-			err = -errno;
+		if (r != 0 || (err = cred_drop_sgid(req, pfd)) != 0) {
+			err = err ? err : -errno;
 			goto out;
 		}
 		if (fi != NULL && handle_of(fi)->node != NULL)
@@ -571,6 +572,12 @@ static void stream_submit(fuse_req_t req, struct handle *h, const void *data, si
 	struct stream *s = h->node ? node_stream(h->node) : NULL;
 	if (s == NULL)
 		return reply_err(req, EBADF);
+	if (!h->wrote) {
+		h->wrote = 1;
+		int err = cred_drop_sgid(req, h->fd);
+		if (err != 0)
+			return reply_err(req, err);
+	}
 	struct parked_write *p = malloc(sizeof(*p));
 	if (p == NULL)
 		return reply_err(req, ENOMEM);

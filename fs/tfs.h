@@ -139,6 +139,10 @@ int cred_enter(fuse_req_t req, struct cred *c);
 /* Returns this thread to the daemon's own credentials. */
 void cred_leave(struct cred *c);
 
+/* A write or truncate by req's caller is about to change the file open as fd: drops its
+ * setgid bit where a local filesystem would (see there). 0 or a negative errno. */
+int cred_drop_sgid(fuse_req_t req, int fd);
+
 /* CLOCK_REALTIME in ns. */
 uint64_t node_now_rt(void);
 

@@ -977,21 +977,10 @@ struct known {
 	const char *why;
 };
 
-/* Why the view keeps S_ISGID where a local filesystem drops it. */
-#define SGID_KEPT                                                                                  \
-	"daemon bug: when someone outside a file's group writes or truncates it, a local "         \
-	"filesystem clears S_ISGID even without group execute (setattr_should_drop_sgid); the "    \
-	"kernel's FUSE client clears it only with group execute, and the daemon acts as root, "    \
-	"so the backing store keeps it (open with O_TRUNC conforms: it runs as the caller)"
-
 static const struct known known[] = {
     {C_OPEN, "pub", O_TMPFILE | O_RDWR, NULL, false, "= -1 EOPNOTSUPP |",
      "FUSE limitation: libfuse 3.14 has no tmpfile operation, so the kernel refuses O_TMPFILE "
      "with EOPNOTSUPP (callers such as glibc and systemd fall back to a named file)"},
-    {C_WRITE, "sgid_nx", 0, "nobody", true, NULL, SGID_KEPT " (here: the stream writes as root)"},
-    {C_TRUNCATE, "sgid_nt", 0, "nobody", true, NULL, SGID_KEPT " (here: setattr runs as root)"},
-    {C_FTRUNCATE, "sgid_nft", O_WRONLY, "nobody", true, NULL,
-     SGID_KEPT " (here: setattr runs as root)"},
 };
 
 #define N_KNOWN (sizeof(known) / sizeof(known[0]))

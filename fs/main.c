@@ -79,7 +79,7 @@ int main(int argc, char **argv)
 	}
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cl = {0};
-	struct tfs fs = {.root_fd = -1, .timeout = 1.0};
+	struct tfs fs = {.root_fd = -1, .timeout = 1.0, .handles_lock = PTHREAD_MUTEX_INITIALIZER};
 	int ret = EXIT_USAGE;
 
 	if (opts_parse(&args, &fs.opt) != 0)
@@ -180,6 +180,7 @@ int main(int argc, char **argv)
 		fuse_loop_cfg_destroy(lc);
 	}
 	/* Graceful stop: what writers handed over reaches the store before the view goes. */
+	ops_close_all(&fs);
 	stream_engine_free(fs.streams);
 out_unmount:
 	fuse_session_unmount(fs.se);

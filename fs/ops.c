@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,8 @@ struct handle {
 	int wrote; /* a write came through this handle: privileges were checked */
 	DIR *dir;  /* directories only */
 	off_t dir_off;
-	struct dirent *dir_entry; /* read but not yet replied */
+	struct dirent *dir_entry;   /* read but not yet replied */
+	struct handle *prev, *next; /* on tfs.handles, so that shutdown can close what is open */
 };
 
 /* The preferred I/O size reported for regular files: large, so cp and friends write in large
@@ -425,9 +427,18 @@ static int handle_attach(struct tfs *fs, struct handle *h, int flags)
 		return err;
 	h->writable = !(flags & O_DIRECTORY) && (flags & O_ACCMODE) != O_RDONLY;
 	err = node_attach(fs, h->ino, h->writable, h->fd, &h->node);
-	if (err != 0)
+	if (err != 0) {
 		inode_unpin(fs->inodes, h->ino);
-	return err;
+		return err;
+	}
+	pthread_mutex_lock(&fs->handles_lock);
+	h->prev = NULL;
+	h->next = fs->handles;
+	if (fs->handles != NULL)
+		fs->handles->prev = h;
+	fs->handles = h;
+	pthread_mutex_unlock(&fs->handles_lock);
+	return 0;
 }
 
 /* Opens the backing file of ino for a FUSE open or opendir and makes its handle. */
@@ -450,6 +461,14 @@ static int handle_open(struct tfs *fs, fuse_ino_t ino, int flags, struct handle 
 
 static void handle_close(struct tfs *fs, struct handle *h)
 {
+	pthread_mutex_lock(&fs->handles_lock);
+	if (h->prev != NULL)
+		h->prev->next = h->next;
+	else
+		fs->handles = h->next;
+	if (h->next != NULL)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&fs->handles_lock);
 	if (h->node != NULL)
 		node_detach(fs, h->node);
 	if (h->dir != NULL)
@@ -485,10 +504,15 @@ static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	err = -ENOMEM;
 	if (h == NULL)
 		goto out;
-	h->fd = openat(d.fd, name,
-		       backing_flags(fi->flags) | O_CREAT | (fi->flags & O_EXCL) | O_NOFOLLOW |
-			   O_CLOEXEC,
-		       mode);
+	/* Exclusive first, to know whether the file is new: a new file has no capability to
+	 * look up before each write. One that appeared in the store meanwhile is just opened. */
+	int flags = backing_flags(fi->flags) | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
+	int created = 1;
+	h->fd = openat(d.fd, name, flags | O_EXCL, mode);
+	if (h->fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
+		created = 0;
+		h->fd = openat(d.fd, name, flags, mode);
+	}
 	if (h->fd < 0) {
 		err = -errno;
 		goto out;
@@ -507,6 +531,8 @@ static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		inode_forget(fs->inodes, e.ino, 1);
 		goto out;
 	}
+	if (created)
+		node_cap_set(fs, e.ino, NODE_CAP_NONE);
 	backing_put(fs, &d);
 	fi->fh = (uintptr_t)h;
 	if (fuse_reply_create(req, &e, fi) != 0) {
@@ -990,6 +1016,18 @@ static void tfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 	if (r < 0)
 		return reply_err(req, errno);
 	fuse_reply_lseek(req, r);
+}
+
+void ops_close_all(struct tfs *fs)
+{
+	for (;;) {
+		pthread_mutex_lock(&fs->handles_lock);
+		struct handle *h = fs->handles;
+		pthread_mutex_unlock(&fs->handles_lock);
+		if (h == NULL)
+			break;
+		handle_close(fs, h);
+	}
 }
 
 /*

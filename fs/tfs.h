@@ -11,12 +11,15 @@
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 
+#include <pthread.h>
 #include <sys/stat.h>
 
 #include "fdcache.h"
 #include "inode.h"
 #include "stream.h"
 #include "options.h"
+
+struct handle;
 
 struct tfs {
 	struct tfs_options opt;
@@ -25,13 +28,18 @@ struct tfs {
 	struct fdcache *dirs;	       /* recently used directory descriptors */
 	struct stream_engine *streams; /* write buffers, drain threads, rate limits */
 	struct node *active;	       /* nodes open for writing (under the inode lock) */
-	uint64_t files_done;	       /* transfers completed without error */
+	pthread_mutex_t handles_lock;
+	struct handle *handles; /* every open file and directory (ops.c) */
+	uint64_t files_done;	/* transfers completed without error */
 	struct fuse_session *se;
 	double timeout; /* entry and attribute validity, seconds */
 };
 
 /* The FUSE operations (ops.c). */
 extern const struct fuse_lowlevel_ops tfs_ops;
+
+/* At shutdown: closes every handle the kernel left open (their data reaches the store). */
+void ops_close_all(struct tfs *fs);
 
 /* backing.c: reaching the backing file of a node without following symlinks, beneath root. */
 

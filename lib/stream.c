@@ -121,6 +121,7 @@ struct stream_engine {
 	pthread_cond_t room; /* pool blocks were released */
 	uint64_t high_water, max_buffer, cap_blocks;
 	uint64_t keep_blocks; /* free blocks kept mapped when nothing is buffered */
+	int no_direct;	      /* config.no_direct */
 	const struct clock *clock;
 	struct stream_sink sink;
 	struct throttle throttle; /* global rate */
@@ -492,6 +493,8 @@ static int stream_get_blocks(struct stream *s, uint64_t len, uint64_t need, void
 	return rc;
 }
 
+static void drain_one(struct stream_engine *e, struct stream *s);
+
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg)
 {
@@ -560,11 +563,30 @@ int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, st
 		e->nparked++;
 		rc = STREAM_PARKED;
 	}
-	if (!s->scheduled)
-		ready_push(e, s);
+	bool direct = false;
+	if (!s->scheduled) {
+		/* A small write to an idle stream with no rate to keep is written now, by this
+		 * thread, as a drain thread would: handing it over would cost two thread switches
+		 * per small file for nothing. */
+		direct = !e->no_direct && rc == 0 && len <= STREAM_DIRECT_MAX && s->buffered == len &&
+			 throttle_rate(&e->throttle) == 0 && throttle_rate(&s->throttle) == 0;
+		if (direct)
+			s->scheduled = true;
+		else
+			ready_push(e, s);
+	}
 	pool_put(e, held);
 	held = NULL;
 	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&s->lock);
+	if (direct) {
+		drain_one(e, s);
+		/* Its outcome is the write's: an error of the store reaches this writer now. */
+		pthread_mutex_lock(&s->lock);
+		rc = s->error ? -s->error : 0;
+		pthread_mutex_unlock(&s->lock);
+	}
+	return rc;
 out:
 	if (held) {
 		pthread_mutex_lock(&e->lock);
@@ -1078,6 +1100,7 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 	if (e->keep_blocks > e->cap_blocks)
 		e->keep_blocks = e->cap_blocks;
 	e->clock = cfg->clock ? cfg->clock : &clock_monotonic;
+	e->no_direct = cfg->no_direct;
 	e->sink = cfg->sink ? *cfg->sink : real_sink;
 	e->rate = cfg->rate;
 	e->file_rate = cfg->file_rate;

@@ -60,6 +60,10 @@
 #define STREAM_DEFAULT_DRAINS	  3u
 #define STREAM_MAX_DRAINS	  64u
 
+/* A write of at most this many bytes to an idle stream, with no rate set, is written by the
+ * calling thread at once (see stream_write). */
+#define STREAM_DIRECT_MAX (128u << 10)
+
 /* Returned by stream_write and stream_wait_empty: the callback will be called later. */
 #define STREAM_PARKED 1
 
@@ -78,6 +82,7 @@ struct stream_config {
 	unsigned drain_threads;		/* 0 = STREAM_DEFAULT_DRAINS; at most STREAM_MAX_DRAINS */
 	const struct clock *clock;	/* NULL = &clock_monotonic */
 	const struct stream_sink *sink; /* NULL = pwritev(2); copied, must outlive the engine */
+	int no_direct; /* 1: small writes too go through the drain threads (never the caller) */
 };
 
 struct stream_engine;
@@ -155,7 +160,11 @@ int stream_close(struct stream *s);
  *   -errno        not accepted: the sticky error of an earlier failed write, -ENOMEM,
  *                 -EINVAL (len 0 is accepted and returns 0; off + len must not overflow
  *                 off_t).
- * Blocks the calling thread only while the block pool is at its hard cap (see above).
+ * Blocks the calling thread only while the block pool is at its hard cap (see above), and
+ * while it writes a small write itself: a write of at most STREAM_DIRECT_MAX bytes to a
+ * stream with nothing pending, when neither rate is set, is written by the caller as a drain
+ * thread would (callbacks of other parked writers may then run on the caller's thread), and
+ * the store's error, if any, is returned at once.
  * cb may be NULL: the write is parked all the same, nobody is called back. */
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg);

@@ -468,6 +468,24 @@ int h_fs_unmount(struct h_fs *fs)
 	return 0;
 }
 
+int h_fs_wait_exit(struct h_fs *fs, int timeout_ms)
+{
+	int st = -1;
+	if (fs->pid <= 0 || h_wait_pid(fs->pid, timeout_ms, &st) != 0) {
+		fprintf(stderr, "harness: daemon %d did not exit within %d ms\n", (int)fs->pid,
+			timeout_ms);
+		return -1;
+	}
+	fs->pid = 0;
+	h_live_set(fs, false);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		h_describe_status("ended", st);
+		h_print_log(fs);
+		return -1;
+	}
+	return 0;
+}
+
 int h_fs_free(struct h_fs *fs)
 {
 	if (fs == NULL)

@@ -52,6 +52,10 @@ int h_fs_mount(struct h_fs *fs, const char *opts);
 int h_fs_unmount(struct h_fs *fs);
 
 /* Unmounts if needed, removes the temp dir and frees fs. Returns h_fs_unmount's verdict. */
+/* Waits for the daemon to exit by itself (after a signal the test sent it): 0 when it exited
+ * with status 0, else -1 with its status and log printed. The mount is forgotten either way. */
+int h_fs_wait_exit(struct h_fs *fs, int timeout_ms);
+
 int h_fs_free(struct h_fs *fs);
 
 /* cmocka group or test setup/teardown: *state becomes a mounted struct h_fs (no options). */

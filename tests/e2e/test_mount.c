@@ -32,11 +32,7 @@ static void stop_by(void **state, int sig)
 	struct h_fs *fs = *state;
 	assert_int_equal(h_write_file(H_AT(fs->mnt, "f"), "data", 4), 0);
 	assert_int_equal(kill(fs->pid, sig), 0);
-	int st = 0;
-	assert_int_equal(h_wait_pid(fs->pid, 20000, &st), 0);
-	fs->pid = 0;
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_int_equal(h_fs_wait_exit(fs, 20000), 0);
 	assert_false(h_is_mounted(fs->mnt));
 	char buf[8];
 	assert_int_equal(h_read_file(H_AT(fs->backing, "f"), buf, sizeof(buf)), 4);

@@ -246,6 +246,7 @@ static struct stream_engine *engine(uint64_t hw, uint64_t max, unsigned threads,
 	    .drain_threads = threads,
 	    .clock = &fake_clock_if,
 	    .sink = &fake_sink_if,
+	    .no_direct = 1, /* these tests hold the sink: writers must not write it themselves */
 	};
 	struct stream_engine *e = NULL;
 	sink_reset();
@@ -648,6 +649,68 @@ static void small_writes_coalesce(void **state)
 	stream_engine_free(e);
 }
 
+/* With no rate set, a small write to an idle stream is written by the writer itself: it is in
+ * the file when stream_write returns, and the store's error comes back from that call. A
+ * larger write, or one behind pending data, still goes to the drain threads. */
+static void small_idle_writes_go_direct(void **state)
+{
+	(void)state;
+	struct stream_config cfg = {.high_water = 4 * MiB,
+				    .max_buffer = 8 * MiB,
+				    .drain_threads = 1,
+				    .clock = &fake_clock_if,
+				    .sink = &fake_sink_if};
+	struct stream_engine *e = NULL;
+	sink_reset();
+	assert_int_equal(stream_engine_new(&cfg, &e), 0);
+	static unsigned char data[STREAM_DIRECT_MAX * 2];
+	fill(data, sizeof(data), 9);
+	int check;
+	struct stream *s = open_stream(e, &check);
+	struct stream_stats ss;
+
+	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), 0);
+	stream_stats(s, &ss);
+	assert_true(ss.committed == 4 * KiB && ss.buffered == 0); /* written before returning */
+	assert_file(check, data, 4 * KiB);
+	assert_int_equal(stream_write(s, data + 4 * KiB, STREAM_DIRECT_MAX, 4 * KiB, NULL, NULL),
+			 0);
+	stream_stats(s, &ss);
+	assert_true(ss.committed == 4 * KiB + STREAM_DIRECT_MAX);
+
+	/* the store fails: the writer hears it from its own call, and it sticks */
+	sink_fail_next(EIO);
+	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), -EIO);
+	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), -EIO);
+	assert_int_equal(stream_close(s), -EIO);
+	close(check);
+
+	/* a write larger than STREAM_DIRECT_MAX is the drain threads' */
+	s = open_stream(e, &check);
+	sink_hold(false);
+	assert_int_equal(stream_write(s, data, STREAM_DIRECT_MAX + 1, 0, NULL, NULL), 0);
+	sink_wait_inside(1); /* a drain thread, not us, is inside the sink */
+	stream_stats(s, &ss);
+	assert_true(ss.committed == 0);
+	sink_release();
+	assert_int_equal(stream_sync(s), 0);
+	assert_int_equal(stream_close(s), 0);
+	assert_file(check, data, STREAM_DIRECT_MAX + 1);
+	close(check);
+
+	/* with a rate set, nothing is written by the writer */
+	stream_engine_set_rate(e, 1 * MiB, 0);
+	s = open_stream(e, &check);
+	sink_hold(false);
+	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), 0);
+	sink_wait_inside(1);
+	sink_release();
+	assert_int_equal(stream_close(s), 0);
+	assert_file(check, data, 4 * KiB);
+	close(check);
+	stream_engine_free(e);
+}
+
 /* Writers that ignore parking (more of them than the budget allows) are stopped by the pool's
  * hard cap: blocks in use never exceed STREAM_POOL_CAP(max_buffer). */
 enum { CAP_WRITERS = 4, CAP_WRITES = 24 };
@@ -791,6 +854,7 @@ int main(void)
 	    cmocka_unit_test(streams_share_rate_fairly),
 	    cmocka_unit_test(file_rate_is_per_stream),
 	    cmocka_unit_test(small_writes_coalesce),
+	    cmocka_unit_test(small_idle_writes_go_direct),
 	    cmocka_unit_test(pool_never_exceeds_cap),
 	    cmocka_unit_test(close_waits_for_data),
 	};

@@ -14,9 +14,10 @@
  * The last release waits until the stream has written everything (normally nothing is left:
  * close already waited in flush), keeps its final figures, and closes stream and descriptor.
  *
- * Locking: every field but last_write_rt is read and changed under the inode table lock; the
- * stream pointer is also read without it by handles (atomically): it only goes away when no
- * handle is left. Lock order: inode table, then stream.
+ * Locking: every field but started_rt and last_write_rt (atomic: set on the write path) is
+ * read and changed under the inode table lock; the stream pointer is also read without it by
+ * handles (atomically): it only goes away when no handle is left. Lock order: inode table,
+ * then stream.
  */
 #include "tfs.h"
 
@@ -134,7 +135,8 @@ int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct nod
 			goto out;
 		}
 		__atomic_store_n(&n->stream, s, __ATOMIC_RELEASE);
-		n->started_rt = n->ended_rt = 0;
+		__atomic_store_n(&n->started_rt, 0, __ATOMIC_RELAXED);
+		n->ended_rt = 0;
 		memset(&n->final, 0, sizeof(n->final));
 		active_add(fs, n);
 	}
@@ -297,7 +299,7 @@ static void progress_of(struct node *n, struct node_progress *p)
 		stream_stats(s, &p->st);
 	else
 		p->st = n->final;
-	p->started_rt = n->started_rt;
+	p->started_rt = __atomic_load_n(&n->started_rt, __ATOMIC_RELAXED);
 	p->last_rt = __atomic_load_n(&n->last_write_rt, __ATOMIC_RELAXED);
 	p->ended_rt = s != NULL ? 0 : n->ended_rt;
 	p->expected = n->expected;

@@ -598,8 +598,7 @@ static void stream_submit(fuse_req_t req, struct handle *h, const void *data, si
 	struct stream *s = h->node ? node_stream(h->node) : NULL;
 	if (s == NULL)
 		return reply_err(req, EBADF);
-	if (!h->wrote) {
-		h->wrote = 1;
+	if (!__atomic_exchange_n(&h->wrote, 1, __ATOMIC_RELAXED)) {
 		int err = cred_drop_sgid(req, h->fd);
 		if (err != 0)
 			return reply_err(req, err);

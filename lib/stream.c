@@ -122,6 +122,7 @@ struct stream_engine {
 	uint64_t high_water, max_buffer, cap_blocks;
 	uint64_t keep_blocks; /* free blocks kept mapped when nothing is buffered */
 	int no_direct;	      /* config.no_direct */
+	uint64_t slow_until;  /* clock time until which writes are buffered (atomic) */
 	const struct clock *clock;
 	struct stream_sink sink;
 	struct throttle throttle; /* global rate */
@@ -493,7 +494,57 @@ static int stream_get_blocks(struct stream *s, uint64_t len, uint64_t need, void
 	return rc;
 }
 
-static void drain_one(struct stream_engine *e, struct stream *s);
+static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc, bool direct);
+static int sink_write_all(struct stream_engine *e, int fd, struct iovec *iov, int cnt, uint64_t off,
+			  uint64_t n);
+
+/* [s] May this write go straight to the store from the writer's thread? When nothing is
+ * pending, no rate is set and the store has been answering fast, buffering would only add a
+ * copy and two thread switches per write: the write is done at once, like a plain
+ * passthrough's, and the writer waits for it as it would for any filesystem. */
+static bool direct_ok(struct stream_engine *e, struct stream *s, size_t len)
+{
+	if (e->no_direct || len > STREAM_DIRECT_MAX || s->scheduled || s->head != NULL)
+		return false;
+	if (throttle_rate(&e->throttle) != 0 || throttle_rate(&s->throttle) != 0)
+		return false;
+	return stream_now(e) >= __atomic_load_n(&e->slow_until, __ATOMIC_RELAXED);
+}
+
+/* How long a direct write of len bytes may take before the store counts as slow. */
+static uint64_t slow_after_ns(size_t len)
+{
+	return STREAM_SLOW_NS + (uint64_t)len * 1000000000ull / STREAM_SLOW_BPS;
+}
+
+/* [s, unlocked on return] Writes buf straight to the store (see direct_ok). The stream is
+ * marked scheduled meanwhile, so writes arriving now queue behind this one in order, and
+ * counted as pending (not as buffer memory), so close and fsync wait for it. A write that
+ * took long marks the store slow: for the next STREAM_SLOW_HOLD_NS every write is buffered,
+ * so a slow or stalled store never holds more than the writers' own threads. */
+static int write_direct(struct stream_engine *e, struct stream *s, const void *buf, size_t len,
+			uint64_t off)
+{
+	uint64_t now = stream_now(e);
+	if (s->received == 0)
+		s->started_ns = now;
+	s->received += len;
+	s->last_ns = s->last_write_ns = now;
+	s->buffered += len;
+	pthread_mutex_lock(&e->lock);
+	s->scheduled = true;
+	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&s->lock);
+
+	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+	int rc = sink_write_all(e, s->fd, &iov, 1, off, len);
+	uint64_t took = stream_now(e) - now;
+	if (took > slow_after_ns(len))
+		__atomic_store_n(&e->slow_until, now + took + STREAM_SLOW_HOLD_NS,
+				 __ATOMIC_RELAXED);
+	slice_end(e, s, len, rc, true);
+	return rc;
+}
 
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg)
@@ -507,6 +558,8 @@ int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, st
 	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
 		return -EINVAL;
 	pthread_mutex_lock(&s->lock);
+	if (len != 0 && !s->error && direct_ok(e, s, len))
+		return write_direct(e, s, buf, len, off); /* unlocks s */
 	for (;;) {
 		rc = s->error ? -s->error : 0;
 		if (rc != 0 || len == 0)
@@ -563,30 +616,11 @@ int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, st
 		e->nparked++;
 		rc = STREAM_PARKED;
 	}
-	bool direct = false;
-	if (!s->scheduled) {
-		/* A small write to an idle stream with no rate to keep is written now, by this
-		 * thread, as a drain thread would: handing it over would cost two thread switches
-		 * per small file for nothing. */
-		direct = !e->no_direct && rc == 0 && len <= STREAM_DIRECT_MAX && s->buffered == len &&
-			 throttle_rate(&e->throttle) == 0 && throttle_rate(&s->throttle) == 0;
-		if (direct)
-			s->scheduled = true;
-		else
-			ready_push(e, s);
-	}
+	if (!s->scheduled)
+		ready_push(e, s);
 	pool_put(e, held);
 	held = NULL;
 	pthread_mutex_unlock(&e->lock);
-	pthread_mutex_unlock(&s->lock);
-	if (direct) {
-		drain_one(e, s);
-		/* Its outcome is the write's: an error of the store reaches this writer now. */
-		pthread_mutex_lock(&s->lock);
-		rc = s->error ? -s->error : 0;
-		pthread_mutex_unlock(&s->lock);
-	}
-	return rc;
 out:
 	if (held) {
 		pthread_mutex_lock(&e->lock);
@@ -667,15 +701,19 @@ static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov,
 }
 
 /* Finishes a slice of n bytes with result rc: consumes or (on error) drops the pending data,
- * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. */
-static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc)
+ * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. A
+ * direct slice was written from a writer's own buffer (see stream_write): it consumed
+ * nothing of the log. */
+static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc, bool direct)
 {
 	struct waitq run = {NULL, NULL};
 	void *freed = NULL;
 	uint64_t dropped = 0, now = stream_now(e);
 
 	pthread_mutex_lock(&s->lock);
-	while (s->head && (rc != 0 || s->head->inflight)) {
+	if (direct)
+		s->buffered -= n; /* never in the log nor in the engine's count */
+	while (s->head && (rc != 0 || (!direct && s->head->inflight))) {
 		struct seg *g = s->head;
 		uint64_t k = rc != 0 ? g->len : g->inflight;
 		dropped += k;
@@ -767,7 +805,7 @@ static void drain_one(struct stream_engine *e, struct stream *s)
 			e->clock->sleep_until_ns(e->clock->ctx, when);
 		rc = sink_write_all(e, s->fd, iov, cnt, off, n);
 	}
-	slice_end(e, s, n, rc);
+	slice_end(e, s, n, rc, false);
 }
 
 /* [e] Moves the timed streams that are due at `now` to the ready queue; returns the earliest

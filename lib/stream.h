@@ -61,8 +61,13 @@
 #define STREAM_MAX_DRAINS	  64u
 
 /* A write of at most this many bytes to an idle stream, with no rate set, is written by the
- * calling thread at once (see stream_write). */
-#define STREAM_DIRECT_MAX (128u << 10)
+ * calling thread at once, from its own buffer (see stream_write)... */
+#define STREAM_DIRECT_MAX (1u << 20)
+/* ...unless a direct write recently took longer than STREAM_SLOW_NS plus its size at
+ * STREAM_SLOW_BPS: the store is slow, and for STREAM_SLOW_HOLD_NS every write is buffered. */
+#define STREAM_SLOW_NS	    (5ull * 1000000)
+#define STREAM_SLOW_BPS	    (64ull << 20)
+#define STREAM_SLOW_HOLD_NS (5ull * 1000000000)
 
 /* Returned by stream_write and stream_wait_empty: the callback will be called later. */
 #define STREAM_PARKED 1
@@ -161,10 +166,11 @@ int stream_close(struct stream *s);
  *                 -EINVAL (len 0 is accepted and returns 0; off + len must not overflow
  *                 off_t).
  * Blocks the calling thread only while the block pool is at its hard cap (see above), and
- * while it writes a small write itself: a write of at most STREAM_DIRECT_MAX bytes to a
- * stream with nothing pending, when neither rate is set, is written by the caller as a drain
- * thread would (callbacks of other parked writers may then run on the caller's thread), and
- * the store's error, if any, is returned at once.
+ * while it writes itself: a write of at most STREAM_DIRECT_MAX bytes to a stream with nothing
+ * pending, when neither rate is set and the store has been fast (see STREAM_SLOW_NS), is
+ * written by the caller straight from buf, with no copy; the store's error, if any, is
+ * returned at once (and is sticky, as for a failed drain). Callbacks of other writers may
+ * then run on the caller's thread.
  * cb may be NULL: the write is parked all the same, nobody is called back. */
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg);

@@ -72,6 +72,7 @@ struct fake_sink {
 	unsigned inside;  /* calls currently blocked */
 	int fail;	  /* errno for the next call (one shot), 0 = none */
 	size_t short_max; /* write at most this many bytes per call (0 = no limit) */
+	uint64_t delay;	  /* fake ns each call takes (advances the fake clock) */
 	unsigned ncalls;
 	struct sink_call log[LOG_MAX];
 };
@@ -118,6 +119,8 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 		total += v[n].iov_len;
 	}
 	ssize_t r = pwritev(fd, v, n, off);
+	if (k->delay)
+		fake_sleep_until(&fclock, fake_now(&fclock) + k->delay);
 	if (r > 0 && k->ncalls < LOG_MAX)
 		k->log[k->ncalls++] =
 		    (struct sink_call){fd, (uint64_t)off, (uint64_t)r, fake_now(&fclock)};
@@ -135,6 +138,7 @@ static void sink_reset(void)
 	fsink.hold = fsink.hold_after = false;
 	fsink.fail = 0;
 	fsink.short_max = 0;
+	fsink.delay = 0;
 	fsink.ncalls = 0;
 	pthread_mutex_unlock(&fsink.lock);
 	fake_sleep_until(&fclock, 0);
@@ -649,9 +653,10 @@ static void small_writes_coalesce(void **state)
 	stream_engine_free(e);
 }
 
-/* With no rate set, a small write to an idle stream is written by the writer itself: it is in
- * the file when stream_write returns, and the store's error comes back from that call. A
- * larger write, or one behind pending data, still goes to the drain threads. */
+/* With no rate set, a write to an idle stream is written by the writer itself: it is in the
+ * file when stream_write returns, and the store's error comes back from that call. A larger
+ * write, one behind pending data, or any write while the store has been slow, still goes to
+ * the drain threads. */
 static void small_idle_writes_go_direct(void **state)
 {
 	(void)state;
@@ -696,6 +701,31 @@ static void small_idle_writes_go_direct(void **state)
 	assert_int_equal(stream_sync(s), 0);
 	assert_int_equal(stream_close(s), 0);
 	assert_file(check, data, STREAM_DIRECT_MAX + 1);
+	close(check);
+
+	/* a store that took long makes the next writes buffered, for a while */
+	pthread_mutex_lock(&fsink.lock);
+	fsink.delay = 50 * 1000000ull; /* 50 ms for 4 KiB: slow */
+	pthread_mutex_unlock(&fsink.lock);
+	s = open_stream(e, &check);
+	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), 0);
+	stream_stats(s, &ss);
+	assert_true(ss.committed == 4 * KiB); /* that one was direct, and slow */
+	pthread_mutex_lock(&fsink.lock);
+	fsink.delay = 0;
+	pthread_mutex_unlock(&fsink.lock);
+	assert_int_equal(stream_sync(s), 0);
+	sink_hold(false);
+	assert_int_equal(stream_write(s, data + 4 * KiB, 4 * KiB, 4 * KiB, NULL, NULL), 0);
+	sink_wait_inside(1); /* buffered: a drain thread writes it */
+	sink_release();
+	assert_int_equal(stream_sync(s), 0);
+	fake_sleep_until(&fclock, fake_now(&fclock) + STREAM_SLOW_HOLD_NS + 1);
+	assert_int_equal(stream_write(s, data + 8 * KiB, 4 * KiB, 8 * KiB, NULL, NULL), 0);
+	stream_stats(s, &ss);
+	assert_true(ss.committed == 12 * KiB); /* fast again: direct */
+	assert_int_equal(stream_close(s), 0);
+	assert_file(check, data, 12 * KiB);
 	close(check);
 
 	/* with a rate set, nothing is written by the writer */

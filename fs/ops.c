@@ -548,30 +548,60 @@ out:
 	reply_err(req, err);
 }
 
+/*
+ * Each worker thread reads into one buffer of its own, kept for the thread's life: a buffer
+ * allocated per request (as libfuse does for descriptor replies without splice) is mapped,
+ * faulted in and unmapped for every read, and the unmapping's TLB shootdowns cost more than
+ * the copy itself.
+ */
+static pthread_key_t read_buf_key;
+static pthread_once_t read_buf_once = PTHREAD_ONCE_INIT;
+
+struct read_buf {
+	size_t cap;
+	char data[];
+};
+
+static void read_buf_key_make(void)
+{
+	if (pthread_key_create(&read_buf_key, free) != 0)
+		abort(); /* only at start: without it no read could be served */
+}
+
+/* This thread's buffer of at least size bytes, or NULL. */
+static char *read_buf(size_t size)
+{
+	pthread_once(&read_buf_once, read_buf_key_make);
+	struct read_buf *b = pthread_getspecific(read_buf_key);
+	if (b == NULL || b->cap < size) {
+		size_t cap = size < (1u << 20) ? (1u << 20) : size;
+		struct read_buf *nb = malloc(sizeof(*nb) + cap);
+		if (nb == NULL || pthread_setspecific(read_buf_key, nb) != 0) {
+			free(nb);
+			return NULL;
+		}
+		free(b);
+		nb->cap = cap;
+		b = nb;
+	}
+	return b->data;
+}
+
 static void tfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	(void)ino;
 	struct handle *h = handle_of(fi);
-	struct stream *s = h->node ? node_stream(h->node) : NULL;
-	if (s == NULL) {
-		/* Nothing buffered can exist: let libfuse move the data (splice when it can). */
-		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
-		buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		buf.buf[0].fd = h->fd;
-		buf.buf[0].pos = off;
-		fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
-		return;
-	}
-	char *buf = malloc(size ? size : 1);
+	char *buf = read_buf(size);
 	if (buf == NULL)
 		return reply_err(req, ENOMEM);
-	ssize_t n = stream_read(s, h->fd, buf, size, (uint64_t)off);
+	/* Data still in the stream is overlaid on what the store has (read-your-writes). */
+	struct stream *s = h->node ? node_stream(h->node) : NULL;
+	ssize_t n =
+	    s ? stream_read(s, h->fd, buf, size, (uint64_t)off) : pread(h->fd, buf, size, off);
 	if (n < 0)
-		reply_err(req, (int)n);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
-	free(buf);
+		return reply_err(req, s ? (int)n : errno);
+	fuse_reply_buf(req, buf, (size_t)n);
 }
 
 /* A write the stream accepted but parked: its reply waits for the stream's callback. */
@@ -988,7 +1018,7 @@ static void tfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		return reply_err(req, EINVAL);
 	struct handle *in = handle_of(fi_in);
 	size_t size = len < COPY_PIECE ? len : COPY_PIECE;
-	char *buf = malloc(size ? size : 1);
+	char *buf = read_buf(size);
 	if (buf == NULL)
 		return reply_err(req, ENOMEM);
 	struct stream *s = in->node ? node_stream(in->node) : NULL;
@@ -1000,7 +1030,6 @@ static void tfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_write(req, 0);
 	else
 		stream_submit(req, handle_of(fi_out), buf, (size_t)n, off_out);
-	free(buf);
 }
 
 static void tfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,

@@ -39,19 +39,46 @@ static void usage(const char *prog)
 	fuse_lowlevel_help();
 }
 
+/* Is option name among the -o options in args? */
+static int has_mount_opt(const struct fuse_args *args, const char *name)
+{
+	size_t n = strlen(name);
+	for (int i = 1; i < args->argc; i++) {
+		const char *a = args->argv[i];
+		if (strncmp(a, "-o", 2) == 0)
+			a += 2;
+		else if (i > 1 && strcmp(args->argv[i - 1], "-o") == 0)
+			; /* the value of a separate -o */
+		else
+			continue;
+		for (const char *p = a; (p = strstr(p, name)) != NULL; p += n)
+			if ((p == a || p[-1] == ',') && (p[n] == '\0' || p[n] == ','))
+				return 1;
+	}
+	return 0;
+}
+
 /* Adds the -o options throttlefs always wants; the user's own come later and win. */
 static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
 {
-	char fsname[4200];
-	/* libfuse's default of 10 threads is too few when writers wait and others must not. */
-	snprintf(fsname, sizeof(fsname),
-		 "-ofsname=%s,subtype=throttlefs,default_permissions,max_threads=64",
-		 o->backing_real);
-	/* fsname is a comma-separated list element: a comma in the path would split it. */
-	for (char *p = fsname + 9; *p != '\0' && p < strstr(fsname, ",subtype"); p++)
-		if (*p == ',')
-			*p = '_';
-	return fuse_opt_insert_arg(args, 1, fsname);
+	char opts[2 * PATH_MAX + 128] = "-ofsname=";
+	size_t n = strlen(opts);
+	/* The backing path names the mount in /proc/mounts; commas and backslashes in it are
+	 * escaped, as libfuse's option parser expects. */
+	for (const char *p = o->backing_real; *p != '\0' && n + 2 < sizeof(opts) - 128; p++) {
+		if (*p == ',' || *p == '\\')
+			opts[n++] = '\\';
+		opts[n++] = *p;
+	}
+	opts[n] = '\0';
+	/* libfuse's default of 10 threads is too few when writers wait and others must not.
+	 * With allow_other the kernel checks permissions itself (default_permissions), so that
+	 * nobody reaches through the view what the store's modes deny them; without it only the
+	 * mounting user gets in, and the backing store's own checks, made as that user, suffice
+	 * (and spare a GETATTR of the directory after every change in it). */
+	snprintf(opts + n, sizeof(opts) - n, ",subtype=throttlefs,max_threads=64%s",
+		 has_mount_opt(args, "allow_other") ? ",default_permissions" : "");
+	return fuse_opt_insert_arg(args, 1, opts);
 }
 
 /* The loop returns the number of the signal that ended it: a stop asked for, not a failure. */

@@ -65,7 +65,7 @@
 #define STREAM_DIRECT_MAX (1u << 20)
 /* ...unless a direct write recently took longer than STREAM_SLOW_NS plus its size at
  * STREAM_SLOW_BPS: the store is slow, and for STREAM_SLOW_HOLD_NS every write is buffered. */
-#define STREAM_SLOW_NS	    (5ull * 1000000)
+#define STREAM_SLOW_NS	    (50ull * 1000000)
 #define STREAM_SLOW_BPS	    (64ull << 20)
 #define STREAM_SLOW_HOLD_NS (5ull * 1000000000)
 

@@ -14,6 +14,10 @@
  * leak makes the exit status non-zero) - is a test failure, reported with the daemon's log, and
  * is then cleaned up by force: fusermount3 -uz, SIGTERM, SIGKILL.
  *
+ * A test may put a store below the view (faultfs or a small tmpfs mounted on backing/). The same
+ * layers cover it, in the order that works: the view goes first (its daemon drains into the
+ * store as it exits, so a faultfs store is first told to stop stalling), then the store.
+ *
  * Tree comparison walks both trees in name order and stops at the first difference, which it
  * prints with both paths: a test that fails should say where, not just that it failed.
  */
@@ -158,9 +162,9 @@ const char *h_daemon_bin(void)
 	return bin;
 }
 
-pid_t h_daemon_spawn(const char *const *args, const char *logpath)
+/* Runs bin with args (argv[0] excluded) as h_daemon_spawn does. */
+static pid_t h_spawn_bin(const char *bin, const char *const *args, const char *logpath)
 {
-	const char *bin = h_daemon_bin();
 	const char *argv[32];
 	size_t n = 0;
 
@@ -206,25 +210,45 @@ pid_t h_daemon_spawn(const char *const *args, const char *logpath)
 	return pid;
 }
 
+pid_t h_daemon_spawn(const char *const *args, const char *logpath)
+{
+	const char *bin = h_daemon_bin();
+	return bin != NULL ? h_spawn_bin(bin, args, logpath) : -1;
+}
+
 /* ---- the safety net: unmount whatever is left when the process ends ---- */
 
-/* Async-signal-safe: fork, execve, waitpid and kill only. */
+/* Runs prog -flag dir and waits. Async-signal-safe: fork, execve and waitpid only. */
+static void h_lazy_unmount(const char *prog, const char *flag, const char *dir)
+{
+	pid_t p = fork();
+	if (p == 0) {
+		char *argv[] = {(char *)prog, (char *)flag, (char *)dir, NULL};
+		char *env[] = {NULL};
+		execve(argv[0], argv, env);
+		_exit(127);
+	}
+	if (p > 0)
+		waitpid(p, NULL, 0);
+}
+
+/* Async-signal-safe: fork, execve, waitpid and kill only. The view goes before its store. */
 static void h_force_cleanup(void)
 {
 	for (int i = 0; i < H_MAX_LIVE; i++) {
 		struct h_fs *fs = h_live[i];
-		if (fs == NULL || fs->pid <= 0)
+		if (fs == NULL)
 			continue;
-		pid_t p = fork();
-		if (p == 0) {
-			char *argv[] = {"/bin/fusermount3", "-uz", fs->mnt, NULL};
-			char *env[] = {NULL};
-			execve(argv[0], argv, env);
-			_exit(127);
+		if (fs->pid > 0) {
+			h_lazy_unmount("/bin/fusermount3", "-uz", fs->mnt);
+			kill(fs->pid, SIGTERM);
 		}
-		if (p > 0)
-			waitpid(p, NULL, 0);
-		kill(fs->pid, SIGTERM);
+		if (fs->lower == H_LOWER_FAULTFS && fs->lower_pid > 0) {
+			h_lazy_unmount("/bin/fusermount3", "-uz", fs->backing);
+			kill(fs->lower_pid, SIGTERM);
+		} else if (fs->lower == H_LOWER_TMPFS) {
+			h_lazy_unmount("/bin/umount", "-l", fs->backing);
+		}
 		h_live[i] = NULL;
 	}
 }
@@ -256,6 +280,10 @@ static void h_install_hooks(void)
 
 static void h_live_set(struct h_fs *fs, bool live)
 {
+	for (int i = 0; live && i < H_MAX_LIVE; i++) {
+		if (h_live[i] == fs)
+			return;
+	}
 	for (int i = 0; i < H_MAX_LIVE; i++) {
 		if (live && h_live[i] == NULL) {
 			h_live[i] = fs;
@@ -289,15 +317,42 @@ bool h_is_mounted(const char *path)
 	return found;
 }
 
-/* Copies the whole daemon log to stderr: an ASan report is long, and all of it matters. */
-static void h_print_log(const struct h_fs *fs)
+/*
+ * A FUSE daemon the harness runs in the foreground: the view's own, or a faultfs store below it.
+ * Starting, waiting for the mount and stopping work the same for both.
+ */
+struct h_proc {
+	const char *who; /* "daemon" or "faultfs", for messages */
+	const char *mnt;
+	const char *log;
+	pid_t *pid;
+};
+
+static struct h_proc h_view(struct h_fs *fs)
+{
+	return (struct h_proc){"daemon", fs->mnt, fs->log, &fs->pid};
+}
+
+static struct h_proc h_store(struct h_fs *fs)
+{
+	return (struct h_proc){"faultfs", fs->backing, fs->lower_log, &fs->lower_pid};
+}
+
+/* Keeps fs in the list the safety net walks while anything of it is mounted. */
+static void h_live_update(struct h_fs *fs)
+{
+	h_live_set(fs, fs->pid > 0 || fs->lower != H_LOWER_NONE);
+}
+
+/* Copies the whole log to stderr: an ASan report is long, and all of it matters. */
+static void h_print_log(const struct h_proc *p)
 {
 	char buf[4096];
 	ssize_t n;
 	bool newline = true;
-	int fd = open(fs->log, O_RDONLY | O_CLOEXEC);
+	int fd = open(p->log, O_RDONLY | O_CLOEXEC);
 
-	fprintf(stderr, "---- daemon log: %s\n", fs->log);
+	fprintf(stderr, "---- %s log: %s\n", p->who, p->log);
 	if (fd < 0) {
 		fprintf(stderr, "(cannot open: %s)\n", strerror(errno));
 		return;
@@ -307,17 +362,19 @@ static void h_print_log(const struct h_fs *fs)
 		newline = buf[n - 1] == '\n';
 	}
 	close(fd);
-	fprintf(stderr, "%s---- end of daemon log\n", newline ? "" : "\n");
+	fprintf(stderr, "%s---- end of %s log\n", newline ? "" : "\n", p->who);
 }
 
-static void h_describe_status(const char *what, int st)
+static void h_describe_status(const struct h_proc *p, const char *what, int st)
 {
 	if (st == -1)
-		fprintf(stderr, "harness: daemon %s: status unknown\n", what);
+		fprintf(stderr, "harness: %s %s: status unknown\n", p->who, what);
 	else if (WIFEXITED(st))
-		fprintf(stderr, "harness: daemon %s with exit status %d\n", what, WEXITSTATUS(st));
+		fprintf(stderr, "harness: %s %s with exit status %d\n", p->who, what,
+			WEXITSTATUS(st));
 	else if (WIFSIGNALED(st))
-		fprintf(stderr, "harness: daemon %s, killed by signal %d\n", what, WTERMSIG(st));
+		fprintf(stderr, "harness: %s %s, killed by signal %d\n", p->who, what,
+			WTERMSIG(st));
 }
 
 struct h_fs *h_fs_new(void)
@@ -337,6 +394,8 @@ struct h_fs *h_fs_new(void)
 	h_path(fs->mnt, "%s/mnt", fs->root);
 	h_path(fs->plain, "%s/plain", fs->root);
 	h_path(fs->log, "%s/daemon.log", fs->root);
+	h_path(fs->store, "%s", fs->backing);
+	h_path(fs->lower_log, "%s/faultfs.log", fs->root);
 	if (mkdir(fs->backing, 0755) != 0 || mkdir(fs->mnt, 0755) != 0 ||
 	    mkdir(fs->plain, 0755) != 0) {
 		fprintf(stderr, "harness: mkdir below %s: %s\n", fs->root, strerror(errno));
@@ -347,27 +406,103 @@ struct h_fs *h_fs_new(void)
 }
 
 /* Forced cleanup after a failure: lazy unmount, then SIGTERM, then SIGKILL. */
-static void h_force_stop(struct h_fs *fs)
+static void h_force_stop(const struct h_proc *p)
 {
 	int st;
-	if (h_is_mounted(fs->mnt))
-		h_fusermount("-uz", fs->mnt, false);
-	if (fs->pid > 0) {
-		kill(fs->pid, SIGTERM);
-		if (h_wait_pid(fs->pid, 5000, &st) != 0) {
-			kill(fs->pid, SIGKILL);
-			waitpid(fs->pid, &st, 0);
+	if (h_is_mounted(p->mnt))
+		h_fusermount("-uz", p->mnt, false);
+	if (*p->pid > 0) {
+		kill(*p->pid, SIGTERM);
+		if (h_wait_pid(*p->pid, 5000, &st) != 0) {
+			kill(*p->pid, SIGKILL);
+			waitpid(*p->pid, &st, 0);
 		}
 	}
-	fs->pid = 0;
-	h_live_set(fs, false);
+	*p->pid = 0;
+}
+
+/* Waits for the just-spawned p to mount below dir (its parent). On failure p is stopped and
+ * its log printed, and -1 is returned. */
+static int h_await_mount(const struct h_proc *p, const char *dir)
+{
+	int st;
+	int64_t deadline = h_now_ms() + H_MOUNT_TIMEOUT_MS;
+	while (!h_is_mounted(p->mnt)) {
+		if (h_wait_pid(*p->pid, 0, &st) == 0) {
+			h_describe_status(p, "exited before the mount appeared", st);
+			h_print_log(p);
+			*p->pid = 0;
+			return -1;
+		}
+		if (h_now_ms() >= deadline) {
+			fprintf(stderr, "harness: %s not mounted after %d ms\n", p->mnt,
+				H_MOUNT_TIMEOUT_MS);
+			h_force_stop(p);
+			h_print_log(p);
+			return -1;
+		}
+		h_sleep_ms(10);
+	}
+	/* A first request proves that the daemon answers, not only that it mounted. */
+	struct stat sm, sr;
+	if (stat(p->mnt, &sm) != 0 || stat(dir, &sr) != 0) {
+		fprintf(stderr, "harness: stat %s: %s\n", p->mnt, strerror(errno));
+	} else if (sm.st_dev == sr.st_dev) {
+		fprintf(stderr, "harness: %s is listed as mounted but is not the mount\n", p->mnt);
+	} else {
+		return 0;
+	}
+	h_force_stop(p);
+	h_print_log(p);
+	return -1;
+}
+
+/* The clean path and its verdict, else the forced one; see h_fs_unmount. */
+static int h_stop(const struct h_proc *p)
+{
+	int st = -1;
+
+	if (*p->pid <= 0)
+		return 0;
+	int64_t deadline = h_now_ms() + H_UMOUNT_RETRY_MS;
+	bool quiet = true;
+	for (;;) {
+		if (h_fusermount("-u", p->mnt, quiet) == 0)
+			break;
+		if (h_now_ms() >= deadline) {
+			if (!quiet)
+				break;
+			quiet = false; /* one last try that shows why */
+			continue;
+		}
+		h_sleep_ms(100);
+	}
+	if (h_is_mounted(p->mnt)) {
+		fprintf(stderr, "harness: fusermount3 -u %s failed (busy?); forcing\n", p->mnt);
+		h_force_stop(p);
+		h_print_log(p);
+		return -1;
+	}
+	if (h_wait_pid(*p->pid, H_EXIT_TIMEOUT_MS, &st) != 0) {
+		fprintf(stderr, "harness: %s %d still running %d ms after unmount; killing\n",
+			p->who, (int)*p->pid, H_EXIT_TIMEOUT_MS);
+		h_force_stop(p);
+		h_print_log(p);
+		return -1;
+	}
+	*p->pid = 0;
+	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		h_describe_status(p, "ended after unmount", st);
+		h_print_log(p);
+		return -1;
+	}
+	return 0;
 }
 
 int h_fs_mount(struct h_fs *fs, const char *opts)
 {
 	const char *args[8];
 	size_t n = 0;
-	int st;
 
 	if (fs->pid > 0) {
 		fprintf(stderr, "harness: %s is already mounted\n", fs->mnt);
@@ -387,44 +522,15 @@ int h_fs_mount(struct h_fs *fs, const char *opts)
 		fs->pid = 0;
 		return -1;
 	}
-	h_live_set(fs, true);
-
-	int64_t deadline = h_now_ms() + H_MOUNT_TIMEOUT_MS;
-	while (!h_is_mounted(fs->mnt)) {
-		if (h_wait_pid(fs->pid, 0, &st) == 0) {
-			h_describe_status("exited before the mount appeared", st);
-			h_print_log(fs);
-			fs->pid = 0;
-			h_live_set(fs, false);
-			return -1;
-		}
-		if (h_now_ms() >= deadline) {
-			fprintf(stderr, "harness: %s not mounted after %d ms\n", fs->mnt,
-				H_MOUNT_TIMEOUT_MS);
-			h_force_stop(fs);
-			h_print_log(fs);
-			return -1;
-		}
-		h_sleep_ms(10);
-	}
-	/* A first request proves that the daemon answers, not only that it mounted. */
-	struct stat sm, sr;
-	if (stat(fs->mnt, &sm) != 0 || stat(fs->root, &sr) != 0) {
-		fprintf(stderr, "harness: stat %s: %s\n", fs->mnt, strerror(errno));
-	} else if (sm.st_dev == sr.st_dev) {
-		fprintf(stderr, "harness: %s is listed as mounted but is not the mount\n", fs->mnt);
-	} else {
-		return 0;
-	}
-	h_force_stop(fs);
-	h_print_log(fs);
-	return -1;
+	h_live_update(fs);
+	struct h_proc p = h_view(fs);
+	int rc = h_await_mount(&p, fs->root);
+	h_live_update(fs);
+	return rc;
 }
 
 int h_fs_unmount(struct h_fs *fs)
 {
-	int st = -1;
-
 	if (fs->pid <= 0) {
 		/* Not the harness's daemon: a test mounted by other means (mount.fuse3, fstab)
 		 * and failed before unmounting. Never leave it behind. */
@@ -432,40 +538,10 @@ int h_fs_unmount(struct h_fs *fs)
 			h_fusermount("-uz", fs->mnt, false);
 		return 0;
 	}
-	int64_t deadline = h_now_ms() + H_UMOUNT_RETRY_MS;
-	bool quiet = true;
-	for (;;) {
-		if (h_fusermount("-u", fs->mnt, quiet) == 0)
-			break;
-		if (h_now_ms() >= deadline) {
-			if (!quiet)
-				break;
-			quiet = false; /* one last try that shows why */
-			continue;
-		}
-		h_sleep_ms(100);
-	}
-	if (h_is_mounted(fs->mnt)) {
-		fprintf(stderr, "harness: fusermount3 -u %s failed (busy?); forcing\n", fs->mnt);
-		h_force_stop(fs);
-		h_print_log(fs);
-		return -1;
-	}
-	if (h_wait_pid(fs->pid, H_EXIT_TIMEOUT_MS, &st) != 0) {
-		fprintf(stderr, "harness: daemon %d still running %d ms after unmount; killing\n",
-			(int)fs->pid, H_EXIT_TIMEOUT_MS);
-		h_force_stop(fs);
-		h_print_log(fs);
-		return -1;
-	}
-	fs->pid = 0;
-	h_live_set(fs, false);
-	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-		h_describe_status("ended after unmount", st);
-		h_print_log(fs);
-		return -1;
-	}
-	return 0;
+	struct h_proc p = h_view(fs);
+	int rc = h_stop(&p);
+	h_live_update(fs);
+	return rc;
 }
 
 int h_fs_wait_exit(struct h_fs *fs, int timeout_ms)
@@ -477,10 +553,11 @@ int h_fs_wait_exit(struct h_fs *fs, int timeout_ms)
 		return -1;
 	}
 	fs->pid = 0;
-	h_live_set(fs, false);
+	h_live_update(fs);
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-		h_describe_status("ended", st);
-		h_print_log(fs);
+		struct h_proc p = h_view(fs);
+		h_describe_status(&p, "ended", st);
+		h_print_log(&p);
 		return -1;
 	}
 	return 0;
@@ -490,8 +567,15 @@ int h_fs_free(struct h_fs *fs)
 {
 	if (fs == NULL)
 		return 0;
+	/* A stalled or slow store would keep the view's daemon from draining and exiting. */
+	if (fs->lower == H_LOWER_FAULTFS && fs->pid > 0) {
+		h_faultfs_set(fs, "stall", "0");
+		h_faultfs_set(fs, "latency_us", "0");
+	}
 	int rc = h_fs_unmount(fs);
-	if (h_is_mounted(fs->mnt)) {
+	if (h_fs_lower_unmount(fs) != 0)
+		rc = -1;
+	if (h_is_mounted(fs->mnt) || h_is_mounted(fs->backing)) {
 		fprintf(stderr, "harness: %s still mounted; leaving %s in place\n", fs->mnt,
 			fs->root);
 		rc = -1;
@@ -500,6 +584,125 @@ int h_fs_free(struct h_fs *fs)
 	}
 	free(fs);
 	return rc;
+}
+
+/* ---- stores below the view ---- */
+
+int h_lower_faultfs(struct h_fs *fs, const char *opts)
+{
+	const char *bin = getenv("FAULTFS_BIN");
+	const char *args[8];
+	size_t n = 0;
+
+	if (bin == NULL || *bin == '\0') {
+		fprintf(stderr, "harness: FAULTFS_BIN is not set\n");
+		return -1;
+	}
+	if (fs->lower != H_LOWER_NONE || fs->pid > 0) {
+		fprintf(stderr, "harness: a store goes below %s before the view, once\n", fs->mnt);
+		return -1;
+	}
+	h_path(fs->store, "%s/store", fs->root);
+	if (mkdir(fs->store, 0755) != 0) {
+		fprintf(stderr, "harness: mkdir %s: %s\n", fs->store, strerror(errno));
+		return -1;
+	}
+	h_install_hooks();
+	args[n++] = "-f";
+	if (opts != NULL && *opts != '\0') {
+		args[n++] = "-o";
+		args[n++] = opts;
+	}
+	args[n++] = fs->store;
+	args[n++] = fs->backing;
+	args[n] = NULL;
+	fs->lower_pid = h_spawn_bin(bin, args, fs->lower_log);
+	if (fs->lower_pid < 0) {
+		fs->lower_pid = 0;
+		return -1;
+	}
+	fs->lower = H_LOWER_FAULTFS;
+	h_live_update(fs);
+	struct h_proc p = h_store(fs);
+	if (h_await_mount(&p, fs->root) != 0) {
+		fs->lower = H_LOWER_NONE;
+		h_live_update(fs);
+		return -1;
+	}
+	return 0;
+}
+
+int h_lower_tmpfs(struct h_fs *fs, const char *size)
+{
+	if (fs->lower != H_LOWER_NONE || fs->pid > 0) {
+		fprintf(stderr, "harness: a store goes below %s before the view, once\n", fs->mnt);
+		return -1;
+	}
+	h_install_hooks();
+	/* Registered first: a signal during the mount must not leave it behind. */
+	fs->lower = H_LOWER_TMPFS;
+	h_live_update(fs);
+	if (h_run("mount -t tmpfs -o size=%s,mode=0755 tmpfs '%s'", size, fs->backing) != 0 ||
+	    !h_is_mounted(fs->backing)) {
+		fs->lower = H_LOWER_NONE;
+		h_live_update(fs);
+		return -1;
+	}
+	return 0;
+}
+
+int h_fs_lower_unmount(struct h_fs *fs)
+{
+	int rc = 0;
+
+	if (fs->lower == H_LOWER_FAULTFS) {
+		struct h_proc p = h_store(fs);
+		rc = h_stop(&p);
+	} else if (fs->lower == H_LOWER_TMPFS) {
+		int64_t deadline = h_now_ms() + H_UMOUNT_RETRY_MS;
+		while (h_is_mounted(fs->backing) && h_run("umount '%s'", fs->backing) != 0 &&
+		       h_now_ms() < deadline)
+			h_sleep_ms(100);
+		if (h_is_mounted(fs->backing)) {
+			fprintf(stderr, "harness: umount %s failed; detaching it\n", fs->backing);
+			h_run("umount -l '%s'", fs->backing);
+			rc = -1;
+		}
+	}
+	fs->lower = H_LOWER_NONE;
+	h_live_update(fs);
+	return rc;
+}
+
+int h_faultfs_set(struct h_fs *fs, const char *name, const char *value)
+{
+	char attr[64];
+	snprintf(attr, sizeof(attr), "user.faultfs.%s", name);
+	if (setxattr(fs->backing, attr, value, strlen(value), 0) != 0) {
+		int e = errno;
+		fprintf(stderr, "harness: setting %s=%s: %s\n", attr, value, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+long long h_faultfs_get(struct h_fs *fs, const char *name)
+{
+	char attr[64], buf[32];
+	snprintf(attr, sizeof(attr), "user.faultfs.%s", name);
+	ssize_t n = getxattr(fs->backing, attr, buf, sizeof(buf) - 1);
+	if (n < 0) {
+		fprintf(stderr, "harness: getting %s: %s\n", attr, strerror(errno));
+		return -1;
+	}
+	buf[n] = '\0';
+	char *end;
+	long long v = strtoll(buf, &end, 10);
+	if (end == buf || *end != '\0') {
+		fprintf(stderr, "harness: %s is not a number: '%s'\n", attr, buf);
+		return -1;
+	}
+	return v;
 }
 
 int h_setup(void **state)

@@ -29,6 +29,11 @@ struct h_fs {
 	char plain[PATH_MAX];	/* root/plain */
 	char log[PATH_MAX];	/* root/daemon.log: the daemon's stdout and stderr */
 	pid_t pid;		/* the daemon while mounted, else 0 */
+	/* A store mounted on backing/ (see h_lower_faultfs), else H_LOWER_NONE. */
+	int lower;		  /* enum h_lower */
+	pid_t lower_pid;	  /* faultfs while mounted, else 0 */
+	char store[PATH_MAX];	  /* what the store really holds: root/store or backing/ */
+	char lower_log[PATH_MAX]; /* root/faultfs.log */
 };
 
 /* The daemon binary to run, or NULL (with a message) when neither variable is set. */
@@ -134,6 +139,27 @@ int h_both(struct h_fs *fs, void (*work)(const char *dir), unsigned flags);
 
 /* "dir/rel" in a temporary buffer that lives until the end of the enclosing block. */
 #define H_AT(dir, rel) h_path((char[PATH_MAX]){0}, "%s/%s", (dir), (rel))
+
+/*
+ * A store below the view, mounted on fs->backing before h_fs_mount, so that the daemon's backing
+ * dir is itself a mount:
+ *   - faultfs ($FAULTFS_BIN, with "-o opts" unless NULL or empty) serving root/store, which
+ *     fs->store names: what really reached the store is read there, behind both daemons;
+ *   - a tmpfs of the given size (e.g. "4M"), a small disk that fills up; fs->store is backing/.
+ * h_fs_free (and h_fs_lower_unmount) always unmounts it, after the view: first a faultfs is told
+ * to release stalled writers and drop its latency (so the view's daemon can drain and exit), then
+ * the view goes, then the store. The atexit and signal hooks unmount stores too. Return 0 / -1.
+ */
+enum h_lower { H_LOWER_NONE, H_LOWER_FAULTFS, H_LOWER_TMPFS };
+int h_lower_faultfs(struct h_fs *fs, const char *opts);
+int h_lower_tmpfs(struct h_fs *fs, const char *size);
+int h_fs_lower_unmount(struct h_fs *fs);
+
+/* Sets faultfs control name (user.faultfs.NAME of its root) to value. Returns 0 or -errno. */
+int h_faultfs_set(struct h_fs *fs, const char *name, const char *value);
+
+/* The numeric value of faultfs control name, or -1 (with a message) on failure. */
+long long h_faultfs_get(struct h_fs *fs, const char *name);
 
 /* Asserts (cmocka) that call returns -1 and sets errno to err. */
 #define H_EXPECT_ERRNO(call, err)                                                                  \

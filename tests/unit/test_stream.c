@@ -705,7 +705,7 @@ static void small_idle_writes_go_direct(void **state)
 
 	/* a store that took long makes the next writes buffered, for a while */
 	pthread_mutex_lock(&fsink.lock);
-	fsink.delay = 50 * 1000000ull; /* 50 ms for 4 KiB: slow */
+	fsink.delay = 2 * STREAM_SLOW_NS; /* far too long for 4 KiB: slow */
 	pthread_mutex_unlock(&fsink.lock);
 	s = open_stream(e, &check);
 	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), 0);

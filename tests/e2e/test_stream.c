@@ -1,0 +1,1248 @@
+/*
+ * test_stream.c - streaming writes end to end (issue 3): what a program that writes through the
+ * view can observe of the buffers between it and a slow store.
+ *
+ *   - backpressure: over a stalled store a writer stops once its buffer is full, and while it
+ *     (or a dozen writers, more than the daemon has drain threads) is blocked, every other
+ *     request on the mount still answers;
+ *   - the rate set with rate= or file_rate= holds, within a tolerance that a busy machine
+ *     cannot break (the precise figure is the benchmark's business);
+ *   - durability: close(2) and fsync(2) return only once the data is in the store;
+ *   - errors of the store (a full tmpfs, faultfs's injected EIO) reach the writer, at write,
+ *     fsync or close, stick to the file, and leave other files and the mount usable;
+ *   - consistency while data is still buffered: read-your-writes through any descriptor, sizes,
+ *     truncate, O_APPEND, scattered and overlapping writes, rename, unlink, copy_file_range;
+ *     and under 8 writers and 8 readers sharing files;
+ *   - memory: the daemon's resident size stays near its buffer budget while 256 MiB stream
+ *     through it.
+ *
+ * The store is a faultfs mount (stalled with stall=1 so data stays buffered as long as a test
+ * needs, or slowed with latency_us), a small tmpfs, or a plain directory. What reached the
+ * store is always read behind the daemons' backs, in fs->store. Every wait is a poll against
+ * a generous watchdog, and a request that must answer runs in a thread the test waits for
+ * with that watchdog, so a hang is a failure and not a stuck test. Worker threads never call
+ * cmocka's assertions (they cannot longjmp across threads): they record what they saw, and the
+ * test thread asserts after joining them. The harness unmounts the view, then the store, even
+ * after a failure (a stalled faultfs is released first so the daemon can drain and exit).
+ *
+ * STREAM_TEST=glob runs only the matching tests; STREAM_KNOWN_ISSUES=1 also runs the test of a
+ * known limitation (test_known_open_behind_partial_page), which fails today.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define KiB	    (1ull << 10)
+#define MiB	    (1ull << 20)
+#define WATCHDOG_MS 20000 /* a request that must answer, a writer that must stop or finish */
+
+/* ---- time ---- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void nap_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* ---- data: every byte a function of its file offset, so any piece can be checked alone ---- */
+
+static unsigned char pat(uint64_t off, unsigned seed)
+{
+	uint64_t x = ((off >> 3) + 1) * 0x9E3779B97F4A7C15ull ^ (seed + 1) * 0xBF58476D1CE4E5B9ull;
+	x ^= x >> 31;
+	x *= 0x94D049BB133111EBull;
+	x ^= x >> 29;
+	return (unsigned char)(x >> ((off & 7) * 8));
+}
+
+static void fill(void *buf, size_t len, uint64_t off, unsigned seed)
+{
+	unsigned char *p = buf;
+	for (size_t i = 0; i < len; i++)
+		p[i] = pat(off + i, seed);
+}
+
+/* Offset of the first byte of buf (holding file offsets off...) that is not the pattern. */
+static ssize_t pat_mismatch(const void *buf, size_t len, uint64_t off, unsigned seed)
+{
+	const unsigned char *p = buf;
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] != pat(off + i, seed))
+			return (ssize_t)i;
+	}
+	return -1;
+}
+
+/* Requires path to hold exactly size bytes of pattern seed. */
+static void expect_pattern(const char *path, uint64_t size, unsigned seed)
+{
+	static unsigned char buf[1 << 20];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		fprintf(stderr, "open %s: %s\n", path, strerror(errno));
+	assert_true(fd >= 0);
+	uint64_t off = 0;
+	for (;;) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n < 0)
+			fprintf(stderr, "read %s: %s\n", path, strerror(errno));
+		assert_true(n >= 0);
+		if (n == 0)
+			break;
+		ssize_t bad = pat_mismatch(buf, (size_t)n, off, seed);
+		if (bad >= 0)
+			fprintf(stderr, "%s: wrong byte at offset %llu\n", path,
+				(unsigned long long)(off + (uint64_t)bad));
+		assert_true(bad < 0);
+		off += (uint64_t)n;
+	}
+	assert_int_equal(close(fd), 0);
+	if (off != size)
+		fprintf(stderr, "%s: %llu bytes, expected %llu\n", path, (unsigned long long)off,
+			(unsigned long long)size);
+	assert_true(off == size);
+}
+
+/* Requires path to hold exactly want[0..len). */
+static void expect_bytes(const char *path, const void *want, size_t len)
+{
+	unsigned char *buf = malloc(len + 1);
+	assert_non_null(buf);
+	ssize_t n = h_read_file(path, buf, len + 1);
+	if (n != (ssize_t)len)
+		fprintf(stderr, "%s: read %zd, expected %zu bytes\n", path, n, len);
+	assert_int_equal(n, (ssize_t)len);
+	assert_memory_equal(buf, want, len);
+	free(buf);
+}
+
+/* Requires the descriptor to read want[0..len) from offset 0 and then end (the daemon's view of
+ * the file: the kernel's cache of it is dropped first, so the reads reach the daemon). */
+static void expect_fd_bytes(int fd, const void *want, size_t len)
+{
+	unsigned char *buf = malloc(len + 1);
+	assert_non_null(buf);
+	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	size_t got = 0;
+	for (;;) {
+		ssize_t n = pread(fd, buf + got, len + 1 - got, (off_t)got);
+		assert_true(n >= 0);
+		if (n == 0 || got + (size_t)n > len) {
+			got += (size_t)n;
+			break;
+		}
+		got += (size_t)n;
+	}
+	if (got != len)
+		fprintf(stderr, "read %zu bytes, expected %zu\n", got, len);
+	assert_int_equal(got, len);
+	assert_memory_equal(buf, want, len);
+	free(buf);
+}
+
+static int open_ok(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC, 0644);
+	if (fd < 0)
+		fprintf(stderr, "open %s: %s\n", path, strerror(errno));
+	assert_true(fd >= 0);
+	return fd;
+}
+
+static void pwrite_ok(int fd, const void *buf, size_t len, uint64_t off)
+{
+	assert_int_equal(pwrite(fd, buf, len, (off_t)off), (ssize_t)len);
+}
+
+/* Writes the bytes [from, to) of pattern seed through fd, whose position is from, in
+ * chunk-sized write(2) calls. */
+static void write_pattern(int fd, uint64_t from, uint64_t to, size_t chunk, unsigned seed)
+{
+	unsigned char *buf = malloc(chunk);
+	assert_non_null(buf);
+	for (uint64_t off = from; off < to;) {
+		size_t n = to - off < chunk ? (size_t)(to - off) : chunk;
+		fill(buf, n, off, seed);
+		ssize_t w = write(fd, buf, n);
+		if (w < 0)
+			fprintf(stderr, "write at %llu: %s\n", (unsigned long long)off,
+				strerror(errno));
+		assert_true(w > 0);
+		off += (uint64_t)w;
+	}
+	free(buf);
+}
+
+static off_t size_of(const char *path)
+{
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	return st.st_size;
+}
+
+/* ---- fixtures: the view over a faultfs store, a tmpfs, or a plain directory ---- */
+
+static int st_teardown(void **state)
+{
+	int rc = h_fs_free(*state);
+	*state = NULL;
+	return rc;
+}
+
+/* A fresh fs in *state (so the teardown frees it whatever happens next). */
+static struct h_fs *fs_new(void **state)
+{
+	struct h_fs *fs = h_fs_new();
+	assert_non_null(fs);
+	*state = fs;
+	return fs;
+}
+
+static struct h_fs *over_plain(void **state, const char *opts)
+{
+	struct h_fs *fs = fs_new(state);
+	assert_int_equal(h_fs_mount(fs, opts), 0);
+	return fs;
+}
+
+static struct h_fs *over_faultfs(void **state, const char *ffopts, const char *opts)
+{
+	struct h_fs *fs = fs_new(state);
+	assert_int_equal(h_lower_faultfs(fs, ffopts), 0);
+	assert_int_equal(h_fs_mount(fs, opts), 0);
+	return fs;
+}
+
+static struct h_fs *over_tmpfs(void **state, const char *size, const char *opts)
+{
+	struct h_fs *fs = fs_new(state);
+	assert_int_equal(h_lower_tmpfs(fs, size), 0);
+	assert_int_equal(h_fs_mount(fs, opts), 0);
+	return fs;
+}
+
+static void ff_set(struct h_fs *fs, const char *name, const char *value)
+{
+	assert_int_equal(h_faultfs_set(fs, name, value), 0);
+}
+
+/* Waits until at least n writes are blocked in the stalled faultfs. */
+static void wait_stalled(struct h_fs *fs, long long n)
+{
+	int64_t end = now_ms() + WATCHDOG_MS;
+	long long got;
+	while ((got = h_faultfs_get(fs, "stalled")) < n) {
+		assert_true(got >= 0);
+		if (now_ms() > end)
+			fprintf(stderr, "only %lld writes reached the stalled store\n", got);
+		assert_true(now_ms() <= end);
+		nap_ms(10);
+	}
+}
+
+/* ---- requests that must answer: each runs in a thread, waited for with the watchdog ---- */
+
+enum probe_kind { P_STAT, P_XATTR, P_READDIR, P_READ, P_STATFS, P_OPEN };
+
+static const char *const probe_names[] = {"stat",      "getxattr", "readdir",
+					  "open+read", "statfs",   "open"};
+
+#define OTHER_TEXT "another file, already in the store"
+
+struct probe {
+	enum probe_kind kind;
+	char path[PATH_MAX];
+	atomic_bool done;
+	int err;    /* errno of the failed call, or -1 when the answer was wrong */
+	off_t size; /* P_STAT */
+};
+
+static void *probe_run(void *arg)
+{
+	struct probe *p = arg;
+	char buf[256];
+	struct stat st;
+	struct statvfs sv;
+	p->err = 0;
+	switch (p->kind) {
+	case P_STAT:
+		if (stat(p->path, &st) != 0)
+			p->err = errno;
+		p->size = st.st_size;
+		break;
+	case P_XATTR: {
+		ssize_t n = getxattr(p->path, "user.tag", buf, sizeof(buf));
+		p->err = n < 0 ? errno : n == 3 && memcmp(buf, "tag", 3) == 0 ? 0 : -1;
+		break;
+	}
+	case P_READDIR: {
+		DIR *d = opendir(p->path);
+		bool seen = false;
+		if (d == NULL) {
+			p->err = errno;
+			break;
+		}
+		for (struct dirent *e; (e = readdir(d)) != NULL;)
+			seen = seen || strcmp(e->d_name, "other") == 0;
+		if (closedir(d) != 0)
+			p->err = errno;
+		else if (!seen)
+			p->err = -1;
+		break;
+	}
+	case P_READ: {
+		ssize_t n = h_read_file(p->path, buf, sizeof(buf));
+		p->err = n < 0 ? (int)-n
+			 : n == sizeof(OTHER_TEXT) - 1 &&
+				 memcmp(buf, OTHER_TEXT, sizeof(OTHER_TEXT) - 1) == 0
+			     ? 0
+			     : -1;
+		break;
+	}
+	case P_STATFS:
+		if (statvfs(p->path, &sv) != 0)
+			p->err = errno;
+		break;
+	case P_OPEN: {
+		int fd = open(p->path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || close(fd) != 0)
+			p->err = errno;
+		break;
+	}
+	}
+	atomic_store(&p->done, true);
+	return NULL;
+}
+
+/* Runs one request in a thread and requires its answer within the watchdog; returns the size
+ * for P_STAT. A request that hangs fails the test (its thread and probe are left behind). */
+static off_t probe(enum probe_kind kind, const char *path)
+{
+	struct probe *p = calloc(1, sizeof(*p));
+	assert_non_null(p);
+	p->kind = kind;
+	h_path(p->path, "%s", path);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, probe_run, p), 0);
+	struct timespec end;
+	clock_gettime(CLOCK_REALTIME, &end);
+	end.tv_sec += WATCHDOG_MS / 1000;
+	int r = pthread_timedjoin_np(t, NULL, &end);
+	if (r != 0) {
+		fprintf(stderr, "%s %s: no answer within %d ms while writers are blocked\n",
+			probe_names[kind], path, WATCHDOG_MS);
+		fail();
+	}
+	if (p->err != 0)
+		fprintf(stderr, "%s %s: %s\n", probe_names[kind], path,
+			p->err > 0 ? strerror(p->err) : "wrong answer");
+	assert_int_equal(p->err, 0);
+	off_t size = p->size;
+	free(p);
+	return size;
+}
+
+/* A file the probes look at, written (and in the store) before any fault is switched on. */
+static void make_other(struct h_fs *fs)
+{
+	assert_int_equal(h_write_file(H_AT(fs->mnt, "other"), OTHER_TEXT, strlen(OTHER_TEXT)), 0);
+	assert_int_equal(setxattr(H_AT(fs->mnt, "other"), "user.tag", "tag", 3, 0), 0);
+}
+
+/* Every kind of request on other files of the mount answers. */
+static void others_answer(struct h_fs *fs)
+{
+	assert_int_equal(probe(P_STAT, H_AT(fs->mnt, "other")), (off_t)strlen(OTHER_TEXT));
+	probe(P_XATTR, H_AT(fs->mnt, "other"));
+	probe(P_READDIR, fs->mnt);
+	probe(P_READ, H_AT(fs->mnt, "other"));
+	probe(P_STATFS, fs->mnt);
+}
+
+/* ---- writer threads: count what write(2) accepted ---- */
+
+struct writer {
+	int fd;
+	unsigned seed;
+	uint64_t limit; /* bytes to write at most */
+	size_t chunk;
+	_Atomic uint64_t done; /* bytes write(2) has returned */
+	atomic_bool stop;      /* finish the current write(2), then return */
+	atomic_int err;	       /* errno of a failed write(2) */
+	pthread_t thread;
+};
+
+static void *writer_run(void *arg)
+{
+	struct writer *w = arg;
+	unsigned char *buf = malloc(w->chunk);
+	if (buf == NULL) {
+		w->err = ENOMEM;
+		return NULL;
+	}
+	uint64_t done = 0;
+	while (done < w->limit && !atomic_load(&w->stop)) {
+		size_t n = w->limit - done < w->chunk ? (size_t)(w->limit - done) : w->chunk;
+		fill(buf, n, done, w->seed);
+		ssize_t r = write(w->fd, buf, n);
+		if (r <= 0) {
+			w->err = r < 0 ? errno : EIO;
+			break;
+		}
+		done += (uint64_t)r;
+		atomic_store(&w->done, done);
+	}
+	free(buf);
+	return NULL;
+}
+
+static void writer_start(struct writer *w, int fd, unsigned seed, uint64_t limit, size_t chunk)
+{
+	memset(w, 0, sizeof(*w));
+	w->fd = fd;
+	w->seed = seed;
+	w->limit = limit;
+	w->chunk = chunk;
+	assert_int_equal(pthread_create(&w->thread, NULL, writer_run, w), 0);
+}
+
+/* Joins w within the watchdog and requires that none of its writes failed. */
+static void writer_join(struct writer *w)
+{
+	struct timespec end;
+	clock_gettime(CLOCK_REALTIME, &end);
+	end.tv_sec += WATCHDOG_MS / 1000;
+	if (pthread_timedjoin_np(w->thread, NULL, &end) != 0) {
+		fprintf(stderr, "a writer did not finish within %d ms\n", WATCHDOG_MS);
+		fail();
+	}
+	if (w->err != 0)
+		fprintf(stderr, "writer: %s\n", strerror(w->err));
+	assert_int_equal(w->err, 0);
+}
+
+/* Waits until n writers stop making progress (their counts unchanged over three polls), as a
+ * writer blocked by backpressure does; a writer that is not blocked would run through its
+ * limit instead, and fail the caller's bound. */
+static void wait_writers_blocked(struct writer *w, int n)
+{
+	int64_t end = now_ms() + WATCHDOG_MS;
+	uint64_t last = UINT64_MAX;
+	for (int same = 0; same < 3;) {
+		uint64_t sum = 0;
+		for (int i = 0; i < n; i++) {
+			sum += atomic_load(&w[i].done);
+			assert_int_equal(w[i].err, 0);
+		}
+		same = sum == last ? same + 1 : 0;
+		last = sum;
+		assert_true(now_ms() <= end);
+		nap_ms(200);
+	}
+}
+
+/* ---- backpressure ---- */
+
+/* A writer over a stalled store is held once its buffer is full; meanwhile the mount answers,
+ * and the blocked file itself shows the size of what was accepted. */
+static void test_backpressure_stalled(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, NULL, "buffer=1M");
+	make_other(fs);
+	const char *big = H_AT(fs->mnt, "big");
+	int fd = open_ok(big, O_WRONLY | O_CREAT | O_TRUNC);
+	ff_set(fs, "stall", "1");
+
+	struct writer w;
+	writer_start(&w, fd, 1, 64 * MiB, MiB);
+	wait_stalled(fs, 1);
+	wait_writers_blocked(&w, 1);
+	uint64_t done = atomic_load(&w.done);
+	fprintf(stderr, "blocked after %llu bytes accepted\n", (unsigned long long)done);
+	assert_true(done > 0);
+	assert_true(done <= MiB + MiB); /* buffer + one write */
+
+	others_answer(fs);
+	/* The file being written answers too, with its buffered bytes counted. */
+	off_t size = probe(P_STAT, big);
+	assert_true(size >= (off_t)done && size <= (off_t)(done + MiB));
+	assert_int_equal(atomic_load(&w.done), done); /* and the writer is still held */
+
+	atomic_store(&w.stop, true);
+	ff_set(fs, "stall", "0");
+	writer_join(&w);
+	done = atomic_load(&w.done);
+	assert_int_equal(close(fd), 0);
+	expect_pattern(H_AT(fs->store, "big"), done, 1);
+}
+
+#define NWRITERS 12
+
+/* A dozen writers held at once on a tiny budget: more than the daemon has drain threads, and,
+ * when the kernel sends their 1 MiB writes whole, more than the buffer pool's hard cap
+ * (max_buffer + 8 MiB), so that some wait inside the daemon, each holding a worker thread. The
+ * rest of the mount still answers. */
+static void test_backpressure_many_writers(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, NULL, "buffer=64K,max_buffer=1M");
+	make_other(fs);
+	static struct writer w[NWRITERS];
+	int fd[NWRITERS];
+	for (int i = 0; i < NWRITERS; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "w%d", i);
+		fd[i] = open_ok(H_AT(fs->mnt, name), O_WRONLY | O_CREAT | O_TRUNC);
+	}
+	ff_set(fs, "stall", "1");
+	for (int i = 0; i < NWRITERS; i++)
+		writer_start(&w[i], fd[i], 100 + (unsigned)i, 16 * MiB, MiB);
+	wait_stalled(fs, 1);
+	wait_writers_blocked(w, NWRITERS);
+	for (int i = 0; i < NWRITERS; i++)
+		assert_true(atomic_load(&w[i].done) <= MiB + 64 * KiB);
+
+	others_answer(fs);
+
+	for (int i = 0; i < NWRITERS; i++)
+		atomic_store(&w[i].stop, true);
+	ff_set(fs, "stall", "0");
+	for (int i = 0; i < NWRITERS; i++) {
+		writer_join(&w[i]);
+		assert_int_equal(close(fd[i]), 0);
+	}
+	for (int i = 0; i < NWRITERS; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "w%d", i);
+		expect_pattern(H_AT(fs->store, name), atomic_load(&w[i].done), 100 + (unsigned)i);
+	}
+}
+
+/* ---- rate ---- */
+
+/* Writes size bytes through the view mounted with opts, expected to take size/rate seconds,
+ * and requires the copy (open to close) to take between 0.6 and 2 times that. */
+static void rate_case(void **state, const char *opts, uint64_t size, uint64_t rate)
+{
+	struct h_fs *fs = over_plain(state, opts);
+	int64_t t0 = now_ms();
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+	write_pattern(fd, 0, size, MiB, 7);
+	assert_int_equal(close(fd), 0);
+	int64_t took = now_ms() - t0;
+	int64_t expected = (int64_t)(size * 1000 / rate);
+	fprintf(stderr, "%s: %llu MiB in %lld ms, expected %lld ms\n", opts,
+		(unsigned long long)(size / MiB), (long long)took, (long long)expected);
+	assert_true(took >= expected * 6 / 10);
+	assert_true(took <= expected * 2);
+	expect_pattern(H_AT(fs->store, "f"), size, 7);
+}
+
+static void test_rate(void **state)
+{
+	rate_case(state, "rate=8M", 24 * MiB, 8 * MiB);
+}
+
+static void test_file_rate(void **state)
+{
+	rate_case(state, "file_rate=8M", 16 * MiB, 8 * MiB);
+}
+
+/* ---- durability ---- */
+
+/* A slow store (20 ms per write it receives), so that data is still buffered when the writer
+ * closes or syncs; whether it was is printed, not asserted (it depends on the machine). */
+#define SLOW_STORE "latency_us=20000"
+
+static void note_pending(struct h_fs *fs, uint64_t size)
+{
+	long long in_store = h_faultfs_get(fs, "bytes_written");
+	fprintf(stderr, "%lld of %llu bytes in the store before the call\n", in_store,
+		(unsigned long long)size);
+}
+
+static void test_close_waits_for_store(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, SLOW_STORE, NULL);
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+	write_pattern(fd, 0, 8 * MiB, MiB, 3);
+	note_pending(fs, 8 * MiB);
+	assert_int_equal(close(fd), 0);
+	expect_pattern(H_AT(fs->store, "f"), 8 * MiB, 3);
+}
+
+static void test_fsync_waits_for_store(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, SLOW_STORE, NULL);
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+	write_pattern(fd, 0, 8 * MiB, MiB, 4);
+	note_pending(fs, 8 * MiB);
+	assert_int_equal(fsync(fd), 0);
+	expect_pattern(H_AT(fs->store, "f"), 8 * MiB, 4);
+	/* fdatasync likewise, for the data written since. */
+	write_pattern(fd, 8 * MiB, 16 * MiB, MiB, 4);
+	note_pending(fs, 16 * MiB);
+	assert_int_equal(fdatasync(fd), 0);
+	expect_pattern(H_AT(fs->store, "f"), 16 * MiB, 4);
+	assert_int_equal(close(fd), 0);
+}
+
+/* ---- errors reach the writer ---- */
+
+/* Writes size bytes of pattern seed to path and closes; returns the errno of the first failed
+ * write(2) or of close(2), 0 when all succeeded. */
+static int write_file_errno(const char *path, uint64_t size, unsigned seed)
+{
+	int fd = open_ok(path, O_WRONLY | O_CREAT | O_TRUNC);
+	unsigned char *buf = malloc(MiB);
+	assert_non_null(buf);
+	int err = 0;
+	for (uint64_t off = 0; off < size && err == 0;) {
+		fill(buf, MiB, off, seed);
+		ssize_t n = write(fd, buf, MiB);
+		if (n < 0)
+			err = errno;
+		else
+			off += (uint64_t)n;
+	}
+	free(buf);
+	if (close(fd) != 0 && err == 0)
+		err = errno;
+	return err;
+}
+
+/*
+ * Waits until the filesystem of path has bytes free. The space of a file closed and unlinked
+ * through the view comes back only once the daemon has closed its own descriptors of it, when
+ * the kernel's RELEASE arrives, which FUSE sends after close(2) has returned.
+ */
+static void wait_free(const char *path, uint64_t bytes)
+{
+	int64_t start = now_ms();
+	struct statvfs sv;
+	for (;;) {
+		assert_int_equal(statvfs(path, &sv), 0);
+		if ((uint64_t)sv.f_bavail * sv.f_frsize >= bytes)
+			break;
+		assert_true(now_ms() - start <= WATCHDOG_MS);
+		nap_ms(10);
+	}
+	if (now_ms() - start > 0)
+		fprintf(stderr, "space freed %lld ms after the unlink\n",
+			(long long)(now_ms() - start));
+}
+
+/* A 4 MiB tmpfs as the store: a 16 MiB file fails with ENOSPC, at write(2) or close(2), for a
+ * program and for cp; a file written before stays intact; once space is freed, a new copy
+ * works without a remount. */
+static void test_enospc(void **state)
+{
+	if (geteuid() != 0) {
+		fprintf(stderr, "skipped: mounting a tmpfs needs root\n");
+		skip();
+	}
+	struct h_fs *fs = over_tmpfs(state, "4M", NULL);
+	const char *small = H_AT(fs->mnt, "small");
+	int fd = open_ok(small, O_WRONLY | O_CREAT | O_TRUNC);
+	write_pattern(fd, 0, MiB, 64 * KiB, 5);
+	assert_int_equal(close(fd), 0);
+
+	assert_int_equal(write_file_errno(H_AT(fs->mnt, "big"), 16 * MiB, 6), ENOSPC);
+	assert_int_equal(unlink(H_AT(fs->mnt, "big")), 0);
+	wait_free(fs->mnt, 2 * MiB);
+
+	const char *src = H_AT(fs->plain, "src");
+	fd = open_ok(src, O_WRONLY | O_CREAT | O_TRUNC);
+	write_pattern(fd, 0, 16 * MiB, MiB, 6);
+	assert_int_equal(close(fd), 0);
+	const char *err = H_AT(fs->root, "cp.err");
+	int rc = h_run("LC_ALL=C cp '%s' '%s' 2>'%s'", src, H_AT(fs->mnt, "copy"), err);
+	assert_true(rc > 0 && rc < 128);
+	char msg[1024];
+	ssize_t n = h_read_file(err, msg, sizeof(msg) - 1);
+	assert_true(n > 0);
+	msg[n] = '\0';
+	fprintf(stderr, "cp said: %s", msg);
+	assert_non_null(strstr(msg, "No space left on device"));
+
+	expect_pattern(small, MiB, 5);
+	expect_pattern(H_AT(fs->store, "small"), MiB, 5);
+
+	assert_int_equal(unlink(H_AT(fs->mnt, "copy")), 0);
+	assert_int_equal(truncate(src, 2 * MiB), 0);
+	wait_free(fs->mnt, 3 * MiB);
+	assert_int_equal(h_run("cp '%s' '%s'", src, H_AT(fs->mnt, "copy")), 0);
+	expect_pattern(H_AT(fs->mnt, "copy"), 2 * MiB, 6);
+	expect_pattern(H_AT(fs->store, "copy"), 2 * MiB, 6);
+}
+
+/* faultfs fails every write once 2 MiB are in: EIO at write(2) or close(2). */
+static void test_eio_on_write(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, "fail_write_after=2M", NULL);
+	assert_int_equal(write_file_errno(H_AT(fs->mnt, "f"), 16 * MiB, 8), EIO);
+	assert_true(size_of(H_AT(fs->store, "f")) <= (off_t)(2 * MiB));
+}
+
+/* fsync of a file whose store fails fsync: EIO. */
+static void test_eio_on_fsync(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, "fail_fsync=1", NULL);
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+	write_pattern(fd, 0, MiB, 64 * KiB, 9);
+	H_EXPECT_ERRNO(fsync(fd), EIO);
+	H_EXPECT_ERRNO(fdatasync(fd), EIO);
+	assert_int_equal(close(fd), 0); /* the data itself did reach the store */
+	expect_pattern(H_AT(fs->store, "f"), MiB, 9);
+}
+
+/* Once the store has refused a file's data, the error sticks to the file: fsync, later writes
+ * and close all report it. */
+static void test_error_sticks(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, "fail_write_after=0", NULL);
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+	/* One page, touched: a write(2) the kernel sends as one request, all accepted or not. */
+	static char buf[4096] __attribute__((aligned(4096)));
+	memset(buf, 'x', sizeof(buf));
+	assert_int_equal(write(fd, buf, sizeof(buf)), (ssize_t)sizeof(buf)); /* buffered */
+	H_EXPECT_ERRNO(fsync(fd), EIO);
+	H_EXPECT_ERRNO(write(fd, buf, sizeof(buf)), EIO);
+	H_EXPECT_ERRNO(close(fd), EIO);
+	/* The mount itself is fine, and a file that the store accepts can be written. */
+	ff_set(fs, "fail_write_after", "off");
+	assert_int_equal(write_file_errno(H_AT(fs->mnt, "g"), MiB, 10), 0);
+	expect_pattern(H_AT(fs->store, "g"), MiB, 10);
+}
+
+/* ---- consistency while data is buffered ---- */
+
+/* The view over a stalled store: what is written stays buffered until stall_release. */
+static struct h_fs *over_stalled(void **state, const char *opts)
+{
+	struct h_fs *fs = over_faultfs(state, NULL, opts);
+	ff_set(fs, "stall", "1");
+	return fs;
+}
+
+/*
+ * Makes the file of fd keep what it receives next in the daemon: writes first[0..len) at
+ * offset 0 and waits until that write is stuck in the stalled store. len must be whole pages:
+ * faultfs is itself a FUSE mount, and while it has a write of a partial page in flight, the
+ * kernel keeps that page of the store file locked, so that opening or reading the file in the
+ * store waits for the stalled write (see test_known_open_behind_partial_page).
+ */
+static void stall_behind(struct h_fs *fs, int fd, const void *first, size_t len)
+{
+	assert_true(len > 0 && len % 4096 == 0);
+	pwrite_ok(fd, first, len, 0);
+	wait_stalled(fs, 1);
+}
+
+/* Releases the stall; the data then drains. */
+static void stall_release(struct h_fs *fs)
+{
+	ff_set(fs, "stall", "0");
+}
+
+/* Writes read back through the writing descriptor, a second one, and by path; stat counts
+ * them, also once the kernel's cached attributes have expired (then the daemon answers). */
+static void test_buffered_reads(void **state)
+{
+	struct h_fs *fs = over_stalled(state, NULL);
+	const char *f = H_AT(fs->mnt, "f");
+	static unsigned char data[300 * KiB];
+	fill(data, sizeof(data), 0, 11);
+	int fd = open_ok(f, O_RDWR | O_CREAT | O_TRUNC);
+	stall_behind(fs, fd, data, 64 * KiB);
+	pwrite_ok(fd, data + 64 * KiB, sizeof(data) - 64 * KiB - 1000, 64 * KiB);
+	pwrite_ok(fd, data + sizeof(data) - 1000, 1000, sizeof(data) - 1000);
+
+	expect_fd_bytes(fd, data, sizeof(data));
+	int fd2 = open_ok(f, O_RDONLY);
+	expect_fd_bytes(fd2, data, sizeof(data));
+	assert_int_equal(size_of(f), (off_t)sizeof(data));
+	nap_ms(1200); /* past the attribute timeout (1 s) */
+	assert_int_equal(size_of(f), (off_t)sizeof(data));
+	struct stat st;
+	assert_int_equal(fstat(fd2, &st), 0);
+	assert_int_equal(st.st_size, (off_t)sizeof(data));
+	assert_true(st.st_blocks * 512 >= st.st_size); /* not mistaken for a sparse file */
+	int fd3 = open_ok(f, O_RDONLY);
+	expect_fd_bytes(fd3, data, sizeof(data));
+	assert_int_equal(close(fd3), 0);
+	assert_int_equal(close(fd2), 0);
+
+	stall_release(fs);
+	assert_int_equal(close(fd), 0);
+	expect_bytes(H_AT(fs->store, "f"), data, sizeof(data));
+}
+
+/* Writes at scattered, overlapping and sparse offsets: the view shows the last write of every
+ * byte, zeros in holes, before the data drains and after. */
+static void test_buffered_scattered(void **state)
+{
+	struct h_fs *fs = over_stalled(state, "buffer=16M,max_buffer=32M");
+	const size_t span = 8 * MiB;
+	unsigned char *model = calloc(1, span);
+	unsigned char *piece = malloc(64 * KiB);
+	assert_non_null(model);
+	assert_non_null(piece);
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_RDWR | O_CREAT | O_TRUNC);
+	fill(piece, 64 * KiB, 0, 1000);
+	stall_behind(fs, fd, piece, 64 * KiB);
+	memcpy(model, piece, 64 * KiB);
+	uint32_t x = 12345;
+	size_t end = 64 * KiB;
+	for (int i = 0; i < 120; i++) {
+		x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+		size_t len = 1 + x % (48 * KiB);
+		x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+		size_t off = x % (6 * MiB);
+		fill(piece, len, off, (unsigned)i);
+		pwrite_ok(fd, piece, len, off);
+		memcpy(model + off, piece, len);
+		end = off + len > end ? off + len : end;
+	}
+	/* A write far beyond the rest leaves a hole, and one rewrites the very start. */
+	fill(piece, 1000, span - 1000, 999);
+	pwrite_ok(fd, piece, 1000, span - 1000);
+	memcpy(model + span - 1000, piece, 1000);
+	pwrite_ok(fd, "start", 5, 0);
+	memcpy(model, "start", 5);
+	end = span;
+
+	expect_fd_bytes(fd, model, end);
+	assert_int_equal(size_of(H_AT(fs->mnt, "f")), (off_t)end);
+	stall_release(fs);
+	assert_int_equal(close(fd), 0);
+	expect_bytes(H_AT(fs->mnt, "f"), model, end);
+	expect_bytes(H_AT(fs->store, "f"), model, end);
+	free(piece);
+	free(model);
+}
+
+/* O_APPEND lands at the end that counts buffered data, also for a descriptor opened after the
+ * kernel's attributes expired. */
+static void test_buffered_append(void **state)
+{
+	struct h_fs *fs = over_stalled(state, NULL);
+	const char *f = H_AT(fs->mnt, "f");
+	char want[4096 + 1000];
+	memset(want, 'a', 4096);
+	memset(want + 4096, 'b', 500);
+	memset(want + 4596, 'c', 300);
+	memset(want + 4896, 'd', 200);
+	int fd = open_ok(f, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND);
+	stall_behind(fs, fd, want, 4096); /* O_APPEND: at the end, 0 */
+	assert_int_equal(write(fd, want + 4096, 500), 500);
+	int fd2 = open_ok(f, O_WRONLY | O_APPEND);
+	assert_int_equal(write(fd2, want + 4596, 300), 300);
+	nap_ms(1200); /* past the attribute timeout: the next open asks the daemon for the size */
+	int fd3 = open_ok(f, O_WRONLY | O_APPEND);
+	assert_int_equal(write(fd3, want + 4896, 200), 200);
+	int rfd = open_ok(f, O_RDONLY);
+	expect_fd_bytes(rfd, want, sizeof(want));
+	assert_int_equal(close(rfd), 0);
+
+	stall_release(fs);
+	assert_int_equal(close(fd3), 0);
+	assert_int_equal(close(fd2), 0);
+	assert_int_equal(close(fd), 0);
+	expect_bytes(H_AT(fs->store, "f"), want, sizeof(want));
+}
+
+/* A truncate between buffered writes keeps its place in their order (over a slow store: a
+ * truncate waits for the data before it, which a stalled store would never write). */
+static void test_truncate_order(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, SLOW_STORE, NULL);
+	const char *f = H_AT(fs->mnt, "f");
+	static unsigned char model[400 * KiB], piece[512 * KiB];
+	int fd = open_ok(f, O_RDWR | O_CREAT | O_TRUNC);
+	fill(piece, sizeof(piece), 0, 12);
+	pwrite_ok(fd, piece, sizeof(piece), 0);
+	assert_int_equal(ftruncate(fd, 100 * KiB), 0);
+	memcpy(model, piece, 100 * KiB);
+	fill(piece, 64 * KiB, 300 * KiB, 13);
+	pwrite_ok(fd, piece, 64 * KiB, 300 * KiB);
+	memcpy(model + 300 * KiB, piece, 64 * KiB);
+	fill(piece, 10 * KiB, 50 * KiB, 14);
+	pwrite_ok(fd, piece, 10 * KiB, 50 * KiB);
+	memcpy(model + 50 * KiB, piece, 10 * KiB);
+	assert_int_equal(truncate(f, 380 * KiB), 0); /* by path, while data is pending */
+	fill(piece, 5000, 379 * KiB, 15);
+	pwrite_ok(fd, piece, 5000, 379 * KiB);
+	memcpy(model + 379 * KiB, piece, 5000);
+	size_t end = 379 * KiB + 5000;
+
+	expect_fd_bytes(fd, model, end);
+	assert_int_equal(size_of(f), (off_t)end);
+	assert_int_equal(close(fd), 0);
+	expect_bytes(H_AT(fs->store, "f"), model, end);
+}
+
+/* Rename and unlink of a file with buffered data: the data ends in the file under its new
+ * name; an unlinked file stays readable through its descriptor and closes cleanly. The data is
+ * held back by a low rate over a plain store, not by a stalled faultfs: a FUSE store keeps a
+ * file with a write in flight locked against rename and unlink (see the known limitation
+ * below), which is the store's business. */
+static void test_buffered_rename_unlink(void **state)
+{
+	struct h_fs *fs = over_plain(state, "rate=64K");
+	static unsigned char data[96 * KiB], du[64 * KiB];
+	fill(data, sizeof(data), 0, 16);
+	fill(du, sizeof(du), 0, 19);
+	int fa = open_ok(H_AT(fs->mnt, "a"), O_RDWR | O_CREAT | O_TRUNC);
+	pwrite_ok(fa, data, sizeof(data), 0);
+	int fu = open_ok(H_AT(fs->mnt, "u"), O_RDWR | O_CREAT | O_TRUNC);
+	pwrite_ok(fu, du, sizeof(du), 0);
+
+	assert_int_equal(rename(H_AT(fs->mnt, "a"), H_AT(fs->mnt, "b")), 0);
+	H_EXPECT_ERRNO(access(H_AT(fs->mnt, "a"), F_OK), ENOENT);
+	assert_int_equal(size_of(H_AT(fs->mnt, "b")), (off_t)sizeof(data));
+	expect_bytes(H_AT(fs->mnt, "b"), data, sizeof(data));
+	pwrite_ok(fa, "renamed", 7, 0); /* the old descriptor writes to the renamed file */
+	memcpy(data, "renamed", 7);
+	expect_bytes(H_AT(fs->mnt, "b"), data, sizeof(data));
+
+	assert_int_equal(unlink(H_AT(fs->mnt, "u")), 0);
+	H_EXPECT_ERRNO(access(H_AT(fs->mnt, "u"), F_OK), ENOENT);
+	expect_fd_bytes(fu, du, sizeof(du)); /* still readable, buffered data included */
+	struct stat st;
+	assert_int_equal(fstat(fu, &st), 0);
+	assert_int_equal(st.st_size, (off_t)sizeof(du));
+	long long left = (long long)sizeof(data) - (long long)size_of(H_AT(fs->store, "b"));
+	fprintf(stderr, "%lld bytes of b still buffered before close\n", left);
+
+	assert_int_equal(close(fa), 0);
+	assert_int_equal(close(fu), 0);
+	expect_bytes(H_AT(fs->mnt, "b"), data, sizeof(data));
+	expect_bytes(H_AT(fs->store, "b"), data, sizeof(data));
+	H_EXPECT_ERRNO(access(H_AT(fs->store, "a"), F_OK), ENOENT);
+	H_EXPECT_ERRNO(access(H_AT(fs->store, "u"), F_OK), ENOENT);
+}
+
+/* copy_file_range inside the view copies buffered data of the source into the destination's
+ * stream. */
+static void test_buffered_copy_range(void **state)
+{
+	struct h_fs *fs = over_stalled(state, NULL);
+	static unsigned char data[300 * KiB];
+	fill(data, sizeof(data), 0, 17);
+	int src = open_ok(H_AT(fs->mnt, "src"), O_RDWR | O_CREAT | O_TRUNC);
+	stall_behind(fs, src, data, sizeof(data));
+	int dst = open_ok(H_AT(fs->mnt, "dst"), O_RDWR | O_CREAT | O_TRUNC);
+	loff_t in = 0, out = 0;
+	size_t left = sizeof(data);
+	while (left > 0) {
+		ssize_t n = copy_file_range(src, &in, dst, &out, left, 0);
+		if (n <= 0)
+			fprintf(stderr, "copy_file_range: %s\n", n < 0 ? strerror(errno) : "0");
+		assert_true(n > 0);
+		left -= (size_t)n;
+	}
+	expect_fd_bytes(dst, data, sizeof(data));
+	assert_int_equal(size_of(H_AT(fs->mnt, "dst")), (off_t)sizeof(data));
+
+	stall_release(fs);
+	assert_int_equal(close(src), 0);
+	assert_int_equal(close(dst), 0);
+	expect_bytes(H_AT(fs->store, "dst"), data, sizeof(data));
+}
+
+/*
+ * KNOWN LIMITATION, reported to the lead (not a test of the issue's promises, which are about
+ * other files): opening a file through the view while its drain has a write of a partial page
+ * in flight in a FUSE store waits until that store write completes, because the daemon opens
+ * the store file afresh for every open, and the store's kernel (no keep_cache) invalidates the
+ * file's pages on open and waits for the page the write holds locked. Reading that page through
+ * the view waits likewise (stream_read preads the store file even where pending data covers
+ * the whole range). Over a slow store this is a delay of one slice; over a stalled store, a
+ * hang of every open and read of that file. Skipped unless STREAM_KNOWN_ISSUES=1.
+ */
+static void test_known_open_behind_partial_page(void **state)
+{
+	const char *run = getenv("STREAM_KNOWN_ISSUES");
+	if (run == NULL || strcmp(run, "1") != 0) {
+		fprintf(stderr,
+			"skipped: known limitation, open of a file whose partial-page write "
+			"is in flight in a FUSE store blocks (STREAM_KNOWN_ISSUES=1 runs it)\n");
+		skip();
+	}
+	struct h_fs *fs = over_stalled(state, NULL);
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+	assert_int_equal(write(fd, "partial", 7), 7);
+	wait_stalled(fs, 1);
+	probe(P_OPEN, H_AT(fs->mnt, "f"));
+	stall_release(fs);
+	assert_int_equal(close(fd), 0);
+}
+
+/* ---- consistency under concurrency ---- */
+
+#define CC_FILES   2
+#define CC_WRITERS 8
+#define CC_READERS 8
+#define CC_REGION  (64 << 10)
+#define CC_SIZE	   (4 << 20) /* per file */
+#define CC_REGIONS (CC_SIZE / CC_REGION)
+
+struct cc {
+	struct h_fs *fs;
+	atomic_int writers_left;
+	atomic_int bad; /* wrong bytes seen by readers, or failed calls */
+	_Atomic uint64_t reads;
+};
+
+struct cc_worker {
+	struct cc *cc;
+	int id;
+	pthread_t thread;
+};
+
+static const char *cc_name(int file)
+{
+	return file == 0 ? "shared0" : "shared1";
+}
+
+/* Writer id owns, in both files, the regions r with r % CC_WRITERS == id, and writes them in a
+ * scrambled order through its own descriptors. */
+static void *cc_write(void *arg)
+{
+	struct cc_worker *me = arg;
+	struct cc *cc = me->cc;
+	unsigned char *buf = malloc(CC_REGION);
+	int fd[CC_FILES];
+	for (int f = 0; f < CC_FILES; f++)
+		fd[f] = open(H_AT(cc->fs->mnt, cc_name(f)), O_WRONLY | O_CLOEXEC);
+	for (int k = 0; buf != NULL && k < CC_REGIONS / CC_WRITERS; k++) {
+		for (int f = 0; f < CC_FILES; f++) {
+			int kk = (k * 7 + me->id) % (CC_REGIONS / CC_WRITERS);
+			uint64_t off = (uint64_t)(kk * CC_WRITERS + me->id) * CC_REGION;
+			fill(buf, CC_REGION, off, (unsigned)f);
+			if (fd[f] < 0 ||
+			    pwrite(fd[f], buf, CC_REGION, (off_t)off) != (ssize_t)CC_REGION)
+				atomic_fetch_add(&cc->bad, 1);
+		}
+	}
+	for (int f = 0; f < CC_FILES; f++) {
+		if (fd[f] < 0 || close(fd[f]) != 0)
+			atomic_fetch_add(&cc->bad, 1);
+	}
+	if (buf == NULL)
+		atomic_fetch_add(&cc->bad, 1);
+	free(buf);
+	atomic_fetch_sub(&cc->writers_left, 1);
+	return NULL;
+}
+
+/* Readers read aligned regions anywhere while the writers run: every byte must be either
+ * still zero (a hole, or not yet written) or the byte its owner writes there. */
+static void *cc_read(void *arg)
+{
+	struct cc_worker *me = arg;
+	struct cc *cc = me->cc;
+	unsigned char *buf = malloc(CC_REGION);
+	int fd[CC_FILES];
+	uint32_t x = 777u + (uint32_t)me->id;
+	for (int f = 0; f < CC_FILES; f++)
+		fd[f] = open(H_AT(cc->fs->mnt, cc_name(f)), O_RDONLY | O_CLOEXEC);
+	do {
+		x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+		int f = (int)(x % CC_FILES);
+		uint64_t off = (uint64_t)((x >> 8) % CC_REGIONS) * CC_REGION;
+		ssize_t n =
+		    fd[f] < 0 || buf == NULL ? -1 : pread(fd[f], buf, CC_REGION, (off_t)off);
+		if (n < 0) {
+			atomic_fetch_add(&cc->bad, 1);
+			break;
+		}
+		for (ssize_t i = 0; i < n; i++) {
+			if (buf[i] != 0 && buf[i] != pat(off + (uint64_t)i, (unsigned)f)) {
+				fprintf(stderr, "reader: %s byte %llu is neither 0 nor its data\n",
+					cc_name(f), (unsigned long long)(off + (uint64_t)i));
+				atomic_fetch_add(&cc->bad, 1);
+				break;
+			}
+		}
+		atomic_fetch_add(&cc->reads, 1);
+	} while (atomic_load(&cc->writers_left) > 0);
+	for (int f = 0; f < CC_FILES; f++) {
+		if (fd[f] >= 0)
+			close(fd[f]);
+	}
+	free(buf);
+	return NULL;
+}
+
+static void test_concurrent_writers_readers(void **state)
+{
+	struct h_fs *fs = over_plain(state, "buffer=256K,max_buffer=2M");
+	struct cc cc = {.fs = fs, .writers_left = CC_WRITERS};
+	struct cc_worker wk[CC_WRITERS + CC_READERS];
+	for (int f = 0; f < CC_FILES; f++)
+		assert_int_equal(h_write_file(H_AT(fs->mnt, cc_name(f)), "", 0), 0);
+	for (int i = 0; i < CC_WRITERS + CC_READERS; i++) {
+		wk[i] = (struct cc_worker){.cc = &cc, .id = i < CC_WRITERS ? i : i - CC_WRITERS};
+		assert_int_equal(pthread_create(&wk[i].thread, NULL,
+						i < CC_WRITERS ? cc_write : cc_read, &wk[i]),
+				 0);
+	}
+	struct timespec end;
+	clock_gettime(CLOCK_REALTIME, &end);
+	end.tv_sec += 3 * WATCHDOG_MS / 1000;
+	for (int i = 0; i < CC_WRITERS + CC_READERS; i++) {
+		if (pthread_timedjoin_np(wk[i].thread, NULL, &end) != 0) {
+			fprintf(stderr, "thread %d did not finish\n", i);
+			fail();
+		}
+	}
+	fprintf(stderr, "%llu reads while writing\n", (unsigned long long)cc.reads);
+	assert_int_equal(atomic_load(&cc.bad), 0);
+	for (int f = 0; f < CC_FILES; f++) {
+		expect_pattern(H_AT(fs->mnt, cc_name(f)), CC_SIZE, (unsigned)f);
+		expect_pattern(H_AT(fs->store, cc_name(f)), CC_SIZE, (unsigned)f);
+	}
+}
+
+/* ---- memory ---- */
+
+/* VmRSS of pid in KiB, or -1. */
+static long rss_kib(pid_t pid)
+{
+	char path[64], line[256];
+	long kib = -1;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	}
+	fclose(f);
+	return kib;
+}
+
+/* Whether pid runs with a sanitizer runtime (whose shadow memory swamps the bound). */
+static bool sanitized(pid_t pid)
+{
+	char path[64], line[512];
+	bool found = false;
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return false;
+	while (!found && fgets(line, sizeof(line), f) != NULL)
+		found =
+		    strstr(line, "libasan") || strstr(line, "libtsan") || strstr(line, "libubsan");
+	fclose(f);
+	return found;
+}
+
+struct sampler {
+	pid_t pid;
+	atomic_bool stop;
+	atomic_long peak;
+	pthread_t thread;
+};
+
+static void *sample_run(void *arg)
+{
+	struct sampler *s = arg;
+	while (!atomic_load(&s->stop)) {
+		long r = rss_kib(s->pid);
+		if (r > atomic_load(&s->peak))
+			atomic_store(&s->peak, r);
+		nap_ms(10);
+	}
+	return NULL;
+}
+
+/* 256 MiB stream through the daemon with max_buffer=8M: its resident size stays below the
+ * budget + 16 MiB (over what it held before the copy). Under a sanitizer only the copy runs,
+ * shorter, and the bound is not asserted. */
+static void test_memory_bound(void **state)
+{
+	struct h_fs *fs = over_plain(state, "buffer=8M,max_buffer=8M");
+	long start = rss_kib(fs->pid);
+	assert_true(start > 0);
+	bool check = !sanitized(fs->pid) && start <= 64 * 1024;
+	uint64_t size = check ? 256 * MiB : 64 * MiB;
+	if (!check)
+		fprintf(stderr,
+			"daemon under a sanitizer (VmRSS %ld KiB at start): "
+			"copying 64 MiB without asserting the memory bound\n",
+			start);
+	struct sampler s = {.pid = fs->pid, .peak = start};
+	assert_int_equal(pthread_create(&s.thread, NULL, sample_run, &s), 0);
+	int fd = open_ok(H_AT(fs->mnt, "big"), O_WRONLY | O_CREAT | O_TRUNC);
+	write_pattern(fd, 0, size, MiB, 18);
+	int rc = close(fd);
+	atomic_store(&s.stop, true);
+	assert_int_equal(pthread_join(s.thread, NULL), 0);
+	assert_int_equal(rc, 0);
+	long peak = atomic_load(&s.peak);
+	fprintf(stderr, "daemon VmRSS: %ld KiB at start, %ld KiB at peak\n", start, peak);
+	if (check)
+		assert_true(peak < start + (long)((8 * MiB + 16 * MiB) / KiB));
+	expect_pattern(H_AT(fs->store, "big"), size, 18);
+}
+
+#define T(f) cmocka_unit_test_teardown(f, st_teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    T(test_backpressure_stalled),
+	    T(test_backpressure_many_writers),
+	    T(test_rate),
+	    T(test_file_rate),
+	    T(test_close_waits_for_store),
+	    T(test_fsync_waits_for_store),
+	    T(test_enospc),
+	    T(test_eio_on_write),
+	    T(test_eio_on_fsync),
+	    T(test_error_sticks),
+	    T(test_buffered_reads),
+	    T(test_buffered_scattered),
+	    T(test_buffered_append),
+	    T(test_truncate_order),
+	    T(test_buffered_rename_unlink),
+	    T(test_buffered_copy_range),
+	    T(test_known_open_behind_partial_page),
+	    T(test_concurrent_writers_readers),
+	    T(test_memory_bound),
+	};
+	/* STREAM_TEST=name (a glob) runs only the matching tests, when chasing one. */
+	const char *only = getenv("STREAM_TEST");
+	if (only != NULL && *only != '\0')
+		cmocka_set_test_filter(only);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -646,6 +646,10 @@ static void stream_submit(fuse_req_t req, struct handle *h, const void *data, si
 	if (r < 0)
 		return reply_err(req, r);
 	fuse_reply_write(req, size);
+	/* The writer has its answer; this thread now writes the data, instead of waking a
+	 * drain thread to do it (see stream_write). */
+	if (r == STREAM_HELP)
+		stream_help(s);
 }
 
 static void tfs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,

@@ -121,8 +121,8 @@ struct stream_engine {
 	pthread_cond_t room; /* pool blocks were released */
 	uint64_t high_water, max_buffer, cap_blocks;
 	uint64_t keep_blocks; /* free blocks kept mapped when nothing is buffered */
-	int no_direct;	      /* config.no_direct */
-	uint64_t slow_until;  /* clock time until which writes are buffered (atomic) */
+	int no_help;	      /* config.no_help */
+	unsigned helpers;     /* writer threads lent to draining now (stream_help) */
 	const struct clock *clock;
 	struct stream_sink sink;
 	struct throttle throttle; /* global rate */
@@ -494,57 +494,7 @@ static int stream_get_blocks(struct stream *s, uint64_t len, uint64_t need, void
 	return rc;
 }
 
-static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc, bool direct);
-static int sink_write_all(struct stream_engine *e, int fd, struct iovec *iov, int cnt, uint64_t off,
-			  uint64_t n);
-
-/* [s] May this write go straight to the store from the writer's thread? When nothing is
- * pending, no rate is set and the store has been answering fast, buffering would only add a
- * copy and two thread switches per write: the write is done at once, like a plain
- * passthrough's, and the writer waits for it as it would for any filesystem. */
-static bool direct_ok(struct stream_engine *e, struct stream *s, size_t len)
-{
-	if (e->no_direct || len > STREAM_DIRECT_MAX || s->scheduled || s->head != NULL)
-		return false;
-	if (throttle_rate(&e->throttle) != 0 || throttle_rate(&s->throttle) != 0)
-		return false;
-	return stream_now(e) >= __atomic_load_n(&e->slow_until, __ATOMIC_RELAXED);
-}
-
-/* How long a direct write of len bytes may take before the store counts as slow. */
-static uint64_t slow_after_ns(size_t len)
-{
-	return STREAM_SLOW_NS + (uint64_t)len * 1000000000ull / STREAM_SLOW_BPS;
-}
-
-/* [s, unlocked on return] Writes buf straight to the store (see direct_ok). The stream is
- * marked scheduled meanwhile, so writes arriving now queue behind this one in order, and
- * counted as pending (not as buffer memory), so close and fsync wait for it. A write that
- * took long marks the store slow: for the next STREAM_SLOW_HOLD_NS every write is buffered,
- * so a slow or stalled store never holds more than the writers' own threads. */
-static int write_direct(struct stream_engine *e, struct stream *s, const void *buf, size_t len,
-			uint64_t off)
-{
-	uint64_t now = stream_now(e);
-	if (s->received == 0)
-		s->started_ns = now;
-	s->received += len;
-	s->last_ns = s->last_write_ns = now;
-	s->buffered += len;
-	pthread_mutex_lock(&e->lock);
-	s->scheduled = true;
-	pthread_mutex_unlock(&e->lock);
-	pthread_mutex_unlock(&s->lock);
-
-	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-	int rc = sink_write_all(e, s->fd, &iov, 1, off, len);
-	uint64_t took = stream_now(e) - now;
-	if (took > slow_after_ns(len))
-		__atomic_store_n(&e->slow_until, now + took + STREAM_SLOW_HOLD_NS,
-				 __ATOMIC_RELAXED);
-	slice_end(e, s, len, rc, true);
-	return rc;
-}
+static void drain_one(struct stream_engine *e, struct stream *s);
 
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg)
@@ -558,8 +508,6 @@ int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, st
 	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
 		return -EINVAL;
 	pthread_mutex_lock(&s->lock);
-	if (len != 0 && !s->error && direct_ok(e, s, len))
-		return write_direct(e, s, buf, len, off); /* unlocks s */
 	for (;;) {
 		rc = s->error ? -s->error : 0;
 		if (rc != 0 || len == 0)
@@ -616,8 +564,20 @@ int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, st
 		e->nparked++;
 		rc = STREAM_PARKED;
 	}
-	if (!s->scheduled)
-		ready_push(e, s);
+	if (!s->scheduled) {
+		/* The writer's thread may drain this itself once it has replied (stream_help):
+		 * waking a drain thread for every write costs more than the write, when the
+		 * store keeps up. Not when parked, nor when a rate must be kept (a helper would
+		 * sleep for it), nor when enough threads are lent already. */
+		if (rc == 0 && !e->no_help && e->helpers < STREAM_MAX_HELPERS &&
+		    throttle_rate(&e->throttle) == 0 && throttle_rate(&s->throttle) == 0) {
+			s->scheduled = true;
+			e->helpers++;
+			rc = STREAM_HELP;
+		} else {
+			ready_push(e, s);
+		}
+	}
 	pool_put(e, held);
 	held = NULL;
 	pthread_mutex_unlock(&e->lock);
@@ -701,19 +661,15 @@ static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov,
 }
 
 /* Finishes a slice of n bytes with result rc: consumes or (on error) drops the pending data,
- * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. A
- * direct slice was written from a writer's own buffer (see stream_write): it consumed
- * nothing of the log. */
-static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc, bool direct)
+ * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. */
+static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc)
 {
 	struct waitq run = {NULL, NULL};
 	void *freed = NULL;
 	uint64_t dropped = 0, now = stream_now(e);
 
 	pthread_mutex_lock(&s->lock);
-	if (direct)
-		s->buffered -= n; /* never in the log nor in the engine's count */
-	while (s->head && (rc != 0 || (!direct && s->head->inflight))) {
+	while (s->head && (rc != 0 || s->head->inflight)) {
 		struct seg *g = s->head;
 		uint64_t k = rc != 0 ? g->len : g->inflight;
 		dropped += k;
@@ -805,7 +761,16 @@ static void drain_one(struct stream_engine *e, struct stream *s)
 			e->clock->sleep_until_ns(e->clock->ctx, when);
 		rc = sink_write_all(e, s->fd, iov, cnt, off, n);
 	}
-	slice_end(e, s, n, rc, false);
+	slice_end(e, s, n, rc);
+}
+
+void stream_help(struct stream *s)
+{
+	struct stream_engine *e = s->e;
+	drain_one(e, s); /* s may be gone once this returns */
+	pthread_mutex_lock(&e->lock);
+	e->helpers--;
+	pthread_mutex_unlock(&e->lock);
 }
 
 /* [e] Moves the timed streams that are due at `now` to the ready queue; returns the earliest
@@ -1138,7 +1103,7 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 	if (e->keep_blocks > e->cap_blocks)
 		e->keep_blocks = e->cap_blocks;
 	e->clock = cfg->clock ? cfg->clock : &clock_monotonic;
-	e->no_direct = cfg->no_direct;
+	e->no_help = cfg->no_help;
 	e->sink = cfg->sink ? *cfg->sink : real_sink;
 	e->rate = cfg->rate;
 	e->file_rate = cfg->file_rate;

@@ -60,14 +60,11 @@
 #define STREAM_DEFAULT_DRAINS	  3u
 #define STREAM_MAX_DRAINS	  64u
 
-/* A write of at most this many bytes to an idle stream, with no rate set, is written by the
- * calling thread at once, from its own buffer (see stream_write)... */
-#define STREAM_DIRECT_MAX (1u << 20)
-/* ...unless a direct write recently took longer than STREAM_SLOW_NS plus its size at
- * STREAM_SLOW_BPS: the store is slow, and for STREAM_SLOW_HOLD_NS every write is buffered. */
-#define STREAM_SLOW_NS	    (50ull * 1000000)
-#define STREAM_SLOW_BPS	    (64ull << 20)
-#define STREAM_SLOW_HOLD_NS (5ull * 1000000000)
+/* Returned by stream_write: accepted, and the caller, after replying to its writer, must lend
+ * its thread to write the data: stream_help(s). At most STREAM_MAX_HELPERS threads are lent
+ * at once. */
+#define STREAM_HELP	   2
+#define STREAM_MAX_HELPERS 4u
 
 /* Returned by stream_write and stream_wait_empty: the callback will be called later. */
 #define STREAM_PARKED 1
@@ -87,7 +84,7 @@ struct stream_config {
 	unsigned drain_threads;		/* 0 = STREAM_DEFAULT_DRAINS; at most STREAM_MAX_DRAINS */
 	const struct clock *clock;	/* NULL = &clock_monotonic */
 	const struct stream_sink *sink; /* NULL = pwritev(2); copied, must outlive the engine */
-	int no_direct; /* 1: small writes too go through the drain threads (never the caller) */
+	int no_help; /* 1: stream_write never returns STREAM_HELP (drain threads do it all) */
 };
 
 struct stream_engine;
@@ -165,12 +162,10 @@ int stream_close(struct stream *s);
  *   -errno        not accepted: the sticky error of an earlier failed write, -ENOMEM,
  *                 -EINVAL (len 0 is accepted and returns 0; off + len must not overflow
  *                 off_t).
- * Blocks the calling thread only while the block pool is at its hard cap (see above), and
- * while it writes itself: a write of at most STREAM_DIRECT_MAX bytes to a stream with nothing
- * pending, when neither rate is set and the store has been fast (see STREAM_SLOW_NS), is
- * written by the caller straight from buf, with no copy; the store's error, if any, is
- * returned at once (and is sticky, as for a failed drain). Callbacks of other writers may
- * then run on the caller's thread.
+ *   STREAM_HELP   accepted, as 0; and no drain thread was woken for it: the caller replies,
+ *                 then calls stream_help(s) to write it (only when no rate is set, the
+ *                 stream was idle, and fewer than STREAM_MAX_HELPERS threads are lent).
+ * Blocks the calling thread only while the block pool is at its hard cap (see above).
  * cb may be NULL: the write is parked all the same, nobody is called back. */
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg);
@@ -180,6 +175,12 @@ int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, st
  * NOT called), or STREAM_PARKED: cb(arg, 0 or -errno) is called later from a drain thread.
  * -ENOMEM when the waiter cannot be recorded. Used for FUSE flush and fsync. */
 int stream_wait_empty(struct stream *s, stream_cb cb, void *arg);
+
+/* After replying to a write that returned STREAM_HELP: writes one slice of s's pending data
+ * on the calling thread, as a drain thread would (the rest, if any, goes to the drain threads;
+ * callbacks of other writers may run here). The stream must not be closed before this
+ * returns. Holds the thread for the store's latency: the writer already has its answer. */
+void stream_help(struct stream *s);
 
 /* Blocking variant: waits until nothing is pending; returns 0 or the negative sticky error.
  * Used before truncate, fallocate, copy_file_range and other direct changes to the file. */

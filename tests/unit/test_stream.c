@@ -72,7 +72,6 @@ struct fake_sink {
 	unsigned inside;  /* calls currently blocked */
 	int fail;	  /* errno for the next call (one shot), 0 = none */
 	size_t short_max; /* write at most this many bytes per call (0 = no limit) */
-	uint64_t delay;	  /* fake ns each call takes (advances the fake clock) */
 	unsigned ncalls;
 	struct sink_call log[LOG_MAX];
 };
@@ -119,8 +118,6 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 		total += v[n].iov_len;
 	}
 	ssize_t r = pwritev(fd, v, n, off);
-	if (k->delay)
-		fake_sleep_until(&fclock, fake_now(&fclock) + k->delay);
 	if (r > 0 && k->ncalls < LOG_MAX)
 		k->log[k->ncalls++] =
 		    (struct sink_call){fd, (uint64_t)off, (uint64_t)r, fake_now(&fclock)};
@@ -138,7 +135,6 @@ static void sink_reset(void)
 	fsink.hold = fsink.hold_after = false;
 	fsink.fail = 0;
 	fsink.short_max = 0;
-	fsink.delay = 0;
 	fsink.ncalls = 0;
 	pthread_mutex_unlock(&fsink.lock);
 	fake_sleep_until(&fclock, 0);
@@ -250,7 +246,7 @@ static struct stream_engine *engine(uint64_t hw, uint64_t max, unsigned threads,
 	    .drain_threads = threads,
 	    .clock = &fake_clock_if,
 	    .sink = &fake_sink_if,
-	    .no_direct = 1, /* these tests hold the sink: writers must not write it themselves */
+	    .no_help = 1, /* these tests count on drain threads alone */
 	};
 	struct stream_engine *e = NULL;
 	sink_reset();
@@ -653,14 +649,13 @@ static void small_writes_coalesce(void **state)
 	stream_engine_free(e);
 }
 
-/* With no rate set, a write to an idle stream is written by the writer itself: it is in the
- * file when stream_write returns, and the store's error comes back from that call. A larger
- * write, one behind pending data, or any write while the store has been slow, still goes to
- * the drain threads. */
-static void small_idle_writes_go_direct(void **state)
+/* With no rate set, a write to an idle stream wakes no drain thread: the writer's thread is
+ * asked to write it once it has replied (STREAM_HELP), at most STREAM_MAX_HELPERS at once.
+ * With a rate, or over the high-water mark, the drain threads do it as usual. */
+static void idle_writes_lend_the_writer_thread(void **state)
 {
 	(void)state;
-	struct stream_config cfg = {.high_water = 4 * MiB,
+	struct stream_config cfg = {.high_water = 64 * KiB,
 				    .max_buffer = 8 * MiB,
 				    .drain_threads = 1,
 				    .clock = &fake_clock_if,
@@ -668,76 +663,52 @@ static void small_idle_writes_go_direct(void **state)
 	struct stream_engine *e = NULL;
 	sink_reset();
 	assert_int_equal(stream_engine_new(&cfg, &e), 0);
-	static unsigned char data[STREAM_DIRECT_MAX * 2];
+	static unsigned char data[256 * KiB];
 	fill(data, sizeof(data), 9);
-	int check;
-	struct stream *s = open_stream(e, &check);
+	int check[STREAM_MAX_HELPERS + 1];
+	struct stream *s[STREAM_MAX_HELPERS + 1];
 	struct stream_stats ss;
 
-	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), 0);
-	stream_stats(s, &ss);
-	assert_true(ss.committed == 4 * KiB && ss.buffered == 0); /* written before returning */
-	assert_file(check, data, 4 * KiB);
-	assert_int_equal(stream_write(s, data + 4 * KiB, STREAM_DIRECT_MAX, 4 * KiB, NULL, NULL),
-			 0);
-	stream_stats(s, &ss);
-	assert_true(ss.committed == 4 * KiB + STREAM_DIRECT_MAX);
+	s[0] = open_stream(e, &check[0]);
+	assert_int_equal(stream_write(s[0], data, 4 * KiB, 0, NULL, NULL), STREAM_HELP);
+	stream_stats(s[0], &ss);
+	assert_true(ss.committed == 0 && ss.buffered == 4 * KiB); /* nobody wrote it yet */
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(fsink.ncalls, 0);
+	pthread_mutex_unlock(&fsink.lock);
+	stream_help(s[0]);
+	stream_stats(s[0], &ss);
+	assert_true(ss.committed == 4 * KiB && ss.buffered == 0);
+	assert_file(check[0], data, 4 * KiB);
 
-	/* the store fails: the writer hears it from its own call, and it sticks */
+	/* at most STREAM_MAX_HELPERS threads are lent; the next write goes to a drain thread */
+	for (unsigned i = 1; i <= STREAM_MAX_HELPERS; i++)
+		s[i] = open_stream(e, &check[i]);
+	for (unsigned i = 0; i < STREAM_MAX_HELPERS; i++)
+		assert_int_equal(stream_write(s[i], data, 8 * KiB, 4 * KiB, NULL, NULL),
+				 STREAM_HELP);
+	assert_int_equal(stream_write(s[STREAM_MAX_HELPERS], data, 8 * KiB, 0, NULL, NULL), 0);
+	assert_int_equal(stream_sync(s[STREAM_MAX_HELPERS]), 0);
+	for (unsigned i = 0; i < STREAM_MAX_HELPERS; i++)
+		stream_help(s[i]);
+
+	/* a write that parks is not lent, and a failed slice sticks */
+	assert_int_equal(stream_write(s[1], data, 128 * KiB, 0, NULL, NULL), STREAM_PARKED);
+	assert_int_equal(stream_sync(s[1]), 0);
 	sink_fail_next(EIO);
-	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), -EIO);
-	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), -EIO);
-	assert_int_equal(stream_close(s), -EIO);
-	close(check);
+	assert_int_equal(stream_write(s[2], data, 4 * KiB, 0, NULL, NULL), STREAM_HELP);
+	stream_help(s[2]);
+	assert_int_equal(stream_write(s[2], data, 4 * KiB, 0, NULL, NULL), -EIO);
 
-	/* a write larger than STREAM_DIRECT_MAX is the drain threads' */
-	s = open_stream(e, &check);
-	sink_hold(false);
-	assert_int_equal(stream_write(s, data, STREAM_DIRECT_MAX + 1, 0, NULL, NULL), 0);
-	sink_wait_inside(1); /* a drain thread, not us, is inside the sink */
-	stream_stats(s, &ss);
-	assert_true(ss.committed == 0);
-	sink_release();
-	assert_int_equal(stream_sync(s), 0);
-	assert_int_equal(stream_close(s), 0);
-	assert_file(check, data, STREAM_DIRECT_MAX + 1);
-	close(check);
-
-	/* a store that took long makes the next writes buffered, for a while */
-	pthread_mutex_lock(&fsink.lock);
-	fsink.delay = 2 * STREAM_SLOW_NS; /* far too long for 4 KiB: slow */
-	pthread_mutex_unlock(&fsink.lock);
-	s = open_stream(e, &check);
-	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), 0);
-	stream_stats(s, &ss);
-	assert_true(ss.committed == 4 * KiB); /* that one was direct, and slow */
-	pthread_mutex_lock(&fsink.lock);
-	fsink.delay = 0;
-	pthread_mutex_unlock(&fsink.lock);
-	assert_int_equal(stream_sync(s), 0);
-	sink_hold(false);
-	assert_int_equal(stream_write(s, data + 4 * KiB, 4 * KiB, 4 * KiB, NULL, NULL), 0);
-	sink_wait_inside(1); /* buffered: a drain thread writes it */
-	sink_release();
-	assert_int_equal(stream_sync(s), 0);
-	fake_sleep_until(&fclock, fake_now(&fclock) + STREAM_SLOW_HOLD_NS + 1);
-	assert_int_equal(stream_write(s, data + 8 * KiB, 4 * KiB, 8 * KiB, NULL, NULL), 0);
-	stream_stats(s, &ss);
-	assert_true(ss.committed == 12 * KiB); /* fast again: direct */
-	assert_int_equal(stream_close(s), 0);
-	assert_file(check, data, 12 * KiB);
-	close(check);
-
-	/* with a rate set, nothing is written by the writer */
+	/* with a rate set, the drain threads keep it */
 	stream_engine_set_rate(e, 1 * MiB, 0);
-	s = open_stream(e, &check);
-	sink_hold(false);
-	assert_int_equal(stream_write(s, data, 4 * KiB, 0, NULL, NULL), 0);
-	sink_wait_inside(1);
-	sink_release();
-	assert_int_equal(stream_close(s), 0);
-	assert_file(check, data, 4 * KiB);
-	close(check);
+	assert_int_equal(stream_write(s[3], data, 4 * KiB, 64 * KiB, NULL, NULL), 0);
+	assert_int_equal(stream_sync(s[3]), 0);
+
+	for (unsigned i = 0; i <= STREAM_MAX_HELPERS; i++) {
+		assert_int_equal(stream_close(s[i]), i == 2 ? -EIO : 0);
+		close(check[i]);
+	}
 	stream_engine_free(e);
 }
 
@@ -884,7 +855,7 @@ int main(void)
 	    cmocka_unit_test(streams_share_rate_fairly),
 	    cmocka_unit_test(file_rate_is_per_stream),
 	    cmocka_unit_test(small_writes_coalesce),
-	    cmocka_unit_test(small_idle_writes_go_direct),
+	    cmocka_unit_test(idle_writes_lend_the_writer_thread),
 	    cmocka_unit_test(pool_never_exceeds_cap),
 	    cmocka_unit_test(close_waits_for_data),
 	};

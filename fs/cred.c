@@ -116,19 +116,26 @@ static int caller_in_group(fuse_req_t req, gid_t gid)
 	return 0;
 }
 
-int cred_drop_sgid(fuse_req_t req, int fd)
+int cred_kill_priv(fuse_req_t req, int fd)
 {
+	if (fuse_req_ctx(req)->uid == 0)
+		return 0; /* privileged (CAP_FSETID): keeps the bits, as on a local filesystem */
 	struct stat st;
 	if (fstat(fd, &st) != 0)
 		return -errno;
-	/* The kernel's FUSE client drops setuid, and setgid with group-execute, itself. Setgid
-	 * without group-execute a local filesystem drops when the writer is neither in the
-	 * file's group nor privileged; the daemon writes as root, so it must do that here. */
-	if (!S_ISREG(st.st_mode) || !(st.st_mode & S_ISGID) || (st.st_mode & S_IXGRP))
+	if (!S_ISREG(st.st_mode) || !(st.st_mode & (S_ISUID | S_ISGID)))
 		return 0;
-	if (fuse_req_ctx(req)->uid == 0 || caller_in_group(req, st.st_gid))
+	/* What a local filesystem does on write and truncate by an unprivileged caller
+	 * (should_remove_suid, setattr_should_drop_sgid): setuid always goes; setgid goes with
+	 * group-execute, and without it when the caller is not in the file's group. The
+	 * kernel's FUSE client does part of this and none of it for direct I/O, and the daemon
+	 * writes as root, so it is done here. */
+	mode_t mode = st.st_mode & 07777 & ~S_ISUID;
+	if ((st.st_mode & S_IXGRP) || !caller_in_group(req, st.st_gid))
+		mode &= ~S_ISGID;
+	if (mode == (st.st_mode & 07777))
 		return 0;
 	char proc[32];
 	backing_proc_path(fd, proc);
-	return chmod(proc, st.st_mode & 07777 & ~S_ISGID) == 0 ? 0 : -errno;
+	return chmod(proc, mode) == 0 ? 0 : -errno;
 }

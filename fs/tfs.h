@@ -147,9 +147,9 @@ int cred_enter(fuse_req_t req, struct cred *c);
 /* Returns this thread to the daemon's own credentials. */
 void cred_leave(struct cred *c);
 
-/* A write or truncate by req's caller is about to change the file open as fd: drops its
- * setgid bit where a local filesystem would (see there). 0 or a negative errno. */
-int cred_drop_sgid(fuse_req_t req, int fd);
+/* A write or truncate by req's caller changes the file open as fd: drops its setuid and
+ * setgid bits where a local filesystem would (see there). 0 or a negative errno. */
+int cred_kill_priv(fuse_req_t req, int fd);
 
 /* CLOCK_REALTIME in ns. */
 uint64_t node_now_rt(void);

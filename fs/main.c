@@ -81,6 +81,59 @@ static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
 	return fuse_opt_insert_arg(args, 1, opts);
 }
 
+/* Decodes the octal escapes (\040 for a space...) of a /proc/self/mountinfo field in place. */
+static void mountinfo_unescape(char *s)
+{
+	char *w = s;
+	for (char *r = s; *r != '\0'; r++) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '7' && r[2] >= '0' && r[2] <= '7' &&
+		    r[3] >= '0' && r[3] <= '7') {
+			*w++ = (char)(((r[1] - '0') << 6) | ((r[2] - '0') << 3) | (r[3] - '0'));
+			r += 3;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = '\0';
+}
+
+/*
+ * Raises the view's readahead to TFS_READAHEAD_KB. The kernel gives a new FUSE mount the
+ * default window (128 KiB) whatever the daemon offers at INIT, so a large sequential read
+ * costs eight requests per MiB; with a 1 MiB window it costs one, and cold reads run about
+ * half again faster. Done through the mount's backing device in sysfs, found by its device
+ * number in mountinfo (no request to the view, which is not served yet). Only root may do
+ * it; anyone else keeps the default, which is correct, just slower.
+ */
+#define TFS_READAHEAD_KB 1024
+
+static void tune_readahead(const char *mountpoint)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (f == NULL)
+		return;
+	char line[3 * PATH_MAX], dev[32] = "", mnt[2 * PATH_MAX];
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char d[32];
+		if (sscanf(line, "%*d %*d %31s %*s %8191s", d, mnt) != 2)
+			continue;
+		mountinfo_unescape(mnt);
+		if (strcmp(mnt, mountpoint) == 0)
+			strcpy(dev, d); /* the last one is the topmost: ours */
+	}
+	fclose(f);
+	if (dev[0] == '\0')
+		return;
+	char path[96];
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+	FILE *ra = fopen(path, "we");
+	if (ra == NULL)
+		return;
+	fprintf(ra, "%d\n", TFS_READAHEAD_KB);
+	if (fclose(ra) != 0)
+		fuse_log(FUSE_LOG_DEBUG, "throttlefs: %s: %s\n", path, strerror(errno));
+}
+
 /* The loop returns the number of the signal that ended it: a stop asked for, not a failure. */
 static int loop_status(int r)
 {
@@ -172,6 +225,7 @@ int main(int argc, char **argv)
 	}
 	if (fuse_session_mount(fs.se, cl.mountpoint) != 0)
 		goto out_signals; /* libfuse printed the reason */
+	tune_readahead(cl.mountpoint);
 	if (fuse_daemonize(cl.foreground) != 0)
 		goto out_unmount;
 	/* Threads start only now: fuse_daemonize forks, and a fork keeps only the caller. */

@@ -201,7 +201,8 @@ static void meson_install(void **state)
 	if (r != 0)
 		h_run("cat %s/install.log >&2", fs->root);
 	assert_int_equal(r, 0);
-	const char *want[] = {"bin/throttlefs", "share/man/man1/throttlefs.1"};
+	const char *want[] = {"bin/throttlefs", "share/man/man1/throttlefs.1", "bin/throttlefs-top",
+			      "share/man/man1/throttlefs-top.1"};
 	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
 		assert_int_equal(
 		    h_run("test -s \"$(find %s/dest -path '*/%s' | head -1)\"", fs->root, want[i]),

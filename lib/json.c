@@ -100,6 +100,12 @@ void json_u64(struct json *j, uint64_t v)
 	value_text(j, b, (size_t)n);
 }
 
+void json_field_u64(struct json *j, const char *key, uint64_t v)
+{
+	json_key(j, key);
+	json_u64(j, v);
+}
+
 void json_double(struct json *j, double v, int decimals)
 {
 	if (!isfinite(v)) {

@@ -27,6 +27,8 @@ void json_end_array(struct json *j);
 /* A key inside an object; the next call writes its value. */
 void json_key(struct json *j, const char *key);
 void json_u64(struct json *j, uint64_t v);
+/* A key and its number, inside an object. */
+void json_field_u64(struct json *j, const char *key, uint64_t v);
 void json_double(struct json *j, double v, int decimals);
 void json_bool(struct json *j, int v);
 void json_null(struct json *j);

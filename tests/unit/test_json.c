@@ -23,8 +23,7 @@ static void nesting_and_commas(void **state)
 	struct json j;
 	json_init(&j);
 	json_begin_object(&j);
-	json_key(&j, "a");
-	json_u64(&j, 18446744073709551615ull);
+	json_field_u64(&j, "a", 18446744073709551615ull);
 	json_key(&j, "b");
 	json_begin_array(&j);
 	json_null(&j);

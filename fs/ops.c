@@ -493,6 +493,15 @@ static void do_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct tfs *fs = tfs_of(req);
 	struct handle *h;
+	/* A truncating open must not be overtaken by data still buffered from another
+	 * descriptor, as setattr must not. */
+	if (fi->flags & O_TRUNC) {
+		int serr = node_sync_ino(fs, ino);
+		if (serr != 0) /* that error is its own writers'; this open truncates anyway */
+			fuse_log(FUSE_LOG_DEBUG,
+				 "throttlefs: open(O_TRUNC) after failed writes: %s\n",
+				 strerror(-serr));
+	}
 	int err = handle_open(fs, ino, fi->flags, &h);
 	if (err != 0)
 		return reply_err(req, err);

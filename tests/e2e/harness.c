@@ -1092,3 +1092,81 @@ int h_both(struct h_fs *fs, void (*work)(const char *dir), unsigned flags)
 		return -1;
 	return h_tree_compare(fs->mnt, fs->backing, H_CMP_ALL, NULL);
 }
+
+/* ---- helpers shared by the fault, soak, model and input tests ---- */
+
+int64_t h_clock_ms(void)
+{
+	return h_now_ms();
+}
+
+void h_nap_ms(int ms)
+{
+	h_sleep_ms(ms);
+}
+
+int h_fs_reap(struct h_fs *fs, int timeout_ms, int *status)
+{
+	if (fs->pid <= 0 || h_wait_pid(fs->pid, timeout_ms, status) != 0)
+		return -1;
+	fs->pid = 0;
+	h_live_update(fs);
+	return 0;
+}
+
+static unsigned char h_pat_byte(uint64_t off, unsigned seed)
+{
+	uint64_t x = ((off >> 3) + 1) * 0x9E3779B97F4A7C15ull ^ (seed + 1) * 0xBF58476D1CE4E5B9ull;
+	x ^= x >> 31;
+	x *= 0x94D049BB133111EBull;
+	x ^= x >> 29;
+	return (unsigned char)(x >> ((off & 7) * 8));
+}
+
+void h_pat_fill(void *buf, size_t len, uint64_t off, unsigned seed)
+{
+	unsigned char *p = buf;
+	for (size_t i = 0; i < len; i++)
+		p[i] = h_pat_byte(off + i, seed);
+}
+
+ssize_t h_pat_check(const void *buf, size_t len, uint64_t off, unsigned seed)
+{
+	const unsigned char *p = buf;
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] != h_pat_byte(off + i, seed))
+			return (ssize_t)i;
+	}
+	return -1;
+}
+
+long h_rss_kib(pid_t pid)
+{
+	char path[64], line[256];
+	long kib = -1;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	}
+	fclose(f);
+	return kib;
+}
+
+bool h_sanitized(pid_t pid)
+{
+	char path[64], line[512];
+	bool found = false;
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return false;
+	while (!found && fgets(line, sizeof(line), f) != NULL)
+		found =
+		    strstr(line, "libasan") || strstr(line, "libtsan") || strstr(line, "libubsan");
+	fclose(f);
+	return found;
+}

@@ -20,6 +20,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct h_fs {
@@ -170,5 +171,30 @@ long long h_faultfs_get(struct h_fs *fs, const char *name);
 		assert_int_equal(h_ret_, -1);                                                      \
 		assert_int_equal(h_err_, (err));                                                   \
 	} while (0)
+
+/* ---- helpers shared by the fault, soak, model and input tests ---- */
+
+/* CLOCK_MONOTONIC in ms, and a sleep that survives signals. */
+int64_t h_clock_ms(void);
+void h_nap_ms(int ms);
+
+/*
+ * Waits up to timeout_ms for the daemon to end after a signal the test sent it (SIGKILL,
+ * SIGTERM), without judging how it ended: 0 and its wait status in *status, or -1 if it is still
+ * running. The daemon is forgotten, but a mount it left behind (a killed daemon cannot unmount)
+ * is not: the test unmounts it, or h_fs_free does (fusermount3 -uz).
+ */
+int h_fs_reap(struct h_fs *fs, int timeout_ms, int *status);
+
+/* A byte pattern that is a function of the file offset, so any piece can be checked alone:
+ * h_pat_fill writes the bytes of offsets off..off+len, h_pat_check returns the index of the
+ * first byte of buf (holding offsets off...) that differs from it, or -1. */
+void h_pat_fill(void *buf, size_t len, uint64_t off, unsigned seed);
+ssize_t h_pat_check(const void *buf, size_t len, uint64_t off, unsigned seed);
+
+/* VmRSS of pid in KiB, or -1; and whether pid runs with a sanitizer runtime mapped (whose
+ * shadow memory makes any bound on its resident size meaningless). */
+long h_rss_kib(pid_t pid);
+bool h_sanitized(pid_t pid);
 
 #endif

@@ -232,38 +232,43 @@ void node_wrote(struct node *n)
 				    __ATOMIC_RELAXED);
 }
 
-/* Shows data still in the stream as the file's: size up to its end, mtime of its last write,
- * blocks enough to hold it (so no tool mistakes the file for sparse). */
-static void attr_pending(struct node *n, struct stat *st)
+/* Under the inode lock when n came from the slot. */
+static void pending_of(struct node *n, struct node_pending *p)
 {
 	struct stream *s = node_stream(n);
-	if (s == NULL || pending(s) == 0)
+	p->active = s != NULL;
+	p->end = s ? stream_end(s) : 0;
+	p->write_rt = __atomic_load_n(&n->last_write_rt, __ATOMIC_RELAXED);
+}
+
+void node_pending(struct tfs *fs, fuse_ino_t ino, struct node *n, struct node_pending *p)
+{
+	memset(p, 0, sizeof(*p));
+	if (n != NULL) {
+		pending_of(n, p);
 		return;
-	uint64_t end = stream_end(s);
-	if (end > (uint64_t)st->st_size)
-		st->st_size = (off_t)end;
-	uint64_t t = __atomic_load_n(&n->last_write_rt, __ATOMIC_RELAXED);
-	struct timespec w = {.tv_sec = (time_t)(t / 1000000000ull),
-			     .tv_nsec = (long)(t % 1000000000ull)};
+	}
+	inode_lock(fs->inodes);
+	n = node_find(fs, ino);
+	if (n != NULL)
+		pending_of(n, p);
+	inode_unlock(fs->inodes);
+}
+
+void node_pending_apply(const struct node_pending *p, struct stat *st)
+{
+	if (p->end == 0)
+		return;
+	if (p->end > (uint64_t)st->st_size)
+		st->st_size = (off_t)p->end;
+	struct timespec w = {.tv_sec = (time_t)(p->write_rt / 1000000000ull),
+			     .tv_nsec = (long)(p->write_rt % 1000000000ull)};
 	if (w.tv_sec > st->st_mtim.tv_sec ||
 	    (w.tv_sec == st->st_mtim.tv_sec && w.tv_nsec > st->st_mtim.tv_nsec))
 		st->st_mtim = st->st_ctim = w;
 	blkcnt_t blocks = (st->st_size + 511) / 512;
 	if (st->st_blocks < blocks)
 		st->st_blocks = blocks;
-}
-
-void node_attr(struct tfs *fs, fuse_ino_t ino, struct node *n, struct stat *st)
-{
-	if (n != NULL) {
-		attr_pending(n, st);
-		return;
-	}
-	inode_lock(fs->inodes);
-	n = node_find(fs, ino);
-	if (n != NULL)
-		attr_pending(n, st);
-	inode_unlock(fs->inodes);
 }
 
 int node_sync(struct node *n)

@@ -71,17 +71,27 @@ static void attr_fixup(struct stat *st)
 		st->st_blksize = TFS_BLKSIZE;
 }
 
-/* Fills e for the entry name of directory parent whose attributes are st, adding one lookup. */
-static int entry_make(struct tfs *fs, fuse_ino_t parent, const char *name, struct stat *st,
-		      struct fuse_entry_param *e)
+/* Fills e for the entry name of directory parent whose attributes are st, adding one lookup.
+ * The file was stat'ed before its node could be known: if it is open for writing, it is
+ * stat'ed again (by fd when >= 0, else by name in dfd) after the stream's snapshot. */
+static int entry_make(struct tfs *fs, fuse_ino_t parent, const char *name, int dfd, int fd,
+		      struct stat *st, struct fuse_entry_param *e)
 {
 	uint64_t id, gen;
 	int err = inode_link(fs->inodes, parent, name, st->st_dev, st->st_ino, &id, &gen);
 	if (err != 0)
 		return err;
+	struct node_pending p;
+	node_pending(fs, id, NULL, &p);
+	if (p.active &&
+	    (fd >= 0 ? fstat(fd, st) : fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW)) != 0) {
+		err = -errno;
+		inode_forget(fs->inodes, id, 1);
+		return err;
+	}
+	node_pending_apply(&p, st);
 	memset(e, 0, sizeof(*e));
 	attr_fixup(st);
-	node_attr(fs, id, NULL, st);
 	e->ino = id;
 	e->generation = gen;
 	e->attr = *st;
@@ -97,7 +107,7 @@ static int entry_lookup(struct tfs *fs, fuse_ino_t parent, int dfd, const char *
 	struct stat st;
 	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
 		return -errno;
-	return entry_make(fs, parent, name, &st, e);
+	return entry_make(fs, parent, name, dfd, -1, &st, e);
 }
 
 static void tfs_init(void *userdata, struct fuse_conn_info *conn)
@@ -155,17 +165,17 @@ static void tfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 {
 	struct tfs *fs = tfs_of(req);
 	struct stat st;
-	struct node *n = NULL;
+	struct node_pending p;
+	node_pending(fs, ino, fi ? handle_of(fi)->node : NULL, &p); /* before the stat */
 	if (fi != NULL) {
 		if (fstat(handle_of(fi)->fd, &st) != 0)
 			return reply_err(req, errno);
-		n = handle_of(fi)->node;
 	} else {
 		int err = backing_stat(fs, ino, &st);
 		if (err != 0)
 			return reply_err(req, err);
 	}
-	node_attr(fs, ino, n, &st);
+	node_pending_apply(&p, &st);
 	attr_fixup(&st);
 	fuse_reply_attr(req, &st, fs->timeout);
 }
@@ -541,7 +551,7 @@ static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		err = -errno;
 		goto out;
 	}
-	err = entry_make(fs, parent, name, &st, &e);
+	err = entry_make(fs, parent, name, -1, h->fd, &st, &e);
 	if (err != 0)
 		goto out;
 	h->ino = e.ino;

@@ -100,9 +100,22 @@ struct stream *node_stream(struct node *n);
 /* Notes that a write was accepted now (for mtime while data is pending, and progress). */
 void node_wrote(struct node *n);
 
-/* Adjusts st (from the backing file) for data still pending in the stream. n may be NULL:
- * then ino's node, if any, is looked up. */
-void node_attr(struct tfs *fs, fuse_ino_t ino, struct node *n, struct stat *st);
+/* What a file's stream still holds, for stat to show the file as written: the end of the
+ * pending data (0: none) and the time of the last write. Take it BEFORE stat'ing the backing
+ * file: data drained in between is then in the stat, data still pending is in the snapshot
+ * (in the other order, data drained between the two would be in neither). */
+struct node_pending {
+	uint64_t end;
+	uint64_t write_rt;
+	int active; /* open for writing: a stat taken before this snapshot must be taken again */
+};
+
+/* Snapshot for ino (n may be NULL: then ino's node, if any, is looked up). */
+void node_pending(struct tfs *fs, fuse_ino_t ino, struct node *n, struct node_pending *p);
+
+/* Shows the pending data in st: size up to its end, mtime of its last write, blocks enough to
+ * hold it (so no tool mistakes the file for sparse). */
+void node_pending_apply(const struct node_pending *p, struct stat *st);
 
 /* Waits until the stream (of n, or of ino's node if any) has written everything; returns 0 or
  * the stream's error. Before operations that change the file other than by writes. */

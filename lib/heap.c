@@ -21,7 +21,12 @@
  * promote_age is copied into the old generation instead; promoted objects are queued on
  * pstack and scanned too, and join the remembered set if they still point at young objects.
  * If the old space is full the survivor simply stays young: `to` is as big as `from`, so a
- * scavenge can never run out of room. Dead young objects are found by one linear walk of
+ * scavenge can never run out of room. A survivor that would fill `to` past half is promoted
+ * early whatever its age, so a scavenge always leaves room to allocate: when every young
+ * object survives (a burst of lookups), the old rule left `to` full and every allocation
+ * fell back on a full, compacting collection. Only ysize bytes of each semi-space are used
+ * (HEAP_SEMI_SPACE_USED, far below the reserved limit), because the scavenge pause grows
+ * with the survivors and nearly all new records survive. Dead young objects are found by one linear walk of
  * `from` (copied ones carry F_FORWARDED) and their handle slots are released.
  *
  * Old generation: one reserved arena (mmap, MAP_NORESERVE: pages are committed on first use)
@@ -106,8 +111,9 @@ enum state { IDLE, MARKING, SWEEPING };
 
 struct heap {
 	struct heap_config cfg;
-	char *ymem; /* both semi-spaces, 2 * semi bytes */
-	size_t semi;
+	char *ymem;   /* both semi-spaces, 2 * semi bytes reserved */
+	size_t semi;  /* reserved bytes per semi-space: config.semi_space, the user's limit */
+	size_t ysize; /* bytes per semi-space in use: min(semi, HEAP_SEMI_SPACE_USED) */
 	char *from, *to, *ytop;
 
 	char *obase, *otop; /* old arena and its bump pointer */
@@ -272,7 +278,7 @@ static void pause_end(struct heap *h, uint64_t t0, const char *what)
 	char line[200];
 	snprintf(line, sizeof(line),
 		 "heap: %s young %zuK/%zuK old %zuK/%zuK frag %.2f objects %zu pause %.3f ms", what,
-		 (size_t)(h->ytop - h->from) >> 10, h->semi >> 10, old_used(h) >> 10,
+		 (size_t)(h->ytop - h->from) >> 10, h->ysize >> 10, old_used(h) >> 10,
 		 h->olimit >> 10, fragmentation(h), h->live_slots, (double)dt / 1e6);
 	h->cfg.trace(h->cfg.arg, line);
 }
@@ -601,7 +607,8 @@ static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char
 	size_t size = obj_size(o);
 	unsigned age = o->age + 1u;
 	struct hdr *n = NULL;
-	if (promote_all || age >= h->cfg.promote_age) {
+	if (promote_all || age >= h->cfg.promote_age ||
+	    (size_t)(*to_top - h->to) + size > h->ysize / 2) {
 		n = old_alloc(h, size);
 		if (n != NULL) {
 			uint8_t keep = n->flags & F_MARK;
@@ -885,7 +892,9 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	c.old_space = align8(c.old_space);
 	if (c.semi_space < HEAP_MIN_SEMI_SPACE || c.semi_space > ((size_t)1 << 32) ||
 	    c.old_space > HEAP_MAX_OLD_SPACE || c.promote_age > 255 ||
-	    c.large_object > c.semi_space / 4 || c.large_object < sizeof(struct hdr) ||
+	    c.large_object >
+		(c.semi_space < HEAP_SEMI_SPACE_USED ? c.semi_space : HEAP_SEMI_SPACE_USED) / 4 ||
+	    c.large_object < sizeof(struct hdr) ||
 	    !(c.compact_threshold > 0 && c.compact_threshold <= 1))
 		return -EINVAL;
 
@@ -894,6 +903,7 @@ int heap_new(const struct heap_config *config, struct heap **out)
 		return -ENOMEM;
 	h->cfg = c;
 	h->semi = c.semi_space;
+	h->ysize = h->semi < HEAP_SEMI_SPACE_USED ? h->semi : HEAP_SEMI_SPACE_USED;
 	h->olimit = c.old_space;
 	h->ymem = mmap(NULL, 2 * h->semi, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -914,7 +924,7 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	h->to = h->ymem + h->semi;
 	h->otop = h->obase;
 	sweep_done(h);
-	h->st.young.size = h->semi;
+	h->st.young.size = h->ysize;
 	h->st.old.size = h->olimit;
 	*out = h;
 	return 0;
@@ -1008,11 +1018,11 @@ static struct hdr *large_alloc(struct heap *h, size_t size)
 
 static struct hdr *young_alloc(struct heap *h, size_t size)
 {
-	if (h->ytop + size > h->from + h->semi) {
+	if (h->ytop + size > h->from + h->ysize) {
 		if (collect_minor(h) < 0)
 			return NULL;
-		if (h->ytop + size > h->from + h->semi &&
-		    (collect_full(h, true) < 0 || h->ytop + size > h->from + h->semi))
+		if (h->ytop + size > h->from + h->ysize &&
+		    (collect_full(h, true) < 0 || h->ytop + size > h->from + h->ysize))
 			return NULL;
 	}
 	struct hdr *o = (struct hdr *)h->ytop;
@@ -1188,7 +1198,7 @@ void heap_stats(const struct heap *h, struct heap_stats *out)
 	out->pause_us.total = h->pause_ns_total / 1000;
 	out->objects = h->live_slots;
 	size_t table = h->nchunks * SLOT_CHUNK * sizeof(struct slot);
-	out->heap_total = 2 * h->semi + (size_t)(h->otop - h->obase) + h->large_bytes + table;
+	out->heap_total = 2 * h->ysize + (size_t)(h->otop - h->obase) + h->large_bytes + table;
 	out->heap_used = out->young.used + out->old.used + h->live_slots * sizeof(struct slot);
 }
 
@@ -1273,7 +1283,7 @@ static int verify_spaces(struct verify *v)
 	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
 		if ((rc = verify_object(v, (struct hdr *)p, "young")) < 0)
 			return rc;
-	if (h->ytop > h->from + h->semi)
+	if (h->ytop > h->from + h->ysize)
 		return fail(v, "young top beyond the semi-space");
 	size_t free_bytes = 0;
 	for (char *p = h->obase; p < h->otop;) {

@@ -275,6 +275,39 @@ static void large_objects_stay_put(void **state)
 	heap_free(h);
 }
 
+/* The semi-space limit is a limit: the heap uses HEAP_SEMI_SPACE_USED of a bigger one. When
+ * every young object survives (a burst of lookups), a scavenge promotes early rather than
+ * fill to-space, so allocation goes on with scavenges alone, never a full collection. */
+static void young_generation_stays_small(void **state)
+{
+	(void)state;
+	struct heap_config cfg = {.semi_space = 8 * HEAP_SEMI_SPACE_USED, .old_space = 64 << 20};
+	struct heap *h = NULL;
+	assert_int_equal(heap_new(&cfg, &h), 0);
+	enum { N = 20000 };
+	static uint64_t obj[N];
+	struct heap_stats st;
+	uint64_t scavenges = 0;
+	for (unsigned i = 0; i < N; i++) {
+		obj[i] = heap_alloc(h, 1, 1, 80);
+		assert_true(obj[i] != 0);
+		fill(h, obj[i], i);
+		heap_stats(h, &st);
+		assert_true(st.young.size == HEAP_SEMI_SPACE_USED);
+		assert_true(st.young.used <= HEAP_SEMI_SPACE_USED);
+		if (st.young.scavenges != scavenges) /* just after one: at most half full */
+			assert_true(st.young.used <= HEAP_SEMI_SPACE_USED / 2 + 2 * 120);
+		scavenges = st.young.scavenges;
+	}
+	check(h);
+	assert_true(st.young.scavenges >= (uint64_t)N * 120 / HEAP_SEMI_SPACE_USED);
+	assert_true(st.old.mark_compacts == 0 && st.old.mark_sweeps == 0);
+	assert_true(st.heap_total < 2 * HEAP_SEMI_SPACE_USED + st.old.used + (4 << 20));
+	for (unsigned i = 0; i < N; i++)
+		assert_true(intact(h, obj[i], i));
+	heap_free(h);
+}
+
 /* Dropping most of a full old space fragments it; the next full cycle compacts. */
 static void fragmentation_triggers_compaction(void **state)
 {
@@ -675,6 +708,7 @@ int main(void)
 	    cmocka_unit_test(roots_keep_chains_alive),
 	    cmocka_unit_test(enomem_keeps_records),
 	    cmocka_unit_test(large_objects_stay_put),
+	    cmocka_unit_test(young_generation_stays_small),
 	    cmocka_unit_test(fragmentation_triggers_compaction),
 	    cmocka_unit_test(incremental_marking_with_mutation),
 	    cmocka_unit_test(insertion_barrier_saves_moved_referent),

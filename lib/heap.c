@@ -26,8 +26,8 @@
  * object survives (a burst of lookups), the old rule left `to` full and every allocation
  * fell back on a full, compacting collection. Only ysize bytes of each semi-space are used
  * (HEAP_SEMI_SPACE_USED, far below the reserved limit), because the scavenge pause grows
- * with the survivors and nearly all new records survive. Dead young objects are found by one linear walk of
- * `from` (copied ones carry F_FORWARDED) and their handle slots are released.
+ * with the survivors and nearly all new records survive. Dead young objects are found by one linear
+ * walk of `from` (copied ones carry F_FORWARDED) and their handle slots are released.
  *
  * Old generation: one reserved arena (mmap, MAP_NORESERVE: pages are committed on first use)
  * allocated by segregated free lists with a bump pointer at the top, plus a list of large
@@ -136,7 +136,9 @@ struct heap {
 	bool mark_overflow; /* mstack could not grow: rescan marked objects */
 	bool full_mark;	    /* atomic full marking: young objects are traced and marked too */
 	size_t marked_bytes;
-	char *sweep; /* sweeping: next arena address to sweep */
+	char *sweep;	 /* sweeping: next arena address to sweep */
+	char *dst;	 /* compacting: where the next live object slides to */
+	bool compacting; /* this sweep slides live objects down instead of freeing */
 	size_t trigger;
 	size_t debt;
 	bool in_gc;
@@ -425,20 +427,25 @@ static void sweep_done(struct heap *h)
 		h->trigger = used + h->olimit / 16;
 }
 
-/* Sweeps about budget bytes of the arena. A run of garbage and free chunks is always
- * finished, so the free lists only ever hold maximal runs. */
+/* Sweeps about budget bytes of the arena (live objects kept, garbage reclaimed, both count).
+ * A run of garbage and free chunks becomes one free chunk, unless the budget ends inside it:
+ * then the rest of the run starts the next chunk, so a slice is bounded even in a region that
+ * died wholesale. */
 static void sweep_step(struct heap *h, size_t budget)
 {
 	char *p = h->sweep;
-	while (p < h->otop) {
+	while (p < h->otop && budget > 0) {
 		char *run = p;
-		while (p < h->otop) {
+		while (p < h->otop && budget > 0) {
 			struct hdr *o = (struct hdr *)p;
 			if (o->type != T_FREE && (o->flags & F_MARK))
 				break;
-			if (o->type != T_FREE)
+			size_t sz = obj_size(o);
+			if (o->type != T_FREE) {
 				reclaim(h, o);
-			p += obj_size(o);
+				budget = budget > sz ? budget - sz : 0;
+			}
+			p += sz;
 		}
 		if (p > run) {
 			if (p == h->otop)
@@ -446,48 +453,103 @@ static void sweep_step(struct heap *h, size_t budget)
 			else
 				chunk_add(h, run, (size_t)(p - run));
 		}
-		if (p < h->otop) {
+		if (p < h->otop && budget > 0) {
 			struct hdr *o = (struct hdr *)p;
 			o->flags &= (uint8_t)~F_MARK;
 			size_t sz = obj_size(o);
 			p += sz;
 			budget = budget > sz ? budget - sz : 0;
 		}
-		if (budget == 0)
-			break;
 	}
 	h->sweep = p;
 	if (p >= h->otop)
 		sweep_done(h);
 }
 
+/* Incremental mark-compact: a sweep that slides every live object down to h->dst instead of
+ * freeing around it, in address order, a slice at a time. Handles make a move one slot update,
+ * and no heap_deref pointer survives a call that may collect, so objects may move between any
+ * two slices. While it runs the free lists are empty and [dst, sweep) is one unlisted free
+ * chunk (the gap, all of ofree), so the arena stays walkable; new old objects are bumped at
+ * otop, pre-marked, and slide down when the compactor reaches them. */
+static void compact_step(struct heap *h, size_t budget)
+{
+	char *p = h->sweep, *dst = h->dst;
+	while (p < h->otop && budget > 0) {
+		struct hdr *o = (struct hdr *)p;
+		size_t sz = obj_size(o);
+		if (o->type != T_FREE && (o->flags & F_MARK)) {
+			o->flags &= (uint8_t)~F_MARK;
+			if (dst != p) {
+				memmove(dst, p, sz);
+				slot_at(h, ((struct hdr *)dst)->idx)->obj = (struct hdr *)dst;
+			}
+			dst += sz;
+		} else if (o->type != T_FREE) {
+			reclaim(h, o);
+		}
+		budget = budget > sz ? budget - sz : 0;
+		p += sz;
+	}
+	h->sweep = p;
+	h->dst = dst;
+	h->ofree = (size_t)(p - dst);
+	if (p >= h->otop) {
+		h->otop = dst;
+		h->ofree = 0;
+		h->compacting = false;
+		sweep_done(h);
+	} else if (p > dst) {
+		struct hdr *gap = (struct hdr *)dst;
+		gap->type = T_FREE;
+		gap->flags = 0;
+		gap->nbytes = (uint32_t)(p - dst);
+	}
+}
+
+/* One slice of sweeping or compacting. */
+static void sweep_slice(struct heap *h, size_t budget)
+{
+	if (h->compacting)
+		compact_step(h, budget);
+	else
+		sweep_step(h, budget);
+}
+
 static void sweep_all(struct heap *h)
 {
 	while (h->state == SWEEPING)
-		sweep_step(h, SIZE_MAX);
+		sweep_slice(h, SIZE_MAX);
 }
 
 /* ---- old allocation ---- */
 
+/* Bumps otop when the arena has room; the object is marked when a sweep or compaction has yet
+ * to pass it, so that it is kept. */
+static struct hdr *old_bump(struct heap *h, size_t size)
+{
+	if ((size_t)(h->otop - h->obase) + h->large_bytes + size > h->olimit)
+		return NULL;
+	struct hdr *o = (struct hdr *)h->otop;
+	h->otop += size;
+	o->flags = h->state == SWEEPING ? F_MARK : 0;
+	return o;
+}
+
 static struct hdr *old_alloc(struct heap *h, size_t size)
 {
 	struct hdr *o = flist_take(h, size);
-	if (o == NULL && h->state == SWEEPING) {
+	if (o == NULL && h->state == SWEEPING && !h->compacting) {
 		sweep_step(h, 64 << 10);
 		o = flist_take(h, size);
 	}
-	if (o == NULL && (size_t)(h->otop - h->obase) + h->large_bytes + size <= h->olimit) {
-		o = (struct hdr *)h->otop;
-		h->otop += size;
-		if (h->state == SWEEPING)
-			o->flags = F_MARK; /* above the sweep cursor: keep it */
-		else
-			o->flags = 0;
+	if (o == NULL && (o = old_bump(h, size)) != NULL)
 		return o;
-	}
 	if (o == NULL && h->state == SWEEPING) {
 		sweep_all(h);
 		o = flist_take(h, size);
+		if (o == NULL)
+			return old_bump(h, size);
 	}
 	if (o != NULL)
 		o->flags = 0;
@@ -755,31 +817,14 @@ static void large_sweep(struct heap *h)
 	}
 }
 
-/* Slides every marked arena object down to the bottom, in address order. */
-static void compact(struct heap *h)
+/* Starts sliding every marked arena object down to the bottom (see compact_step). */
+static void compact_start(struct heap *h)
 {
-	char *p = h->obase, *dst = h->obase;
-	while (p < h->otop) {
-		struct hdr *o = (struct hdr *)p;
-		size_t size = obj_size(o);
-		if (o->type != T_FREE) {
-			if (o->flags & F_MARK) {
-				uint32_t idx = o->idx;
-				o->flags &= (uint8_t)~F_MARK;
-				if (dst != p)
-					memmove(dst, p, size);
-				slot_at(h, idx)->obj = (struct hdr *)dst;
-				dst += size;
-			} else {
-				reclaim(h, o);
-			}
-		}
-		p += size;
-	}
-	h->otop = dst;
 	flist_reset(h);
+	h->state = SWEEPING;
+	h->compacting = true;
+	h->sweep = h->dst = h->obase;
 	h->st.old.mark_compacts++;
-	sweep_done(h);
 }
 
 /* The atomic end of marking: scavenge, shade what young objects point at, drain, then
@@ -796,17 +841,19 @@ static const char *mark_finish(struct heap *h, bool atomic, bool force_compact)
 	large_sweep(h);
 	size_t extent = (size_t)(h->otop - h->obase);
 	double garbage = extent ? 1.0 - (double)h->marked_bytes / (double)extent : 0;
+	const char *what = "mark-compact";
 	if (force_compact || garbage > h->cfg.compact_threshold) {
-		compact(h);
-		return "mark-compact";
+		compact_start(h);
+	} else {
+		what = "mark-sweep";
+		h->st.old.mark_sweeps++;
+		flist_reset(h);
+		h->state = SWEEPING;
+		h->sweep = h->obase;
 	}
-	h->st.old.mark_sweeps++;
-	flist_reset(h);
-	h->state = SWEEPING;
-	h->sweep = h->obase;
 	if (atomic)
 		sweep_all(h);
-	return "mark-sweep";
+	return what;
 }
 
 /* A precise full collection. A cycle already marking is finished first (it may keep
@@ -865,7 +912,7 @@ static int step(struct heap *h, size_t budget)
 		if (mark_step(h, budget))
 			what = mark_finish(h, false, false);
 	} else {
-		sweep_step(h, budget);
+		sweep_slice(h, budget);
 	}
 	pause_end(h, t0, what);
 	return h->state != IDLE;

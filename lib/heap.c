@@ -78,9 +78,9 @@ enum {
 	T_FREE = 0xff,	   /* type of a free chunk in the old arena */
 	NCLASS = 63,	   /* exact free lists for chunks of 2..NCLASS words */
 	SLOT_SHIFT = 16,   /* handle table chunk: 65536 slots, never moved once allocated */
-	PACE_BYTES = 32768 /* allocation between two paced slices of old-generation work */
+	PACE_BYTES = 16384 /* allocation between two paced slices of old-generation work */
 };
-#define PACE_WORK  ((size_t)256 << 10) /* bytes of marking or sweeping per paced slice */
+#define PACE_WORK  ((size_t)128 << 10) /* bytes of marking, sweeping or compaction per slice */
 #define SLOT_CHUNK ((size_t)1 << SLOT_SHIFT)
 
 struct hdr {

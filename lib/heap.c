@@ -21,8 +21,13 @@
  * promote_age is copied into the old generation instead; promoted objects are queued on
  * pstack and scanned too, and join the remembered set if they still point at young objects.
  * If the old space is full the survivor simply stays young: `to` is as big as `from`, so a
- * scavenge can never run out of room. Dead young objects are found by one linear walk of
- * `from` (copied ones carry F_FORWARDED) and their handle slots are released.
+ * scavenge can never run out of room. A survivor that would fill `to` past half is promoted
+ * early whatever its age, so a scavenge always leaves room to allocate: when every young
+ * object survives (a burst of lookups), the old rule left `to` full and every allocation
+ * fell back on a full, compacting collection. Only ysize bytes of each semi-space are used
+ * (HEAP_SEMI_SPACE_USED, far below the reserved limit), because the scavenge pause grows
+ * with the survivors and nearly all new records survive. Dead young objects are found by one linear
+ * walk of `from` (copied ones carry F_FORWARDED) and their handle slots are released.
  *
  * Old generation: one reserved arena (mmap, MAP_NORESERVE: pages are committed on first use)
  * allocated by segregated free lists with a bump pointer at the top, plus a list of large
@@ -73,9 +78,9 @@ enum {
 	T_FREE = 0xff,	   /* type of a free chunk in the old arena */
 	NCLASS = 63,	   /* exact free lists for chunks of 2..NCLASS words */
 	SLOT_SHIFT = 16,   /* handle table chunk: 65536 slots, never moved once allocated */
-	PACE_BYTES = 32768 /* allocation between two paced slices of old-generation work */
+	PACE_BYTES = 16384 /* allocation between two paced slices of old-generation work */
 };
-#define PACE_WORK  ((size_t)256 << 10) /* bytes of marking or sweeping per paced slice */
+#define PACE_WORK  ((size_t)128 << 10) /* bytes of marking, sweeping or compaction per slice */
 #define SLOT_CHUNK ((size_t)1 << SLOT_SHIFT)
 
 struct hdr {
@@ -106,8 +111,9 @@ enum state { IDLE, MARKING, SWEEPING };
 
 struct heap {
 	struct heap_config cfg;
-	char *ymem; /* both semi-spaces, 2 * semi bytes */
-	size_t semi;
+	char *ymem;   /* both semi-spaces, 2 * semi bytes reserved */
+	size_t semi;  /* reserved bytes per semi-space: config.semi_space, the user's limit */
+	size_t ysize; /* bytes per semi-space in use: min(semi, HEAP_SEMI_SPACE_USED) */
 	char *from, *to, *ytop;
 
 	char *obase, *otop; /* old arena and its bump pointer */
@@ -130,7 +136,9 @@ struct heap {
 	bool mark_overflow; /* mstack could not grow: rescan marked objects */
 	bool full_mark;	    /* atomic full marking: young objects are traced and marked too */
 	size_t marked_bytes;
-	char *sweep; /* sweeping: next arena address to sweep */
+	char *sweep;	 /* sweeping: next arena address to sweep */
+	char *dst;	 /* compacting: where the next live object slides to */
+	bool compacting; /* this sweep slides live objects down instead of freeing */
 	size_t trigger;
 	size_t debt;
 	bool in_gc;
@@ -272,7 +280,7 @@ static void pause_end(struct heap *h, uint64_t t0, const char *what)
 	char line[200];
 	snprintf(line, sizeof(line),
 		 "heap: %s young %zuK/%zuK old %zuK/%zuK frag %.2f objects %zu pause %.3f ms", what,
-		 (size_t)(h->ytop - h->from) >> 10, h->semi >> 10, old_used(h) >> 10,
+		 (size_t)(h->ytop - h->from) >> 10, h->ysize >> 10, old_used(h) >> 10,
 		 h->olimit >> 10, fragmentation(h), h->live_slots, (double)dt / 1e6);
 	h->cfg.trace(h->cfg.arg, line);
 }
@@ -419,20 +427,25 @@ static void sweep_done(struct heap *h)
 		h->trigger = used + h->olimit / 16;
 }
 
-/* Sweeps about budget bytes of the arena. A run of garbage and free chunks is always
- * finished, so the free lists only ever hold maximal runs. */
+/* Sweeps about budget bytes of the arena (live objects kept, garbage reclaimed, both count).
+ * A run of garbage and free chunks becomes one free chunk, unless the budget ends inside it:
+ * then the rest of the run starts the next chunk, so a slice is bounded even in a region that
+ * died wholesale. */
 static void sweep_step(struct heap *h, size_t budget)
 {
 	char *p = h->sweep;
-	while (p < h->otop) {
+	while (p < h->otop && budget > 0) {
 		char *run = p;
-		while (p < h->otop) {
+		while (p < h->otop && budget > 0) {
 			struct hdr *o = (struct hdr *)p;
 			if (o->type != T_FREE && (o->flags & F_MARK))
 				break;
-			if (o->type != T_FREE)
+			size_t sz = obj_size(o);
+			if (o->type != T_FREE) {
 				reclaim(h, o);
-			p += obj_size(o);
+				budget = budget > sz ? budget - sz : 0;
+			}
+			p += sz;
 		}
 		if (p > run) {
 			if (p == h->otop)
@@ -440,48 +453,103 @@ static void sweep_step(struct heap *h, size_t budget)
 			else
 				chunk_add(h, run, (size_t)(p - run));
 		}
-		if (p < h->otop) {
+		if (p < h->otop && budget > 0) {
 			struct hdr *o = (struct hdr *)p;
 			o->flags &= (uint8_t)~F_MARK;
 			size_t sz = obj_size(o);
 			p += sz;
 			budget = budget > sz ? budget - sz : 0;
 		}
-		if (budget == 0)
-			break;
 	}
 	h->sweep = p;
 	if (p >= h->otop)
 		sweep_done(h);
 }
 
+/* Incremental mark-compact: a sweep that slides every live object down to h->dst instead of
+ * freeing around it, in address order, a slice at a time. Handles make a move one slot update,
+ * and no heap_deref pointer survives a call that may collect, so objects may move between any
+ * two slices. While it runs the free lists are empty and [dst, sweep) is one unlisted free
+ * chunk (the gap, all of ofree), so the arena stays walkable; new old objects are bumped at
+ * otop, pre-marked, and slide down when the compactor reaches them. */
+static void compact_step(struct heap *h, size_t budget)
+{
+	char *p = h->sweep, *dst = h->dst;
+	while (p < h->otop && budget > 0) {
+		struct hdr *o = (struct hdr *)p;
+		size_t sz = obj_size(o);
+		if (o->type != T_FREE && (o->flags & F_MARK)) {
+			o->flags &= (uint8_t)~F_MARK;
+			if (dst != p) {
+				memmove(dst, p, sz);
+				slot_at(h, ((struct hdr *)dst)->idx)->obj = (struct hdr *)dst;
+			}
+			dst += sz;
+		} else if (o->type != T_FREE) {
+			reclaim(h, o);
+		}
+		budget = budget > sz ? budget - sz : 0;
+		p += sz;
+	}
+	h->sweep = p;
+	h->dst = dst;
+	h->ofree = (size_t)(p - dst);
+	if (p >= h->otop) {
+		h->otop = dst;
+		h->ofree = 0;
+		h->compacting = false;
+		sweep_done(h);
+	} else if (p > dst) {
+		struct hdr *gap = (struct hdr *)dst;
+		gap->type = T_FREE;
+		gap->flags = 0;
+		gap->nbytes = (uint32_t)(p - dst);
+	}
+}
+
+/* One slice of sweeping or compacting. */
+static void sweep_slice(struct heap *h, size_t budget)
+{
+	if (h->compacting)
+		compact_step(h, budget);
+	else
+		sweep_step(h, budget);
+}
+
 static void sweep_all(struct heap *h)
 {
 	while (h->state == SWEEPING)
-		sweep_step(h, SIZE_MAX);
+		sweep_slice(h, SIZE_MAX);
 }
 
 /* ---- old allocation ---- */
 
+/* Bumps otop when the arena has room; the object is marked when a sweep or compaction has yet
+ * to pass it, so that it is kept. */
+static struct hdr *old_bump(struct heap *h, size_t size)
+{
+	if ((size_t)(h->otop - h->obase) + h->large_bytes + size > h->olimit)
+		return NULL;
+	struct hdr *o = (struct hdr *)h->otop;
+	h->otop += size;
+	o->flags = h->state == SWEEPING ? F_MARK : 0;
+	return o;
+}
+
 static struct hdr *old_alloc(struct heap *h, size_t size)
 {
 	struct hdr *o = flist_take(h, size);
-	if (o == NULL && h->state == SWEEPING) {
+	if (o == NULL && h->state == SWEEPING && !h->compacting) {
 		sweep_step(h, 64 << 10);
 		o = flist_take(h, size);
 	}
-	if (o == NULL && (size_t)(h->otop - h->obase) + h->large_bytes + size <= h->olimit) {
-		o = (struct hdr *)h->otop;
-		h->otop += size;
-		if (h->state == SWEEPING)
-			o->flags = F_MARK; /* above the sweep cursor: keep it */
-		else
-			o->flags = 0;
+	if (o == NULL && (o = old_bump(h, size)) != NULL)
 		return o;
-	}
 	if (o == NULL && h->state == SWEEPING) {
 		sweep_all(h);
 		o = flist_take(h, size);
+		if (o == NULL)
+			return old_bump(h, size);
 	}
 	if (o != NULL)
 		o->flags = 0;
@@ -601,7 +669,8 @@ static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char
 	size_t size = obj_size(o);
 	unsigned age = o->age + 1u;
 	struct hdr *n = NULL;
-	if (promote_all || age >= h->cfg.promote_age) {
+	if (promote_all || age >= h->cfg.promote_age ||
+	    (size_t)(*to_top - h->to) + size > h->ysize / 2) {
 		n = old_alloc(h, size);
 		if (n != NULL) {
 			uint8_t keep = n->flags & F_MARK;
@@ -748,31 +817,14 @@ static void large_sweep(struct heap *h)
 	}
 }
 
-/* Slides every marked arena object down to the bottom, in address order. */
-static void compact(struct heap *h)
+/* Starts sliding every marked arena object down to the bottom (see compact_step). */
+static void compact_start(struct heap *h)
 {
-	char *p = h->obase, *dst = h->obase;
-	while (p < h->otop) {
-		struct hdr *o = (struct hdr *)p;
-		size_t size = obj_size(o);
-		if (o->type != T_FREE) {
-			if (o->flags & F_MARK) {
-				uint32_t idx = o->idx;
-				o->flags &= (uint8_t)~F_MARK;
-				if (dst != p)
-					memmove(dst, p, size);
-				slot_at(h, idx)->obj = (struct hdr *)dst;
-				dst += size;
-			} else {
-				reclaim(h, o);
-			}
-		}
-		p += size;
-	}
-	h->otop = dst;
 	flist_reset(h);
+	h->state = SWEEPING;
+	h->compacting = true;
+	h->sweep = h->dst = h->obase;
 	h->st.old.mark_compacts++;
-	sweep_done(h);
 }
 
 /* The atomic end of marking: scavenge, shade what young objects point at, drain, then
@@ -789,17 +841,19 @@ static const char *mark_finish(struct heap *h, bool atomic, bool force_compact)
 	large_sweep(h);
 	size_t extent = (size_t)(h->otop - h->obase);
 	double garbage = extent ? 1.0 - (double)h->marked_bytes / (double)extent : 0;
+	const char *what = "mark-compact";
 	if (force_compact || garbage > h->cfg.compact_threshold) {
-		compact(h);
-		return "mark-compact";
+		compact_start(h);
+	} else {
+		what = "mark-sweep";
+		h->st.old.mark_sweeps++;
+		flist_reset(h);
+		h->state = SWEEPING;
+		h->sweep = h->obase;
 	}
-	h->st.old.mark_sweeps++;
-	flist_reset(h);
-	h->state = SWEEPING;
-	h->sweep = h->obase;
 	if (atomic)
 		sweep_all(h);
-	return "mark-sweep";
+	return what;
 }
 
 /* A precise full collection. A cycle already marking is finished first (it may keep
@@ -858,7 +912,7 @@ static int step(struct heap *h, size_t budget)
 		if (mark_step(h, budget))
 			what = mark_finish(h, false, false);
 	} else {
-		sweep_step(h, budget);
+		sweep_slice(h, budget);
 	}
 	pause_end(h, t0, what);
 	return h->state != IDLE;
@@ -885,7 +939,9 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	c.old_space = align8(c.old_space);
 	if (c.semi_space < HEAP_MIN_SEMI_SPACE || c.semi_space > ((size_t)1 << 32) ||
 	    c.old_space > HEAP_MAX_OLD_SPACE || c.promote_age > 255 ||
-	    c.large_object > c.semi_space / 4 || c.large_object < sizeof(struct hdr) ||
+	    c.large_object >
+		(c.semi_space < HEAP_SEMI_SPACE_USED ? c.semi_space : HEAP_SEMI_SPACE_USED) / 4 ||
+	    c.large_object < sizeof(struct hdr) ||
 	    !(c.compact_threshold > 0 && c.compact_threshold <= 1))
 		return -EINVAL;
 
@@ -894,6 +950,7 @@ int heap_new(const struct heap_config *config, struct heap **out)
 		return -ENOMEM;
 	h->cfg = c;
 	h->semi = c.semi_space;
+	h->ysize = h->semi < HEAP_SEMI_SPACE_USED ? h->semi : HEAP_SEMI_SPACE_USED;
 	h->olimit = c.old_space;
 	h->ymem = mmap(NULL, 2 * h->semi, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -914,7 +971,7 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	h->to = h->ymem + h->semi;
 	h->otop = h->obase;
 	sweep_done(h);
-	h->st.young.size = h->semi;
+	h->st.young.size = h->ysize;
 	h->st.old.size = h->olimit;
 	*out = h;
 	return 0;
@@ -1008,11 +1065,11 @@ static struct hdr *large_alloc(struct heap *h, size_t size)
 
 static struct hdr *young_alloc(struct heap *h, size_t size)
 {
-	if (h->ytop + size > h->from + h->semi) {
+	if (h->ytop + size > h->from + h->ysize) {
 		if (collect_minor(h) < 0)
 			return NULL;
-		if (h->ytop + size > h->from + h->semi &&
-		    (collect_full(h, true) < 0 || h->ytop + size > h->from + h->semi))
+		if (h->ytop + size > h->from + h->ysize &&
+		    (collect_full(h, true) < 0 || h->ytop + size > h->from + h->ysize))
 			return NULL;
 	}
 	struct hdr *o = (struct hdr *)h->ytop;
@@ -1188,7 +1245,7 @@ void heap_stats(const struct heap *h, struct heap_stats *out)
 	out->pause_us.total = h->pause_ns_total / 1000;
 	out->objects = h->live_slots;
 	size_t table = h->nchunks * SLOT_CHUNK * sizeof(struct slot);
-	out->heap_total = 2 * h->semi + (size_t)(h->otop - h->obase) + h->large_bytes + table;
+	out->heap_total = 2 * h->ysize + (size_t)(h->otop - h->obase) + h->large_bytes + table;
 	out->heap_used = out->young.used + out->old.used + h->live_slots * sizeof(struct slot);
 }
 
@@ -1273,7 +1330,7 @@ static int verify_spaces(struct verify *v)
 	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
 		if ((rc = verify_object(v, (struct hdr *)p, "young")) < 0)
 			return rc;
-	if (h->ytop > h->from + h->semi)
+	if (h->ytop > h->from + h->ysize)
 		return fail(v, "young top beyond the semi-space");
 	size_t free_bytes = 0;
 	for (char *p = h->obase; p < h->otop;) {

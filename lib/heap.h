@@ -23,7 +23,8 @@
  * heap_deref returning NULL once it is reclaimed) is a caller bug. An old object that a
  * finished marking found unreachable is stale at once, before the lazy sweeper reclaims it.
  *
- * Limits. The young generation is one semi-space pair of config.semi_space bytes each; the old
+ * Limits. The young generation is one semi-space pair of config.semi_space bytes each (of
+ * which at most HEAP_SEMI_SPACE_USED are used; see there); the old
  * generation (including large objects) never exceeds config.old_space bytes. When even a full
  * mark-compact cannot make room, heap_alloc returns 0 (ENOMEM); nothing is corrupted.
  *
@@ -37,7 +38,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HEAP_DEFAULT_SEMI_SPACE	  ((size_t)8 << 20)   /* 8 MiB per semi-space */
+/* config.semi_space is a limit (the reservation); the heap uses at most HEAP_SEMI_SPACE_USED
+ * of it. A scavenge costs in proportion to its survivors, and while the kernel looks files up
+ * nearly every new record survives, so the semi-space size is the pause: 128 KiB keeps a
+ * scavenge well under a millisecond (bench_inode), 8 MiB took 25-50 ms. */
+#define HEAP_DEFAULT_SEMI_SPACE	  ((size_t)8 << 20)   /* 8 MiB per semi-space, reserved */
+#define HEAP_SEMI_SPACE_USED	  ((size_t)128 << 10) /* 128 KiB of it in use */
 #define HEAP_DEFAULT_OLD_SPACE	  ((size_t)256 << 20) /* 256 MiB: ~1M inodes with 100 B names */
 #define HEAP_DEFAULT_PROMOTE_AGE  2		      /* survive two scavenges (see bench_heap) */
 #define HEAP_DEFAULT_LARGE_OBJECT 2048		      /* bigger objects are never copied */

@@ -275,6 +275,39 @@ static void large_objects_stay_put(void **state)
 	heap_free(h);
 }
 
+/* The semi-space limit is a limit: the heap uses HEAP_SEMI_SPACE_USED of a bigger one. When
+ * every young object survives (a burst of lookups), a scavenge promotes early rather than
+ * fill to-space, so allocation goes on with scavenges alone, never a full collection. */
+static void young_generation_stays_small(void **state)
+{
+	(void)state;
+	struct heap_config cfg = {.semi_space = 8 * HEAP_SEMI_SPACE_USED, .old_space = 64 << 20};
+	struct heap *h = NULL;
+	assert_int_equal(heap_new(&cfg, &h), 0);
+	enum { N = 20000 };
+	static uint64_t obj[N];
+	struct heap_stats st;
+	uint64_t scavenges = 0;
+	for (unsigned i = 0; i < N; i++) {
+		obj[i] = heap_alloc(h, 1, 1, 80);
+		assert_true(obj[i] != 0);
+		fill(h, obj[i], i);
+		heap_stats(h, &st);
+		assert_true(st.young.size == HEAP_SEMI_SPACE_USED);
+		assert_true(st.young.used <= HEAP_SEMI_SPACE_USED);
+		if (st.young.scavenges != scavenges) /* just after one: at most half full */
+			assert_true(st.young.used <= HEAP_SEMI_SPACE_USED / 2 + 2 * 120);
+		scavenges = st.young.scavenges;
+	}
+	check(h);
+	assert_true(st.young.scavenges >= (uint64_t)N * 120 / HEAP_SEMI_SPACE_USED);
+	assert_true(st.old.mark_compacts == 0 && st.old.mark_sweeps == 0);
+	assert_true(st.heap_total < 2 * HEAP_SEMI_SPACE_USED + st.old.used + (4 << 20));
+	for (unsigned i = 0; i < N; i++)
+		assert_true(intact(h, obj[i], i));
+	heap_free(h);
+}
+
 /* Dropping most of a full old space fragments it; the next full cycle compacts. */
 static void fragmentation_triggers_compaction(void **state)
 {
@@ -320,6 +353,82 @@ static void fragmentation_triggers_compaction(void **state)
 	heap_stats(h, &after);
 	assert_true(after.old.used > used);
 	assert_true(after.old.fragmentation < before.old.fragmentation);
+	heap_free(h);
+}
+
+/* A cycle that finds the old space mostly garbage compacts in bounded slices, not in one
+ * pause: objects slide down between the mutator's calls, handles and references stay valid,
+ * objects promoted meanwhile are kept, and the arena ends with no free space inside. */
+static void compaction_runs_in_slices(void **state)
+{
+	(void)state;
+	struct heap_config cfg = {.semi_space = 64 << 10,
+				  .old_space = 4 << 20,
+				  .promote_age = 1,
+				  .large_object = 16 << 10,
+				  .compact_threshold = 0.3};
+	struct heap *h = NULL;
+	assert_int_equal(heap_new(&cfg, &h), 0);
+	enum { N = 8000, M = 400 };
+	static uint64_t obj[N], late[M];
+	for (unsigned i = 0; i < N; i++) {
+		obj[i] = heap_alloc(h, 1, 1, 48);
+		assert_true(obj[i] != 0);
+		fill(h, obj[i], i);
+		if (i % 4 == 0 && i >= 4)
+			assert_int_equal(heap_set_ref(h, obj[i], 0, obj[i - 4]), 0);
+	}
+	assert_int_equal(heap_collect(h, HEAP_FULL), 0);
+	struct heap_stats before, st;
+	heap_stats(h, &before);
+	for (unsigned i = 0; i < N; i++)
+		if (i % 4 != 0 || i < N / 2) /* the upper half of the chain holds the lower */
+			assert_int_equal(heap_root_dec(h, obj[i]), 0);
+	unsigned slices = 0, compacting = 0, nlate = 0;
+	/* Old garbage until the old space passes its trigger and a cycle starts. */
+	while (heap_step(h, 64) == 0 && slices++ < 1000) {
+		uint64_t batch[100];
+		for (unsigned i = 0; i < 100; i++)
+			assert_true((batch[i] = heap_alloc(h, 9, 0, 64)) != 0);
+		assert_int_equal(heap_collect(h, HEAP_MINOR), 0);
+		for (unsigned i = 0; i < 100; i++)
+			assert_int_equal(heap_root_dec(h, batch[i]), 0);
+	}
+	for (slices = 0; slices < 100000; slices++) {
+		heap_stats(h, &st);
+		int in_compaction = st.old.mark_compacts > before.old.mark_compacts;
+		if (in_compaction && nlate < M) { /* promoted while the compactor runs */
+			late[nlate] = heap_alloc(h, 3, 0, 40);
+			assert_true(late[nlate] != 0);
+			fill(h, late[nlate], 10000 + nlate);
+			nlate++;
+			assert_int_equal(heap_collect(h, HEAP_MINOR), 0);
+		}
+		if (heap_step(h, 2048) == 0)
+			break;
+		compacting += in_compaction;
+		if (slices % 8 == 0)
+			check(h);
+		for (unsigned i = 0; i < N && slices % 32 == 0; i += 4)
+			assert_true(intact(h, obj[i], i));
+	}
+	check(h);
+	heap_stats(h, &st);
+	assert_true(st.old.mark_compacts == before.old.mark_compacts + 1);
+	assert_true(compacting > 10 && nlate > 10);
+	assert_true(st.old.fragmentation == 0.0 && st.old.used < before.old.used / 2);
+	for (unsigned i = 0; i < N; i++) {
+		uint64_t r = 0;
+		if (i % 4 != 0) {
+			assert_null(heap_deref(h, obj[i]));
+			continue;
+		}
+		assert_true(intact(h, obj[i], i));
+		assert_int_equal(heap_get_ref(h, obj[i], 0, &r), 0);
+		assert_true(r == (i >= 4 ? obj[i - 4] : 0));
+	}
+	for (unsigned i = 0; i < nlate; i++)
+		assert_true(intact(h, late[i], 10000 + i));
 	heap_free(h);
 }
 
@@ -675,7 +784,9 @@ int main(void)
 	    cmocka_unit_test(roots_keep_chains_alive),
 	    cmocka_unit_test(enomem_keeps_records),
 	    cmocka_unit_test(large_objects_stay_put),
+	    cmocka_unit_test(young_generation_stays_small),
 	    cmocka_unit_test(fragmentation_triggers_compaction),
+	    cmocka_unit_test(compaction_runs_in_slices),
 	    cmocka_unit_test(incremental_marking_with_mutation),
 	    cmocka_unit_test(insertion_barrier_saves_moved_referent),
 	    cmocka_unit_test(stats_follow_injected_clock),

@@ -520,8 +520,8 @@ int vattr_setxattr(fuse_req_t req, struct tfs *fs, fuse_ino_t ino, const char *n
 	if (err == 0 && v->where == ON_ROOT && uid != 0 && uid != geteuid())
 		err = -EPERM;
 	char text[32];
-	if (err == 0 && size >= sizeof(text))
-		err = -EINVAL; /* no valid value is that long */
+	if (err == 0 && (size >= sizeof(text) || memchr(value, '\0', size) != NULL))
+		err = -EINVAL; /* no valid value is that long, or holds a NUL */
 	if (err == 0) {
 		memcpy(text, value, size);
 		text[size] = '\0';

@@ -139,6 +139,119 @@ static void rate_out_of_range(void **state)
 	expect_refusal(fs, (const char *[]){"-f", "-o", "rate=-5", fs->backing, fs->mnt, NULL});
 }
 
+/*
+ * Every row of fs/options.c's table, with the bad values it must refuse. A size or rate row gets
+ * the same battery: malformed numbers and suffixes, a negative number, one too large for any
+ * row, an empty value, no value at all, and zero where the row's minimum is above zero (a rate
+ * of 0 means unlimited and is valid). The flag gets every form of "flag=value". Keep this list
+ * in step with the table: a row missing here is an option whose refusals nobody checks.
+ */
+struct bad_row {
+	const char *name;
+	bool zero_refused; /* its minimum is above zero */
+	bool flag;
+};
+
+static const struct bad_row bad_rows[] = {
+    {"rate", false, false},	 {"file_rate", false, false},	  {"buffer", true, false},
+    {"max_buffer", true, false}, {"max_semi_space", true, false}, {"max_old_space", true, false},
+    {"trace_gc", false, true},
+};
+
+/* Values after "name=" that no size or rate row accepts (nor the flag, which takes none). */
+static const char *const bad_values[] = {
+    "12Q",
+    "abc",
+    "1.5M",
+    "32MB",
+    "4 M",
+    " 4M",
+    "4M ",
+    "0x10",
+    "-1",
+    "-0",
+    "+5",
+    "99999999999T",
+    "99999999999999999999",
+    "18446744073709551616",
+    "",
+};
+
+/* Spawns the daemon with "-f -o opt BACKING MNT" and expects the refusal. */
+static void refuse_opt(struct h_fs *fs, const char *opt)
+{
+	fprintf(stderr, "case: -o '%s'\n", opt);
+	expect_refusal(fs, (const char *[]){"-f", "-o", opt, fs->backing, fs->mnt, NULL});
+}
+
+static void every_option_refuses_bad_values(void **state)
+{
+	struct h_fs *fs = *state;
+	char opt[128];
+	int cases = 0;
+	for (size_t i = 0; i < sizeof(bad_rows) / sizeof(bad_rows[0]); i++) {
+		const struct bad_row *r = &bad_rows[i];
+		for (size_t v = 0; v < sizeof(bad_values) / sizeof(bad_values[0]); v++) {
+			snprintf(opt, sizeof(opt), "%s=%s", r->name, bad_values[v]);
+			refuse_opt(fs, opt);
+			cases++;
+		}
+		if (r->flag) {
+			/* A flag given any value, even the ones that look like "on". */
+			static const char *const on[] = {"1", "0", "true", "yes"};
+			for (size_t v = 0; v < sizeof(on) / sizeof(on[0]); v++) {
+				snprintf(opt, sizeof(opt), "%s=%s", r->name, on[v]);
+				refuse_opt(fs, opt);
+				cases++;
+			}
+			continue;
+		}
+		refuse_opt(fs, r->name); /* a size with no value at all */
+		cases++;
+		if (r->zero_refused) {
+			snprintf(opt, sizeof(opt), "%s=0", r->name);
+			refuse_opt(fs, opt);
+			cases++;
+		}
+	}
+	fprintf(stderr, "%d bad option values refused\n", cases);
+}
+
+/* Just above each row's maximum (rates: 1T; the largest sizes: 64G, semi-space 4G). */
+static void every_option_refuses_one_past_max(void **state)
+{
+	struct h_fs *fs = *state;
+	static const char *const over[] = {
+	    "rate=1099511627777",     "file_rate=1099511627777",   "buffer=68719476737",
+	    "max_buffer=68719476737", "max_semi_space=4294967297", "max_old_space=68719476737",
+	};
+	for (size_t i = 0; i < sizeof(over) / sizeof(over[0]); i++)
+		refuse_opt(fs, over[i]);
+}
+
+static void unknown_options(void **state)
+{
+	struct h_fs *fs = *state;
+	static const char *const unknown[] = {
+	    "bogus",	 "Rate=1M", "rates=1M",	       "rate_=1M", "buffer_size=4M",
+	    "trace_gcx", "=5",	    "rate=1M,bogus=2", /* a good option does not excuse a bad one
+							  after it */
+	};
+	for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++)
+		refuse_opt(fs, unknown[i]);
+}
+
+/* A bad value among good ones, and the same option twice with the last one bad. */
+static void bad_value_among_good_ones(void **state)
+{
+	struct h_fs *fs = *state;
+	refuse_opt(fs, "rate=1M,buffer=64K,max_buffer=0");
+	refuse_opt(fs, "rate=1M,rate=-1");
+	refuse_opt(fs, "buffer=8M,max_buffer=4M"); /* buffer above max_buffer */
+	expect_refusal(fs, (const char *[]){"-f", "-o", "rate=1M", "-o", "file_rate=x", fs->backing,
+					    fs->mnt, NULL});
+}
+
 static int teardown(void **state)
 {
 	int rc = h_fs_free(*state);
@@ -151,9 +264,18 @@ static int teardown(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    T(missing_backing),	      T(backing_is_file),	    T(missing_mountpoint),
-	    T(mountpoint_is_backing), T(mountpoint_inside_backing), T(unknown_option),
-	    T(malformed_size),	      T(rate_out_of_range),
+	    T(missing_backing),
+	    T(backing_is_file),
+	    T(missing_mountpoint),
+	    T(mountpoint_is_backing),
+	    T(mountpoint_inside_backing),
+	    T(unknown_option),
+	    T(malformed_size),
+	    T(rate_out_of_range),
+	    T(every_option_refuses_bad_values),
+	    T(every_option_refuses_one_past_max),
+	    T(unknown_options),
+	    T(bad_value_among_good_ones),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

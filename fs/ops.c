@@ -358,14 +358,38 @@ static void do_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	fuse_reply_entry(req, &e);
 }
 
+/*
+ * The store reuses the inode number of a file whose last name is gone, and the daemon knows
+ * files by (dev, ino) without holding them open: so when a change through the view removes a
+ * file's last name, its record leaves the index (inode_unhash), and a new file with the same
+ * number gets a node of its own instead of the old file's cached attributes. `victim` is the
+ * name's stat taken just before the change (st_nlink 0: nothing was there).
+ */
+static void forget_if_gone(struct tfs *fs, const struct stat *victim)
+{
+	if (victim->st_nlink != 0 && (S_ISDIR(victim->st_mode) || victim->st_nlink <= 1))
+		inode_unhash(fs->inodes, victim->st_dev, victim->st_ino);
+}
+
+/* The stat of name in dfd before a change removes it; st_nlink 0 when there is none. */
+static void victim_stat(int dfd, const char *name, struct stat *st)
+{
+	if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) != 0)
+		memset(st, 0, sizeof(*st));
+}
+
 static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, int flags)
 {
 	struct tfs *fs = tfs_of(req);
 	struct fdcache_ref d;
+	struct stat victim;
 	int err = backing_dir(fs, parent, &d);
 	if (err != 0)
 		return reply_err(req, err);
+	victim_stat(d.fd, name, &victim);
 	err = unlinkat(d.fd, name, flags) != 0 ? -errno : 0;
+	if (err == 0)
+		forget_if_gone(fs, &victim);
 	backing_put(fs, &d);
 	reply_err(req, err);
 }
@@ -402,9 +426,16 @@ static void do_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		backing_put(fs, &d);
 		return reply_err(req, err);
 	}
+	struct stat victim, moved;
+	victim_stat(nd.fd, newname, &victim); /* what the rename replaces, if anything */
+	victim_stat(d.fd, name, &moved);
+	if ((flags & RENAME_EXCHANGE) ||
+	    (victim.st_ino == moved.st_ino && victim.st_dev == moved.st_dev))
+		victim.st_nlink = 0; /* nothing dies: swapped, or two names of one file */
 	if (renameat2(d.fd, name, nd.fd, newname, flags) != 0) {
 		err = -errno;
 	} else {
+		forget_if_gone(fs, &victim);
 		err = rename_follow(fs, nd.fd, newparent, newname);
 		if (err == 0 && (flags & RENAME_EXCHANGE))
 			err = rename_follow(fs, d.fd, parent, name);

@@ -46,7 +46,10 @@
 #include <string.h>
 
 enum { T_REC = 1, T_LINK = 2 };
-enum { R_LINKED = 1 }; /* ref 0 names a T_LINK object holding (parent, name) */
+enum {
+	R_LINKED = 1,	/* ref 0 names a T_LINK object holding (parent, name) */
+	R_UNHASHED = 2, /* its file is gone: out of the index, so a reused st_ino is a new file */
+};
 
 #define TOMB	     UINT32_MAX /* a removed index entry; no handle index is ever this */
 #define INDEX_MIN    1024
@@ -542,6 +545,20 @@ void inode_unpin(struct inode_table *t, uint64_t id)
 	pthread_mutex_unlock(&t->lock);
 }
 
+int inode_unhash(struct inode_table *t, uint64_t dev, uint64_t ino)
+{
+	pthread_mutex_lock(&t->lock);
+	uint64_t handle = ix_find(t, dev, ino);
+	struct rec *r = handle && handle != t->root ? rec_get(t, handle) : NULL;
+	if (r != NULL) {
+		if (!ix_remove(&t->ix, (uint32_t)handle, dev, ino) && t->old.v != NULL)
+			ix_remove(&t->old, (uint32_t)handle, dev, ino);
+		r->flags |= R_UNHASHED;
+	}
+	pthread_mutex_unlock(&t->lock);
+	return r != NULL;
+}
+
 int inode_move(struct inode_table *t, uint64_t dev, uint64_t ino, uint64_t parent, const char *name)
 {
 	int err = 0;
@@ -724,7 +741,7 @@ static void verify_record(void *arg, uint64_t handle, unsigned type, void *paylo
 	/* a live record is indexed unless it was never rooted (rec_new's failure path) */
 	if (roots != (rooted(r) ? 1 : 0))
 		v->what = "root count disagrees with the lookup and pin counts";
-	else if (roots != 0 && ix_find(v->t, r->dev, r->ino) != handle)
+	else if (roots != 0 && !(r->flags & R_UNHASHED) && ix_find(v->t, r->dev, r->ino) != handle)
 		v->what = "a rooted record is not found through the index";
 	else
 		return;

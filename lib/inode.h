@@ -80,6 +80,13 @@ void inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup);
 int inode_pin(struct inode_table *t, uint64_t id);
 void inode_unpin(struct inode_table *t, uint64_t id);
 
+/* The backing file (dev, ino) is gone (its last name was removed): its record, if any, leaves
+ * the (dev, ino) index, so that a new file the store gives the same inode number gets a new
+ * node id and generation, not the old file's (the kernel would take it for the same file and
+ * trust what it cached of the old one). The record itself lives on while the kernel or an
+ * open handle still refers to it. Returns 1 when a record was unhashed, else 0. */
+int inode_unhash(struct inode_table *t, uint64_t dev, uint64_t ino);
+
 /* A rename moved backing file (dev, ino) to (parent, name): its record, if any, follows. */
 int inode_move(struct inode_table *t, uint64_t dev, uint64_t ino, uint64_t parent,
 	       const char *name);

@@ -190,6 +190,29 @@ static void parent_and_name(void **state)
 	assert_int_equal(inode_parent(t, f, &p, name, sizeof(name)), -ESTALE);
 }
 
+/* A file whose last name is gone leaves the index: the store may give its inode number to a
+ * new file, which must get a new node id, while the old record lives on for its users. */
+static void unhashed_number_is_a_new_file(void **state)
+{
+	struct inode_table *t = *state;
+	uint64_t a = link_one(t, INODE_ROOT, "a", 10);
+	assert_int_equal(inode_unhash(t, 7, 10), 1);
+	assert_int_equal(inode_unhash(t, 7, 10), 0); /* nothing left to unhash */
+	uint64_t b = link_one(t, INODE_ROOT, "b", 10);
+	assert_true(a != b);
+	char buf[8];
+	assert_int_equal(inode_path(t, a, buf, sizeof(buf)), 1);
+	assert_string_equal(buf, "a");
+	char err[128];
+	assert_int_equal(inode_table_verify(t, err, sizeof(err)), 0);
+	inode_forget(t, a, 1);
+	assert_int_equal(inode_table_collect(t, HEAP_FULL), 0);
+	assert_int_equal(inode_table_verify(t, err, sizeof(err)), 0);
+	/* the old record's end does not take the new one's index entry with it */
+	assert_true(link_one(t, INODE_ROOT, "b", 10) == b);
+	assert_int_equal(inode_unhash(t, 7, 1 /* never seen */), 0);
+}
+
 static void data_slot(void **state)
 {
 	struct inode_table *t = *state;
@@ -605,6 +628,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(hard_links_share_a_record, setup, teardown),
 	    cmocka_unit_test_setup_teardown(move_follows_rename, setup, teardown),
 	    cmocka_unit_test_setup_teardown(parent_and_name, setup, teardown),
+	    cmocka_unit_test_setup_teardown(unhashed_number_is_a_new_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(data_slot, setup, teardown),
 	    cmocka_unit_test_setup_teardown(many_records, setup, teardown),
 	    cmocka_unit_test(forgotten_records_are_collected),

@@ -54,22 +54,6 @@
 #define MiB	    (1ull << 20)
 #define WATCHDOG_MS 20000 /* a request that must answer, a writer that must stop or finish */
 
-/* ---- time ---- */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void nap_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
 /* ---- data: every byte a function of its file offset, so any piece can be checked alone ---- */
 
 static unsigned char pat(uint64_t off, unsigned seed)
@@ -255,14 +239,14 @@ static void ff_set(struct h_fs *fs, const char *name, const char *value)
 /* Waits until at least n writes are blocked in the stalled faultfs. */
 static void wait_stalled(struct h_fs *fs, long long n)
 {
-	int64_t end = now_ms() + WATCHDOG_MS;
+	int64_t end = h_clock_ms() + WATCHDOG_MS;
 	long long got;
 	while ((got = h_faultfs_get(fs, "stalled")) < n) {
 		assert_true(got >= 0);
-		if (now_ms() > end)
+		if (h_clock_ms() > end)
 			fprintf(stderr, "only %lld writes reached the stalled store\n", got);
-		assert_true(now_ms() <= end);
-		nap_ms(10);
+		assert_true(h_clock_ms() <= end);
+		h_nap_ms(10);
 	}
 }
 
@@ -452,7 +436,7 @@ static void writer_join(struct writer *w)
  * limit instead, and fail the caller's bound. */
 static void wait_writers_blocked(struct writer *w, int n)
 {
-	int64_t end = now_ms() + WATCHDOG_MS;
+	int64_t end = h_clock_ms() + WATCHDOG_MS;
 	uint64_t last = UINT64_MAX;
 	for (int same = 0; same < 3;) {
 		uint64_t sum = 0;
@@ -462,8 +446,8 @@ static void wait_writers_blocked(struct writer *w, int n)
 		}
 		same = sum == last ? same + 1 : 0;
 		last = sum;
-		assert_true(now_ms() <= end);
-		nap_ms(200);
+		assert_true(h_clock_ms() <= end);
+		h_nap_ms(200);
 	}
 }
 
@@ -550,11 +534,11 @@ static void test_backpressure_many_writers(void **state)
 static void rate_case(void **state, const char *opts, uint64_t size, uint64_t rate)
 {
 	struct h_fs *fs = over_plain(state, opts);
-	int64_t t0 = now_ms();
+	int64_t t0 = h_clock_ms();
 	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
 	write_pattern(fd, 0, size, MiB, 7);
 	assert_int_equal(close(fd), 0);
-	int64_t took = now_ms() - t0;
+	int64_t took = h_clock_ms() - t0;
 	int64_t expected = (int64_t)(size * 1000 / rate);
 	fprintf(stderr, "%s: %llu MiB in %lld ms, expected %lld ms\n", opts,
 		(unsigned long long)(size / MiB), (long long)took, (long long)expected);
@@ -643,18 +627,18 @@ static int write_file_errno(const char *path, uint64_t size, unsigned seed)
  */
 static void wait_free(const char *path, uint64_t bytes)
 {
-	int64_t start = now_ms();
+	int64_t start = h_clock_ms();
 	struct statvfs sv;
 	for (;;) {
 		assert_int_equal(statvfs(path, &sv), 0);
 		if ((uint64_t)sv.f_bavail * sv.f_frsize >= bytes)
 			break;
-		assert_true(now_ms() - start <= WATCHDOG_MS);
-		nap_ms(10);
+		assert_true(h_clock_ms() - start <= WATCHDOG_MS);
+		h_nap_ms(10);
 	}
-	if (now_ms() - start > 0)
+	if (h_clock_ms() - start > 0)
 		fprintf(stderr, "space freed %lld ms after the unlink\n",
-			(long long)(now_ms() - start));
+			(long long)(h_clock_ms() - start));
 }
 
 /* A 4 MiB tmpfs as the store: a 16 MiB file fails with ENOSPC, at write(2) or close(2), for a
@@ -787,7 +771,7 @@ static void test_buffered_reads(void **state)
 	int fd2 = open_ok(f, O_RDONLY);
 	expect_fd_bytes(fd2, data, sizeof(data));
 	assert_int_equal(size_of(f), (off_t)sizeof(data));
-	nap_ms(1200); /* past the attribute timeout (1 s) */
+	h_nap_ms(1200); /* past the attribute timeout (1 s) */
 	assert_int_equal(size_of(f), (off_t)sizeof(data));
 	struct stat st;
 	assert_int_equal(fstat(fd2, &st), 0);
@@ -863,7 +847,7 @@ static void test_buffered_append(void **state)
 	assert_int_equal(write(fd, want + 4096, 500), 500);
 	int fd2 = open_ok(f, O_WRONLY | O_APPEND);
 	assert_int_equal(write(fd2, want + 4596, 300), 300);
-	nap_ms(1200); /* past the attribute timeout: the next open asks the daemon for the size */
+	h_nap_ms(1200); /* past the attribute timeout: the next open asks the daemon for the size */
 	int fd3 = open_ok(f, O_WRONLY | O_APPEND);
 	assert_int_equal(write(fd3, want + 4896, 200), 200);
 	int rfd = open_ok(f, O_RDONLY);
@@ -1133,39 +1117,6 @@ static void test_concurrent_writers_readers(void **state)
 
 /* ---- memory ---- */
 
-/* VmRSS of pid in KiB, or -1. */
-static long rss_kib(pid_t pid)
-{
-	char path[64], line[256];
-	long kib = -1;
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	FILE *f = fopen(path, "re");
-	if (f == NULL)
-		return -1;
-	while (fgets(line, sizeof(line), f) != NULL) {
-		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-			break;
-	}
-	fclose(f);
-	return kib;
-}
-
-/* Whether pid runs with a sanitizer runtime (whose shadow memory swamps the bound). */
-static bool sanitized(pid_t pid)
-{
-	char path[64], line[512];
-	bool found = false;
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-	FILE *f = fopen(path, "re");
-	if (f == NULL)
-		return false;
-	while (!found && fgets(line, sizeof(line), f) != NULL)
-		found =
-		    strstr(line, "libasan") || strstr(line, "libtsan") || strstr(line, "libubsan");
-	fclose(f);
-	return found;
-}
-
 struct sampler {
 	pid_t pid;
 	atomic_bool stop;
@@ -1177,10 +1128,10 @@ static void *sample_run(void *arg)
 {
 	struct sampler *s = arg;
 	while (!atomic_load(&s->stop)) {
-		long r = rss_kib(s->pid);
+		long r = h_rss_kib(s->pid);
 		if (r > atomic_load(&s->peak))
 			atomic_store(&s->peak, r);
-		nap_ms(10);
+		h_nap_ms(10);
 	}
 	return NULL;
 }
@@ -1191,9 +1142,9 @@ static void *sample_run(void *arg)
 static void test_memory_bound(void **state)
 {
 	struct h_fs *fs = over_plain(state, "buffer=8M,max_buffer=8M");
-	long start = rss_kib(fs->pid);
+	long start = h_rss_kib(fs->pid);
 	assert_true(start > 0);
-	bool check = !sanitized(fs->pid) && start <= 64 * 1024;
+	bool check = !h_sanitized(fs->pid) && start <= 64 * 1024;
 	uint64_t size = check ? 256 * MiB : 64 * MiB;
 	if (!check)
 		fprintf(stderr,

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "size.h"
 
 enum opt_kind { OPT_SIZE, OPT_RATE, OPT_FLAG };
@@ -263,24 +264,21 @@ void opts_help(void)
 	}
 }
 
-size_t opts_json(const struct tfs_options *o, char *buf, size_t len)
+void opts_json(const struct tfs_options *o, struct json *j)
 {
-	size_t n = 0;
-	int w = snprintf(buf, len, "{");
-	n += (size_t)w;
+	json_begin_object(j);
 	for (size_t i = 0; i < NROWS; i++) {
-		const uint64_t *v = (const uint64_t *)((const char *)o + rows[i].offset);
-		if (rows[i].kind == OPT_FLAG)
-			w = snprintf(buf + (n < len ? n : len), n < len ? len - n : 0, "\"%s\":%s,",
-				     rows[i].name, *v ? "true" : "false");
-		else
-			w = snprintf(buf + (n < len ? n : len), n < len ? len - n : 0,
-				     "\"%s\":%llu,", rows[i].name, (unsigned long long)*v);
-		n += (size_t)w;
+		uint64_t v = *(const uint64_t *)((const char *)o + rows[i].offset);
+		if (rows[i].kind == OPT_FLAG) {
+			json_key(j, rows[i].name);
+			json_bool(j, v != 0);
+		} else {
+			json_field_u64(j, rows[i].name, v);
+		}
 	}
-	w = snprintf(buf + (n < len ? n : len), n < len ? len - n : 0, "\"backing\":\"%s\"}",
-		     o->backing_real ? o->backing_real : "");
-	return n + (size_t)w;
+	json_key(j, "backing");
+	json_string(j, o->backing_real ? o->backing_real : "");
+	json_end_object(j);
 }
 
 void opts_free(struct tfs_options *o)

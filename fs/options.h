@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 struct fuse_args;
+struct json;
 
 struct tfs_options {
 	uint64_t rate;		 /* bytes/s into the backing store, all files; 0: unlimited */
@@ -40,8 +41,8 @@ int opts_value(const char *name, const char *value, uint64_t *out);
 /* Prints the option list with defaults, for --help. */
 void opts_help(void);
 
-/* Writes the effective options as JSON into buf; returns the length it needs. */
-size_t opts_json(const struct tfs_options *o, char *buf, size_t len);
+/* Appends the effective options to j as one JSON object (the backing path escaped). */
+void opts_json(const struct tfs_options *o, struct json *j);
 
 void opts_free(struct tfs_options *o);
 

@@ -253,15 +253,7 @@ static void config_json(struct tfs *fs, struct json *j)
 	struct tfs_options o = fs->opt;
 	o.rate = __atomic_load_n(&fs->opt.rate, __ATOMIC_RELAXED);
 	o.file_rate = __atomic_load_n(&fs->opt.file_rate, __ATOMIC_RELAXED);
-	size_t need = opts_json(&o, NULL, 0);
-	char *text = malloc(need + 1);
-	if (text == NULL) {
-		j->failed = 1;
-		return;
-	}
-	opts_json(&o, text, need + 1);
-	json_raw(j, text, need);
-	free(text);
+	opts_json(&o, j);
 }
 
 /* ---- the names ---- */

@@ -214,6 +214,25 @@ static void meson_install(void **state)
 			 0);
 }
 
+/* The backing path in user.throttlefs.config is escaped JSON, whatever it holds. */
+static void config_escapes_backing_path(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_fs_unmount(fs), 0);
+	char odd[PATH_MAX];
+	h_path(odd, "%s/q\"b\\k", fs->root);
+	assert_int_equal(mkdir(odd, 0755), 0);
+	assert_int_equal(h_run("%s '%s' %s", h_daemon_bin(), odd, fs->mnt), 0);
+	assert_int_equal(wait_mounted(fs->mnt, true), 0);
+	char buf[2048], want[PATH_MAX + 32];
+	ssize_t n = getxattr(fs->mnt, "user.throttlefs.config", buf, sizeof(buf) - 1);
+	unmount_daemonized(fs->mnt);
+	assert_true(n > 0);
+	buf[n] = '\0';
+	h_path(want, "\"backing\":\"%s/q\\\"b\\\\k\"}", fs->root);
+	assert_non_null(strstr(buf, want));
+}
+
 static void help_and_version(void **state)
 {
 	struct h_fs *fs = *state;
@@ -239,6 +258,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(allow_other_checks_permissions, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(without_allow_other_only_owner, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(meson_install, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(config_escapes_backing_path, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(help_and_version, h_setup, h_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

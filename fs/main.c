@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,12 +72,15 @@ static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
 		opts[n++] = *p;
 	}
 	opts[n] = '\0';
-	/* libfuse's default of 10 threads is too few when writers wait and others must not.
-	 * With allow_other the kernel checks permissions itself (default_permissions), so that
-	 * nobody reaches through the view what the store's modes deny them; without it only the
-	 * mounting user gets in, and the backing store's own checks, made as that user, suffice
-	 * (and spare a GETATTR of the directory after every change in it). */
-	snprintf(opts + n, sizeof(opts) - n, ",subtype=throttlefs,max_threads=64%s",
+	/* libfuse's default of 10 threads is too few when writers wait and others must not;
+	 * TFS_MAX_THREADS bounds what their receive buffers hold (tfs.h). max_read caps reads
+	 * at TFS_MAX_REQUEST as max_write (ops.c) caps writes. With allow_other the kernel checks
+	 * permissions itself (default_permissions), so that nobody reaches through the view what
+	 * the store's modes deny them; without it only the mounting user gets in, and the backing
+	 * store's own checks, made as that user, suffice (and spare a GETATTR of the directory
+	 * after every change in it). */
+	snprintf(opts + n, sizeof(opts) - n, ",subtype=throttlefs,max_threads=%d,max_read=%u%s",
+		 TFS_MAX_THREADS, TFS_MAX_REQUEST,
 		 has_mount_opt(args, "allow_other") ? ",default_permissions" : "");
 	return fuse_opt_insert_arg(args, 1, opts);
 }
@@ -99,13 +103,12 @@ static void mountinfo_unescape(char *s)
 
 /*
  * Raises the view's readahead to TFS_READAHEAD_KB. The kernel gives a new FUSE mount the
- * default window (128 KiB) whatever the daemon offers at INIT, so a large sequential read
- * costs eight requests per MiB; with a 1 MiB window it costs one, and cold reads run about
+ * default window (128 KiB) whatever the daemon offers at INIT; with a 1 MiB window a large
+ * sequential read keeps four TFS_MAX_REQUEST reads in flight, and cold reads run about
  * half again faster. Done through the mount's backing device in sysfs, found by its device
  * number in mountinfo (no request to the view, which is not served yet). Only root may do
  * it; anyone else keeps the default, which is correct, just slower.
  */
-#define TFS_READAHEAD_KB 1024
 
 static void tune_readahead(const char *mountpoint)
 {
@@ -129,7 +132,7 @@ static void tune_readahead(const char *mountpoint)
 	FILE *ra = fopen(path, "we");
 	if (ra == NULL)
 		return;
-	fprintf(ra, "%d\n", TFS_READAHEAD_KB);
+	fprintf(ra, "%u\n", TFS_READAHEAD_KB);
 	if (fclose(ra) != 0)
 		fuse_log(FUSE_LOG_DEBUG, "throttlefs: %s: %s\n", path, strerror(errno));
 }
@@ -157,6 +160,15 @@ int main(int argc, char **argv)
 			break;
 		}
 	}
+	/* Buffers of 32 KiB and more (libfuse's 1 MiB receive buffer per worker, directory
+	 * streams, readdir replies, read buffers beyond the few ops.c keeps) are mapped on
+	 * their own and unmapped when freed. With glibc's defaults they come from the
+	 * per-thread arenas (its mmap threshold starts at 128 KiB and rises to the size of the
+	 * first large block freed), and a freed one stays resident there behind any small
+	 * block allocated after it: measured in the soak test, the arenas of a dozen worker
+	 * threads held 15-20 MiB of free memory, more than the whole buffer budget. */
+	if (mallopt(M_MMAP_THRESHOLD, 32 << 10) != 1)
+		fprintf(stderr, "throttlefs: warning: mallopt(M_MMAP_THRESHOLD) failed\n");
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cl = {0};
 	struct tfs fs = {.root_fd = -1, .timeout = 1.0, .handles_lock = PTHREAD_MUTEX_INITIALIZER};
@@ -253,10 +265,11 @@ int main(int argc, char **argv)
 		fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
 		if (cl.max_idle_threads != UINT_MAX) /* UINT_MAX: not given */
 			fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads);
-		/* libfuse's default of 10 threads is too few when writers are parked and others
-		 * wait. */
-		fuse_loop_cfg_set_max_threads(
-		    lc, cl.max_threads > 10 && cl.max_threads <= 100000 ? cl.max_threads : 64);
+		/* TFS_MAX_THREADS unless the user's -o max_threads says otherwise (see
+		 * add_default_opts). */
+		fuse_loop_cfg_set_max_threads(lc, cl.max_threads >= 1 && cl.max_threads <= 100000
+						      ? cl.max_threads
+						      : TFS_MAX_THREADS);
 		ret = loop_status(fuse_session_loop_mt(fs.se, lc));
 		fuse_loop_cfg_destroy(lc);
 	}

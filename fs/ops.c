@@ -115,11 +115,16 @@ static void tfs_init(void *userdata, struct fuse_conn_info *conn)
 	(void)userdata;
 	conn->want |= conn->capable & (FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ATOMIC_O_TRUNC |
 				       FUSE_CAP_ASYNC_READ | FUSE_CAP_READDIRPLUS);
+	/* Read data is sent through a pipe spliced from the backing file (tfs_read): no reply's
+	 * payload passes through our memory. Receiving writes by splice is not asked for: see
+	 * tfs_write_buf. */
+	conn->want |= conn->capable & FUSE_CAP_SPLICE_WRITE;
+	conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_MOVE);
 	/* Writes pass through us; the kernel must not cache them behind our back. */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
-	if (conn->max_write < (1u << 20))
-		conn->max_write = 1u << 20;
-	conn->max_readahead = conn->max_readahead > (1u << 20) ? conn->max_readahead : (1u << 20);
+	conn->max_write = TFS_MAX_REQUEST;
+	conn->max_read = TFS_MAX_REQUEST; /* must equal the max_read mount option (main.c) */
+	conn->max_readahead = TFS_READAHEAD_KB << 10;
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
 	conn->time_gran = 1;
@@ -609,42 +614,43 @@ out:
 }
 
 /*
- * Each worker thread reads into one buffer of its own, kept for the thread's life: a buffer
- * allocated per request (as libfuse does for descriptor replies without splice) is mapped,
- * faulted in and unmapped for every read, and the unmapping's TLB shootdowns cost more than
- * the copy itself.
+ * Reads that must be assembled in memory (a range with data still in a stream, the source
+ * of copy_file_range) use buffers of RBUF_SIZE bytes, the largest read request. A few are kept for
+ * reuse under a lock and the rest are freed, so the daemon holds at most RBUF_KEEP of them whatever
+ * the number of worker threads: a buffer per thread (as before) grew RSS by 1 MiB for every thread
+ * a burst of readers created. Allocating one per request instead would map, fault in and unmap it
+ * each time, and the unmapping's TLB shootdowns cost more than the copy. Plain reads need no buffer
+ * at all: they are spliced from the backing file (tfs_read).
  */
-static pthread_key_t read_buf_key;
-static pthread_once_t read_buf_once = PTHREAD_ONCE_INIT;
+#define RBUF_SIZE ((size_t)TFS_MAX_REQUEST)
+#define RBUF_KEEP 2
 
-struct read_buf {
-	size_t cap;
-	char data[];
-};
+static pthread_mutex_t rbuf_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *rbuf_kept[RBUF_KEEP];
+static unsigned rbuf_nkept;
 
-static void read_buf_key_make(void)
+/* A buffer of at least size bytes (size <= RBUF_SIZE), or NULL. */
+static char *rbuf_get(size_t size)
 {
-	if (pthread_key_create(&read_buf_key, free) != 0)
-		abort(); /* only at start: without it no read could be served */
+	char *b = NULL;
+	if (size > RBUF_SIZE)
+		return NULL;
+	pthread_mutex_lock(&rbuf_lock);
+	if (rbuf_nkept > 0)
+		b = rbuf_kept[--rbuf_nkept];
+	pthread_mutex_unlock(&rbuf_lock);
+	return b ? b : malloc(RBUF_SIZE);
 }
 
-/* This thread's buffer of at least size bytes, or NULL. */
-static char *read_buf(size_t size)
+static void rbuf_put(char *b)
 {
-	pthread_once(&read_buf_once, read_buf_key_make);
-	struct read_buf *b = pthread_getspecific(read_buf_key);
-	if (b == NULL || b->cap < size) {
-		size_t cap = size < (1u << 20) ? (1u << 20) : size;
-		struct read_buf *nb = malloc(sizeof(*nb) + cap);
-		if (nb == NULL || pthread_setspecific(read_buf_key, nb) != 0) {
-			free(nb);
-			return NULL;
-		}
-		free(b);
-		nb->cap = cap;
-		b = nb;
+	pthread_mutex_lock(&rbuf_lock);
+	if (rbuf_nkept < RBUF_KEEP) {
+		rbuf_kept[rbuf_nkept++] = b;
+		b = NULL;
 	}
-	return b->data;
+	pthread_mutex_unlock(&rbuf_lock);
+	free(b);
 }
 
 static void tfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -652,16 +658,31 @@ static void tfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	(void)ino;
 	struct handle *h = handle_of(fi);
-	char *buf = read_buf(size);
+	struct stream *s = h->node ? node_stream(h->node) : NULL;
+	/* Nothing pending at or beyond off: the backing file alone has the bytes (and the end
+	 * of file) this read must see, so they are spliced from it into the reply, through a
+	 * pipe, never copied into our memory. A write accepted after this check is concurrent
+	 * with the read, and either answer is right. (No SPLICE_F_MOVE: moving would steal the
+	 * pages from the backing file's page cache.) */
+	if (s == NULL || stream_end(s) <= (uint64_t)off) {
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		bv.buf[0].fd = h->fd;
+		bv.buf[0].pos = off;
+		fuse_reply_data(req, &bv, 0);
+		return;
+	}
+	/* Otherwise data still in the stream is overlaid on what the store has
+	 * (read-your-writes). */
+	char *buf = rbuf_get(size);
 	if (buf == NULL)
 		return reply_err(req, ENOMEM);
-	/* Data still in the stream is overlaid on what the store has (read-your-writes). */
-	struct stream *s = h->node ? node_stream(h->node) : NULL;
-	ssize_t n =
-	    s ? stream_read(s, h->fd, buf, size, (uint64_t)off) : pread(h->fd, buf, size, off);
+	ssize_t n = stream_read(s, h->fd, buf, size, (uint64_t)off);
 	if (n < 0)
-		return reply_err(req, s ? (int)n : errno);
-	fuse_reply_buf(req, buf, (size_t)n);
+		reply_err(req, (int)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	rbuf_put(buf);
 }
 
 /* A write the stream accepted but parked: its reply waits for the stream's callback. */
@@ -680,11 +701,25 @@ static void write_done(void *arg, int err)
 	free(p);
 }
 
-/* Hands size bytes for offset off to the stream of h and replies now or once the stream has
- * room (backpressure: the writer stays blocked in write(2) meanwhile, no thread is held). */
-static void stream_submit(fuse_req_t req, struct handle *h, const void *data, size_t size,
-			  off_t off)
+/* The fill of a write: the request's bytes, taken from libfuse's buffer vector (a pipe
+ * spliced from /dev/fuse, or memory), which fuse_buf_copy advances as it goes. */
+static int fill_from_bufvec(void *ctx, void *dst, size_t len)
 {
+	struct fuse_bufvec *src = ctx;
+	struct fuse_bufvec d = FUSE_BUFVEC_INIT(len);
+	d.buf[0].mem = dst;
+	ssize_t n = fuse_buf_copy(&d, src, 0);
+	if (n < 0)
+		return (int)n;
+	return (size_t)n == len ? 0 : -EIO;
+}
+
+/* Hands the bytes of data (fuse_buf_size(data) of them, for offset off) to the stream of h
+ * and replies now or once the stream has room (backpressure: the writer stays blocked in
+ * write(2) meanwhile, no thread is held). */
+static void stream_submit(fuse_req_t req, struct handle *h, struct fuse_bufvec *data, off_t off)
+{
+	size_t size = fuse_buf_size(data);
 	struct stream *s = h->node ? node_stream(h->node) : NULL;
 	if (s == NULL)
 		return reply_err(req, EBADF);
@@ -697,7 +732,7 @@ static void stream_submit(fuse_req_t req, struct handle *h, const void *data, si
 	p->req = req;
 	p->size = size;
 	node_wrote(h->node);
-	int r = stream_write(s, data, size, (uint64_t)off, write_done, p);
+	int r = stream_write_from(s, size, (uint64_t)off, fill_from_bufvec, data, write_done, p);
 	if (r == STREAM_PARKED)
 		return; /* p belongs to the callback now */
 	free(p);
@@ -710,11 +745,16 @@ static void stream_submit(fuse_req_t req, struct handle *h, const void *data, si
 		stream_help(s);
 }
 
-static void tfs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
-		      struct fuse_file_info *fi)
+/* The write's data arrives in the worker's receive buffer (libfuse's) and is copied once,
+ * into the stream's blocks. Receiving it by splice instead would need a pipe larger than the
+ * 1 MiB an unprivileged pipe may hold (libfuse sizes it for its largest possible request),
+ * so it is not asked for; what bounds the receive buffers' memory is the request size
+ * (TFS_MAX_REQUEST) times the worker threads. */
+static void tfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *data, off_t off,
+			  struct fuse_file_info *fi)
 {
 	(void)ino;
-	stream_submit(req, handle_of(fi), data, size, off);
+	stream_submit(req, handle_of(fi), data, off);
 }
 
 static void flush_done(void *arg, int err)
@@ -1068,7 +1108,7 @@ static void tfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, o
 
 /* copy_file_range inside the view goes through the destination's stream like any write, one
  * piece per request: the reply may be short, and the caller asks again for the rest. */
-#define COPY_PIECE (1u << 20)
+#define COPY_PIECE RBUF_SIZE
 
 static void tfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 				struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
@@ -1080,18 +1120,22 @@ static void tfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		return reply_err(req, EINVAL);
 	struct handle *in = handle_of(fi_in);
 	size_t size = len < COPY_PIECE ? len : COPY_PIECE;
-	char *buf = read_buf(size);
+	char *buf = rbuf_get(size);
 	if (buf == NULL)
 		return reply_err(req, ENOMEM);
 	struct stream *s = in->node ? node_stream(in->node) : NULL;
 	ssize_t n = s ? stream_read(s, in->fd, buf, size, (uint64_t)off_in)
 		      : pread(in->fd, buf, size, off_in);
-	if (n < 0)
+	if (n < 0) {
 		reply_err(req, s ? (int)n : errno);
-	else if (n == 0)
+	} else if (n == 0) {
 		fuse_reply_write(req, 0);
-	else
-		stream_submit(req, handle_of(fi_out), buf, (size_t)n, off_out);
+	} else {
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)n);
+		bv.buf[0].mem = buf;
+		stream_submit(req, handle_of(fi_out), &bv, off_out);
+	}
+	rbuf_put(buf);
 }
 
 static void tfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
@@ -1217,7 +1261,7 @@ const struct fuse_lowlevel_ops tfs_ops = {
     .open = tfs_open,
     .create = tfs_create,
     .read = tfs_read,
-    .write = tfs_write,
+    .write_buf = tfs_write_buf,
     .flush = tfs_flush,
     .release = tfs_release,
     .fsync = tfs_fsync,

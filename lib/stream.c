@@ -1,7 +1,8 @@
 /*
  * stream.c - per-file write streams, the shared block pool and the drain workers.
  *
- * Data path. stream_write copies the caller's bytes into the stream's *log*: a FIFO of
+ * Data path. stream_write copies the caller's bytes (stream_write_from: whatever its fill
+ * function reads, e.g. a pipe holding a FUSE write request) into the stream's *log*: a FIFO of
  * STREAM_BLOCK-byte blocks addressed by a monotonically growing log position. The bytes of a
  * write are appended at log_tail whatever their file offset; a *segment* (file offset,
  * length, log position) remembers where they go. Segments are kept in write order, their log
@@ -345,8 +346,8 @@ static char *log_ptr(struct stream *s, uint64_t pos, uint64_t *avail)
 	return s->blk[(s->blk_head + idx) & (s->blk_cap - 1)] + in;
 }
 
-/* [s] Copies len bytes between mem and the log at pos (into the log when `in`). */
-static void log_copy(struct stream *s, uint64_t pos, void *mem, uint64_t len, bool in)
+/* [s] Copies len bytes of the log at pos out to mem. */
+static void log_read(struct stream *s, uint64_t pos, void *mem, uint64_t len)
 {
 	char *m = mem;
 
@@ -354,14 +355,39 @@ static void log_copy(struct stream *s, uint64_t pos, void *mem, uint64_t len, bo
 		uint64_t avail;
 		char *p = log_ptr(s, pos, &avail);
 		uint64_t n = min_u64(avail, len);
-		if (in)
-			memcpy(p, m, n);
-		else
-			memcpy(m, p, n);
+		memcpy(m, p, n);
 		m += n;
 		pos += n;
 		len -= n;
 	}
+}
+
+/* [s] Fills len bytes of the log at pos from fill(ctx, ...), block piece by block piece.
+ * Returns 0 or fill's negative errno (the log is then partly written beyond its tail, which
+ * nothing reads: the caller does not advance log_tail). */
+static int log_fill(struct stream *s, uint64_t pos, uint64_t len, stream_fill fill, void *ctx)
+{
+	while (len) {
+		uint64_t avail;
+		char *p = log_ptr(s, pos, &avail);
+		uint64_t n = min_u64(avail, len);
+		int rc = fill(ctx, p, (size_t)n);
+		if (rc != 0)
+			return rc;
+		pos += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* The fill of stream_write: the caller's bytes, consumed from the front. */
+static int fill_from_mem(void *ctx, void *dst, size_t len)
+{
+	const char **src = ctx;
+
+	memcpy(dst, *src, len);
+	*src += len;
+	return 0;
 }
 
 /* [s] Bytes free in the tail block. */
@@ -499,6 +525,14 @@ static void drain_one(struct stream_engine *e, struct stream *s);
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg)
 {
+	const char *src = buf;
+
+	return stream_write_from(s, len, off, fill_from_mem, &src, cb, arg);
+}
+
+int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fill, void *ctx,
+		      stream_cb cb, void *arg)
+{
 	struct stream_engine *e = s->e;
 	void *held = NULL;
 	uint64_t nheld = 0, need;
@@ -531,7 +565,9 @@ int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, st
 		s->spare = malloc(sizeof(*s->spare)); /* NULL: this write is not parked */
 	log_add_blocks(s, &held, need);
 	nheld -= need;
-	log_copy(s, s->log_tail, (void *)buf, len, true);
+	rc = log_fill(s, s->log_tail, len, fill, ctx);
+	if (rc != 0)
+		goto out; /* nothing accepted; the added blocks stay as tail space */
 	if (extend) {
 		s->tail->len += len;
 	} else {
@@ -891,7 +927,7 @@ ssize_t stream_read(struct stream *s, int fd, void *buf, size_t len, uint64_t of
 		uint64_t a = g->off > off ? g->off : off;
 		uint64_t b = min_u64(g->off + g->len, off + (uint64_t)r);
 		if (a < b)
-			log_copy(s, g->pos + (a - g->off), (char *)buf + (a - off), b - a, false);
+			log_read(s, g->pos + (a - g->off), (char *)buf + (a - off), b - a);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return r;

@@ -14,7 +14,7 @@
  *     mmap; at most STREAM_POOL_CAP(max_buffer) blocks are in use at any time. A write that
  *     would take more blocks makes the *calling thread* wait for free blocks (the only
  *     blocking case; it needs as many concurrent writers as it takes to fill the overflow
- *     allowance, STREAM_OVERFLOW = 8 MiB, while all of them are already over the marks).
+ *     allowance, STREAM_OVERFLOW = 4 MiB, while all of them are already over the marks).
  *     Freed blocks are kept for reuse while data is buffered; once nothing is, all but a
  *     high-water mark's worth plus STREAM_POOL_KEEP blocks are unmapped. The daemon's
  *     buffer memory never exceeds STREAM_POOL_CAP(max_buffer) blocks (max_buffer +
@@ -51,7 +51,7 @@
 #include "clock.h"
 
 #define STREAM_BLOCK	 (128u << 10)
-#define STREAM_OVERFLOW	 (8ull << 20)
+#define STREAM_OVERFLOW	 (4ull << 20)
 #define STREAM_POOL_KEEP 16u
 #define STREAM_POOL_CAP(max_buffer)                                                                \
 	(((max_buffer) + STREAM_OVERFLOW + STREAM_BLOCK - 1) / STREAM_BLOCK)
@@ -169,6 +169,17 @@ int stream_close(struct stream *s);
  * cb may be NULL: the write is parked all the same, nobody is called back. */
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg);
+
+/* Supplies a write's data: fills dst[0..len) with the next len bytes, in order, and returns
+ * 0 or a negative errno. Called with the stream's lock held: it must not call back into the
+ * stream (a read from a pipe or a memcpy, not a read of this same file through its stream). */
+typedef int (*stream_fill)(void *ctx, void *dst, size_t len);
+
+/* stream_write for data that is not in memory yet (a pipe spliced from /dev/fuse): the bytes
+ * are taken with fill(ctx, ...) straight into the stream's blocks, so they are copied once.
+ * Returns as stream_write; when fill fails, its error, and nothing of the write is accepted. */
+int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fill, void *ctx,
+		      stream_cb cb, void *arg);
 
 /* Asks to be told when nothing is pending (buffered or being written). Returns 0 when that is
  * already the case, the negative sticky error when the stream has failed (in both cases cb is

@@ -1140,7 +1140,8 @@ ssize_t h_pat_check(const void *buf, size_t len, uint64_t off, unsigned seed)
 	return -1;
 }
 
-long h_rss_kib(pid_t pid)
+/* The value of a "Name:   N kB" line of /proc/PID/status, or -1. */
+static long h_status_kib(pid_t pid, const char *format)
 {
 	char path[64], line[256];
 	long kib = -1;
@@ -1149,11 +1150,21 @@ long h_rss_kib(pid_t pid)
 	if (f == NULL)
 		return -1;
 	while (fgets(line, sizeof(line), f) != NULL) {
-		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+		if (sscanf(line, format, &kib) == 1)
 			break;
 	}
 	fclose(f);
 	return kib;
+}
+
+long h_rss_kib(pid_t pid)
+{
+	return h_status_kib(pid, "VmRSS: %ld kB");
+}
+
+long h_hwm_kib(pid_t pid)
+{
+	return h_status_kib(pid, "VmHWM: %ld kB");
 }
 
 bool h_sanitized(pid_t pid)

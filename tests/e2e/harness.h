@@ -196,5 +196,8 @@ ssize_t h_pat_check(const void *buf, size_t len, uint64_t off, unsigned seed);
  * shadow memory makes any bound on its resident size meaningless). */
 long h_rss_kib(pid_t pid);
 bool h_sanitized(pid_t pid);
+/* Peak resident size of pid since it started (VmHWM, kept by the kernel, so no spike between
+ * two samples escapes) in KiB, or -1. */
+long h_hwm_kib(pid_t pid);
 
 #endif

@@ -8,6 +8,7 @@
  * run yet. The fake clock's sleeps only advance the fake time, so rate tests take no time.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -845,10 +846,75 @@ static void close_waits_for_data(void **state)
 	stream_engine_free(e);
 }
 
+/* A fill that reads from a pipe, as ops.c does with a FUSE write spliced from /dev/fuse; it
+ * fails once `fail_after` bytes have been taken (when not 0). */
+struct pipe_fill {
+	int fd;
+	size_t taken, fail_after;
+};
+
+static int fill_from_pipe(void *ctx, void *dst, size_t len)
+{
+	struct pipe_fill *p = ctx;
+	if (p->fail_after && p->taken + len > p->fail_after)
+		return -EPIPE;
+	size_t got = 0;
+	while (got < len) {
+		ssize_t n = read(p->fd, (char *)dst + got, len - got);
+		if (n <= 0)
+			return -EIO;
+		got += (size_t)n;
+	}
+	p->taken += len;
+	return 0;
+}
+
+static void write_from_fill_copies_once_or_not_at_all(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine(4 * MiB, 8 * MiB, 1, 0, 0);
+	static unsigned char data[300 * KiB];
+	int check, fds[2];
+	fill(data, sizeof(data), 9);
+	struct stream *s = open_stream(e, &check);
+	assert_int_equal(pipe(fds), 0);
+	assert_int_equal(fcntl(fds[1], F_SETPIPE_SZ, (int)(1 * MiB)) >= (int)sizeof(data), 1);
+	assert_int_equal(write(fds[1], data, sizeof(data)), (ssize_t)sizeof(data));
+
+	/* 100 KiB then 200 KiB across block boundaries: the file gets exactly the pipe's bytes. */
+	struct pipe_fill pf = {fds[0], 0, 0};
+	assert_true(stream_write_from(s, 100 * KiB, 0, fill_from_pipe, &pf, NULL, NULL) >= 0);
+	assert_true(stream_write_from(s, 200 * KiB, 100 * KiB, fill_from_pipe, &pf, NULL, NULL) >=
+		    0);
+	assert_int_equal(stream_sync(s), 0);
+	assert_file(check, data, sizeof(data));
+
+	/* A fill that fails part-way: the write is refused with its error, nothing of it is
+	 * counted or written, and the stream goes on accepting writes. */
+	assert_int_equal(write(fds[1], data, 200 * KiB), (ssize_t)(200 * KiB));
+	struct pipe_fill bad = {fds[0], 0, 150 * KiB};
+	assert_int_equal(
+	    stream_write_from(s, 200 * KiB, sizeof(data), fill_from_pipe, &bad, NULL, NULL),
+	    -EPIPE);
+	struct stream_stats ss;
+	stream_stats(s, &ss);
+	assert_true(ss.received == sizeof(data) && ss.buffered == 0 && ss.error == 0);
+	assert_int_equal(stream_write(s, data, 10, sizeof(data), NULL, NULL) >= 0, 1);
+	assert_int_equal(stream_close(s), 0);
+	unsigned char tail[10];
+	assert_int_equal(pread(check, tail, sizeof(tail), sizeof(data)), (ssize_t)sizeof(tail));
+	assert_memory_equal(tail, data, sizeof(tail));
+	close(fds[0]);
+	close(fds[1]);
+	close(check);
+	stream_engine_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(high_water_parks_writer),
+	    cmocka_unit_test(write_from_fill_copies_once_or_not_at_all),
 	    cmocka_unit_test(budget_shared_fifo_wakeups),
 	    cmocka_unit_test(failed_drain_is_sticky),
 	    cmocka_unit_test(read_overlays_pending),

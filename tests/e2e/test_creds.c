@@ -27,6 +27,7 @@
  * process asserts. The harness unmounts view and store after every test, pass or fail.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <setjmp.h>
@@ -38,6 +39,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -240,12 +242,137 @@ static void root_does_not_widen_a_shared_stream(void **state)
 	check_stored(fs, "shared.dat", FILE_BYTES, NOBODY);
 }
 
+/* ---- ext4's reserved blocks ---- */
+
+#define EXT4_IMAGE_MIB 32
+#define FILL_CAP       (4ull * EXT4_IMAGE_MIB * MiB)
+
+/* A small ext4 image, half of it reserved for root, loop-mounted on backing/ with a
+ * world-writable pub/, then the view with allow_other. When the loop mount cannot be made,
+ * *state is the fs with nothing mounted on backing/, and the test skips saying why. The image
+ * mount is this file's, not the harness's: teardown_ext4 unmounts it after the view. */
+static int setup_ext4(void **state)
+{
+	struct h_fs *fs = h_fs_new();
+	*state = fs;
+	if (fs == NULL || chmod(fs->root, 0755) != 0)
+		return -1;
+	char img[PATH_MAX];
+	h_path(img, "%s/ext4.img", fs->root);
+	h_path(fs->store, "%s", fs->backing);
+	if (h_run("truncate -s %dM '%s' && mkfs.ext4 -q -F -m 50 '%s' >/dev/null 2>&1",
+		  EXT4_IMAGE_MIB, img, img) != 0 ||
+	    h_run("mount -o loop '%s' '%s' 2>/dev/null", img, fs->backing) != 0 ||
+	    !h_is_mounted(fs->backing))
+		return 0;
+	if (mkdir(H_AT(fs->store, "pub"), 0777) != 0 || chmod(H_AT(fs->store, "pub"), 01777) != 0)
+		return -1;
+	return h_fs_mount(fs, "allow_other");
+}
+
+static int teardown_ext4(void **state)
+{
+	struct h_fs *fs = *state;
+	if (fs == NULL)
+		return 0;
+	int rc = h_fs_unmount(fs);
+	for (int i = 0; i < 50 && h_is_mounted(fs->backing); i++)
+		if (h_run("umount '%s'", fs->backing) != 0)
+			h_nap_ms(100);
+	if (h_is_mounted(fs->backing)) {
+		fprintf(stderr, "the ext4 image on %s stays busy: detaching it lazily\n",
+			fs->backing);
+		if (h_run("umount -l '%s'", fs->backing) != 0)
+			fprintf(stderr, "umount -l %s failed\n", fs->backing);
+		rc = -1;
+	}
+	return h_fs_free(fs) != 0 ? -1 : rc;
+}
+
+/* Writes path (created) in 1 MiB pieces until something fails or FILL_CAP is reached, then
+ * fsyncs and closes. Returns the first error (write's, fsync's or close's) or 0. */
+static int fill_until_error(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+	if (fd < 0)
+		return errno;
+	int err = 0;
+	for (uint64_t off = 0; err == 0 && off < FILL_CAP; off += MiB)
+		err = write_pattern(fd, off, MiB);
+	if (fsync(fd) != 0 && err == 0)
+		err = errno;
+	if (close(fd) != 0 && err == 0)
+		err = errno;
+	return err;
+}
+
+/* fill_until_error(path) as nobody (as root when !nobody) in a child; returns its result. */
+static int fill_as(const char *path, bool nobody)
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (nobody)
+			become_nobody();
+		_exit(fill_until_error(path));
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	return WEXITSTATUS(st);
+}
+
+static long long stored_size(struct h_fs *fs, const char *rel)
+{
+	struct stat st;
+	assert_int_equal(stat(H_AT(fs->store, rel), &st), 0);
+	return (long long)st.st_size;
+}
+
+/* nobody fills the disk directly (the baseline), then through the view: both stop at
+ * ENOSPC with about the same amount, where the reserve begins; then root fills the reserve
+ * through the view, which shows that it was there to be taken. */
+static void unprivileged_writer_stops_at_the_reserve(void **state)
+{
+	struct h_fs *fs = *state;
+	if (!h_is_mounted(fs->backing)) {
+		fprintf(stderr,
+			"no ext4 image: mkfs.ext4 or mount -o loop is not available here\n");
+		skip();
+	}
+	struct statvfs sv;
+	assert_int_equal(statvfs(fs->backing, &sv), 0);
+	long long avail = (long long)(sv.f_bavail * sv.f_frsize);
+	long long reserve = (long long)((sv.f_bfree - sv.f_bavail) * sv.f_frsize);
+	assert_true(reserve > 8 * (long long)MiB);
+
+	assert_int_equal(fill_as(H_AT(fs->backing, "pub/direct"), true), ENOSPC);
+	long long direct = stored_size(fs, "pub/direct");
+	assert_int_equal(unlink(H_AT(fs->backing, "pub/direct")), 0);
+	assert_int_equal(h_run("sync -f '%s'", fs->backing), 0);
+
+	assert_int_equal(fill_as(H_AT(fs->mnt, "pub/view"), true), ENOSPC);
+	long long view = stored_size(fs, "pub/view");
+	fprintf(stderr, "avail %lld, reserve %lld: nobody wrote %lld directly, %lld via the view\n",
+		avail, reserve, direct, view);
+	assert_true(direct <= avail);
+	assert_true(view <= avail + reserve / 4);
+	assert_true(view >= direct - reserve / 4);
+
+	assert_int_equal(fill_as(H_AT(fs->mnt, "pub/root"), false), ENOSPC);
+	long long root = stored_size(fs, "pub/root");
+	fprintf(stderr, "root then wrote %lld via the view\n", root);
+	assert_true(root >= reserve / 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(unprivileged_writer_writes_as_itself, setup, teardown),
 	    cmocka_unit_test_setup_teardown(root_writer_writes_as_root, setup, teardown),
 	    cmocka_unit_test_setup_teardown(root_does_not_widen_a_shared_stream, setup, teardown),
+	    cmocka_unit_test_setup_teardown(unprivileged_writer_stops_at_the_reserve, setup_ext4,
+					    teardown_ext4),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,8 +14,11 @@
  * directory is opened up so that nobody reaches a world-writable directory in the view.
  *
  *   - nobody writes several MiB into a file it creates: every write reaches the store as
- *     nobody:nogroup, and the file holds the data;
- *   - root writes: every write reaches the store as root (its path is unchanged);
+ *     nobody:nogroup from a thread without any effective capability (faultfs reads the
+ *     writing thread's CapEff: a root thread with only its fsuid changed keeps
+ *     CAP_SYS_RESOURCE and others), and the file holds the data;
+ *   - root writes: every write reaches the store as root, capabilities and all (its path is
+ *     unchanged);
  *   - nobody and root write one file through one shared stream: root's writes, made while
  *     nobody's are in the stream's care, go out as nobody too (never widened);
  *   - on a small ext4 image with a large reserved share (loop mount), nobody writing through
@@ -160,16 +163,19 @@ static struct tally tally_start(struct h_fs *fs, const char *id)
 	return t;
 }
 
-/* Every write the store received since tally_start came as its id, and there were some. */
-static void tally_all_as_id(struct h_fs *fs, struct tally t)
+/* Every write the store received since tally_start came as its id, and there were some; the
+ * writing threads had effective capabilities in all of them (capable) or in none. */
+static void tally_all_as_id(struct h_fs *fs, struct tally t, bool capable)
 {
 	long long writes = h_faultfs_get(fs, "writes") - t.writes0;
 	long long as_id = h_faultfs_get(fs, "watch_writes");
-	if (as_id != writes)
-		fprintf(stderr, "%lld of the store's %lld writes came as the writer\n", as_id,
-			writes);
+	long long with_caps = h_faultfs_get(fs, "watch_capable");
+	fprintf(stderr,
+		"of the store's %lld writes, %lld came as the writer, %lld of them capable\n",
+		writes, as_id, with_caps);
 	assert_true(writes > 0);
 	assert_int_equal(as_id, writes);
+	assert_int_equal(with_caps, capable ? writes : 0);
 }
 
 static void unprivileged_writer_writes_as_itself(void **state)
@@ -177,7 +183,7 @@ static void unprivileged_writer_writes_as_itself(void **state)
 	struct h_fs *fs = *state;
 	struct tally t = tally_start(fs, NOBODY_ID);
 	assert_int_equal(nobody_creates(H_AT(fs->mnt, "pub/nobody.dat")), 0);
-	tally_all_as_id(fs, t);
+	tally_all_as_id(fs, t, false);
 	check_stored(fs, "nobody.dat", FILE_BYTES, NOBODY);
 }
 
@@ -186,7 +192,7 @@ static void root_writer_writes_as_root(void **state)
 	struct h_fs *fs = *state;
 	struct tally t = tally_start(fs, "0:0");
 	assert_int_equal(create_and_write(H_AT(fs->mnt, "pub/root.dat")), 0);
-	tally_all_as_id(fs, t);
+	tally_all_as_id(fs, t, true);
 	check_stored(fs, "root.dat", FILE_BYTES, 0);
 }
 
@@ -238,7 +244,7 @@ static void root_does_not_widen_a_shared_stream(void **state)
 	assert_int_equal(err, 0);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
-	tally_all_as_id(fs, t);
+	tally_all_as_id(fs, t, false);
 	check_stored(fs, "shared.dat", FILE_BYTES, NOBODY);
 }
 

@@ -40,6 +40,11 @@
  *                               writer has reached the stall)
  *   user.faultfs.watch_writes   write requests since watch_id was last set that came with the
  *                               watched uid and gid
+ *   user.faultfs.watch_capable  of those, the ones whose writing thread had any effective
+ *                               capability: CapEff in /proc/PID/status, PID being the request's
+ *                               (the writing thread's id; it waits for the answer, so what is
+ *                               read is what it wrote with). A status that cannot be read
+ *                               counts as capable, so a test never passes for want of data.
  *
  * Values are plain decimal (or the errno name, or "off") without a newline. Setting a malformed
  * value (a trailing newline included) or an unknown user.faultfs.* name gives EINVAL and changes
@@ -112,6 +117,7 @@ enum ff_ctl {
 	FF_WRITES,
 	FF_STALLED,
 	FF_WATCH_WRITES,
+	FF_WATCH_CAPABLE,
 	FF_NCTL
 };
 
@@ -130,6 +136,7 @@ static const struct {
     [FF_WRITES] = {"writes", false},
     [FF_STALLED] = {"stalled", false},
     [FF_WATCH_WRITES] = {"watch_writes", false},
+    [FF_WATCH_CAPABLE] = {"watch_capable", false},
 };
 
 static const struct {
@@ -152,6 +159,7 @@ static struct {
 	_Atomic uint64_t writes;
 	_Atomic uint64_t watch_id; /* uid << 32 | gid, or FF_UNLIMITED for off */
 	_Atomic uint64_t watch_writes;
+	_Atomic uint64_t watch_capable;
 
 	pthread_mutex_t lock; /* guards the fields below */
 	pthread_cond_t unstall;
@@ -279,6 +287,7 @@ static int ff_ctl_set(enum ff_ctl id, const char *val)
 		r = ff_parse_id(val, &n);
 		if (r == 0) {
 			atomic_store(&ff.watch_writes, 0);
+			atomic_store(&ff.watch_capable, 0);
 			atomic_store(&ff.watch_id, n);
 		}
 		return r;
@@ -346,6 +355,9 @@ static int ff_ctl_get(enum ff_ctl id, char *buf, size_t len)
 				(unsigned long long)(n & UINT32_MAX));
 	case FF_WATCH_WRITES:
 		n = atomic_load(&ff.watch_writes);
+		break;
+	case FF_WATCH_CAPABLE:
+		n = atomic_load(&ff.watch_capable);
 		break;
 	case FF_NCTL:
 		break;
@@ -661,6 +673,25 @@ static int ff_read(const char *path, char *buf, size_t size, off_t off, struct f
 	return n < 0 ? -errno : (int)n;
 }
 
+/* Whether thread tid has any effective capability (true when that cannot be read). */
+static bool ff_capable(pid_t tid)
+{
+	char path[64], line[256];
+	unsigned long long eff = 1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	f = fopen(path, "re");
+	if (f == NULL)
+		return true;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "CapEff: %llx", &eff) == 1)
+			break;
+	if (fclose(f) != 0)
+		return true;
+	return eff != 0;
+}
+
 /* The one place faults happen: count, delay, stall, then write what the budget allows. */
 static int ff_write(const char *path, const char *buf, size_t size, off_t off,
 		    struct fuse_file_info *fi)
@@ -672,8 +703,11 @@ static int ff_write(const char *path, const char *buf, size_t size, off_t off,
 	(void)path;
 	atomic_fetch_add(&ff.writes, 1);
 	const struct fuse_context *ctx = fuse_get_context();
-	if (((uint64_t)ctx->uid << 32 | ctx->gid) == atomic_load(&ff.watch_id))
+	if (((uint64_t)ctx->uid << 32 | ctx->gid) == atomic_load(&ff.watch_id)) {
 		atomic_fetch_add(&ff.watch_writes, 1);
+		if (ff_capable(ctx->pid))
+			atomic_fetch_add(&ff.watch_capable, 1);
+	}
 	ff_sleep_us(atomic_load(&ff.latency_us));
 	r = ff_stall_wait();
 	if (r != 0)

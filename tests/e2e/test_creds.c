@@ -55,28 +55,38 @@
 #define NOBODY_ID  "65534:65534"
 #define FILE_BYTES (6u * MiB)
 
-/* Lets nobody reach the view and the store's world-writable directory pub/. */
-static void open_up(struct h_fs *fs)
+/* Makes the store's world-writable directory pub/ (nobody must also reach the test's root,
+ * made 0755 before). 0 or -1. */
+static int make_pub(struct h_fs *fs)
 {
-	assert_int_equal(chmod(fs->root, 0755), 0);
-	assert_int_equal(mkdir(H_AT(fs->store, "pub"), 0777), 0);
-	assert_int_equal(chmod(H_AT(fs->store, "pub"), 01777), 0);
-}
-
-/* faultfs below the view, both with allow_other; *state owns fs from the start. */
-static int setup(void **state)
-{
-	struct h_fs *fs = h_fs_new();
-	*state = fs;
-	if (fs == NULL || h_lower_faultfs(fs, "allow_other") != 0)
+	if (mkdir(H_AT(fs->store, "pub"), 0777) != 0 || chmod(H_AT(fs->store, "pub"), 01777) != 0) {
+		fprintf(stderr, "making %s/pub: %s\n", fs->store, strerror(errno));
 		return -1;
-	open_up(fs);
-	return h_fs_mount(fs, "allow_other");
+	}
+	return 0;
 }
 
 static int teardown(void **state)
 {
-	return h_fs_free(*state);
+	int rc = h_fs_free(*state);
+	*state = NULL;
+	return rc;
+}
+
+/* faultfs below the view, both with allow_other. cmocka runs no teardown after a failed
+ * setup, so a setup cleans up after itself. */
+static int setup(void **state)
+{
+	struct h_fs *fs = h_fs_new();
+	*state = fs;
+	if (fs == NULL)
+		return -1;
+	if (chmod(fs->root, 0755) != 0 || h_lower_faultfs(fs, "allow_other") != 0 ||
+	    make_pub(fs) != 0 || h_fs_mount(fs, "allow_other") != 0) {
+		teardown(state);
+		return -1;
+	}
+	return 0;
 }
 
 /* Writes len bytes of the pattern at off..off+len of path's file through fd. 0 or errno. */
@@ -253,27 +263,15 @@ static void root_does_not_widen_a_shared_stream(void **state)
 #define EXT4_IMAGE_MIB 32
 #define FILL_CAP       (4ull * EXT4_IMAGE_MIB * MiB)
 
-/* A small ext4 image, half of it reserved for root, loop-mounted on backing/ with a
- * world-writable pub/, then the view with allow_other. When the loop mount cannot be made,
- * *state is the fs with nothing mounted on backing/, and the test skips saying why. The image
- * mount is this file's, not the harness's: teardown_ext4 unmounts it after the view. */
-static int setup_ext4(void **state)
+/* The image mount is this file's, not the harness's, whose exit hooks do not know it: this
+ * one detaches it (lazily: the view may still be up) if the process exits with it mounted. */
+static char ext4_mounted[PATH_MAX];
+
+static void ext4_at_exit(void)
 {
-	struct h_fs *fs = h_fs_new();
-	*state = fs;
-	if (fs == NULL || chmod(fs->root, 0755) != 0)
-		return -1;
-	char img[PATH_MAX];
-	h_path(img, "%s/ext4.img", fs->root);
-	h_path(fs->store, "%s", fs->backing);
-	if (h_run("truncate -s %dM '%s' && mkfs.ext4 -q -F -m 50 '%s' >/dev/null 2>&1",
-		  EXT4_IMAGE_MIB, img, img) != 0 ||
-	    h_run("mount -o loop '%s' '%s' 2>/dev/null", img, fs->backing) != 0 ||
-	    !h_is_mounted(fs->backing))
-		return 0;
-	if (mkdir(H_AT(fs->store, "pub"), 0777) != 0 || chmod(H_AT(fs->store, "pub"), 01777) != 0)
-		return -1;
-	return h_fs_mount(fs, "allow_other");
+	if (ext4_mounted[0] != '\0' && h_is_mounted(ext4_mounted) &&
+	    h_run("umount -l '%s'", ext4_mounted) != 0)
+		fprintf(stderr, "umount -l %s failed\n", ext4_mounted);
 }
 
 static int teardown_ext4(void **state)
@@ -281,6 +279,7 @@ static int teardown_ext4(void **state)
 	struct h_fs *fs = *state;
 	if (fs == NULL)
 		return 0;
+	*state = NULL;
 	int rc = h_fs_unmount(fs);
 	for (int i = 0; i < 50 && h_is_mounted(fs->backing); i++)
 		if (h_run("umount '%s'", fs->backing) != 0)
@@ -292,7 +291,37 @@ static int teardown_ext4(void **state)
 			fprintf(stderr, "umount -l %s failed\n", fs->backing);
 		rc = -1;
 	}
+	ext4_mounted[0] = '\0';
 	return h_fs_free(fs) != 0 ? -1 : rc;
+}
+
+/* A small ext4 image, half of it reserved for root, loop-mounted on backing/ with a
+ * world-writable pub/, then the view with allow_other. When the loop mount cannot be made,
+ * *state is the fs with nothing mounted on backing/, and the test skips saying why. */
+static int setup_ext4(void **state)
+{
+	static bool hooked;
+	struct h_fs *fs = h_fs_new();
+	*state = fs;
+	if (fs == NULL || chmod(fs->root, 0755) != 0 || (!hooked && atexit(ext4_at_exit) != 0)) {
+		teardown(state);
+		return -1;
+	}
+	hooked = true;
+	char img[PATH_MAX];
+	h_path(img, "%s/ext4.img", fs->root);
+	h_path(fs->store, "%s", fs->backing);
+	h_path(ext4_mounted, "%s", fs->backing);
+	if (h_run("truncate -s %dM '%s' && mkfs.ext4 -q -F -m 50 '%s' >/dev/null 2>&1",
+		  EXT4_IMAGE_MIB, img, img) != 0 ||
+	    h_run("mount -o loop '%s' '%s' 2>/dev/null", img, fs->backing) != 0 ||
+	    !h_is_mounted(fs->backing))
+		return 0;
+	if (make_pub(fs) != 0 || h_fs_mount(fs, "allow_other") != 0) {
+		teardown_ext4(state);
+		return -1;
+	}
+	return 0;
 }
 
 /* Writes path (created) in 1 MiB pieces until something fails or FILL_CAP is reached, then

@@ -14,6 +14,18 @@
  * The last release waits until the stream has written everything (normally nothing is left:
  * close already waited in flush), keeps its final figures, and closes stream and descriptor.
  *
+ * Whose rights the stream writes with (cred.c). Each writable handle opened with credentials
+ * other than root's brings a record of them (kept once per distinct set on the node's list,
+ * freed only after the stream is closed, so a slice in flight can always use the record it
+ * read). Before each write through such a handle, the stream's owner becomes that handle's
+ * record: the stream drains as the most recent unprivileged writer. Writes through a handle
+ * root opened leave the owner alone. So once any unprivileged user has written, no byte of the
+ * file ever goes out with root's reach again: root's later writes to a file others are
+ * writing are narrowed to theirs, never theirs widened to root's (root can fix what that
+ * refuses; the reverse would be an escalation). "Most recent" rather than "first": when alice
+ * and bob take turns on one file, the data in the buffers is mostly the last writer's, and
+ * what is written as whom stays within the rights of someone who opened the file for writing.
+ *
  * Locking: every field but started_rt and last_write_rt (atomic: set on the write path) is
  * read and changed under the inode table lock; the stream pointer is also read without it by
  * handles (atomically): it only goes away when no handle is left. Lock order: inode table,
@@ -34,6 +46,7 @@ struct node {
 	unsigned handles;	   /* open handles, and waiters holding the node */
 	int fd;			   /* while handles > 0, else -1 */
 	struct stream *stream;	   /* while handles > 0, once opened for writing */
+	struct cred_id *writers;   /* the stream's owners (see above), freed after it closes */
 	struct node *prev, *next;  /* on tfs.active while stream != NULL */
 	uint64_t started_rt;	   /* CLOCK_REALTIME ns of the transfer's first write; 0: none */
 	uint64_t last_write_rt;	   /* of its last write (atomic: set on the write path) */
@@ -82,7 +95,7 @@ void node_free(void *data)
 {
 	struct node *n = data;
 	/* A record is freed only when nothing pins it: no handle is open. */
-	if (n->handles != 0 || n->fd >= 0 || n->stream != NULL)
+	if (n->handles != 0 || n->fd >= 0 || n->stream != NULL || n->writers != NULL)
 		fuse_log(FUSE_LOG_ERR, "throttlefs: inode %llu freed while open\n",
 			 (unsigned long long)n->ino);
 	free(n);
@@ -108,9 +121,13 @@ static void active_remove(struct tfs *fs, struct node *n)
 	n->prev = n->next = NULL;
 }
 
-int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct node **out)
+int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct node **out,
+		const struct stream_owner **owner)
 {
-	int err = 0;
+	struct cred_id *id = NULL;
+	int err = writable ? cred_id_capture(&id) : 0;
+	if (err != 0)
+		return err;
 	inode_lock(fs->inodes);
 	struct node *n = node_get(fs, ino, &err);
 	if (n == NULL)
@@ -144,8 +161,11 @@ int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct nod
 		n->fd = new_fd;
 	n->handles++;
 	*out = n;
+	*owner = cred_id_keep(&n->writers, id);
+	id = NULL;
 out:
 	inode_unlock(fs->inodes);
+	cred_id_free_all(&id); /* not kept: the attach failed */
 	return err;
 }
 
@@ -171,11 +191,15 @@ void node_detach(struct tfs *fs, struct node *n)
 		inode_lock(fs->inodes);
 	}
 	struct stream *s = NULL;
+	struct cred_id *writers = NULL;
 	int fd = -1;
 	if (--n->handles == 0) {
 		s = n->stream;
 		fd = n->fd;
 		n->fd = -1;
+		/* Taken with the stream: a new stream opened meanwhile starts its own list. */
+		writers = n->writers;
+		n->writers = NULL;
 		if (s != NULL) {
 			stream_stats(s, &n->final);
 			n->ended_rt = node_now_rt();
@@ -200,6 +224,7 @@ void node_detach(struct tfs *fs, struct node *n)
 			inode_unlock(fs->inodes);
 		}
 	}
+	cred_id_free_all(&writers); /* no slice runs any more */
 	if (fd >= 0)
 		close(fd);
 }

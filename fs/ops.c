@@ -32,7 +32,8 @@
 struct handle {
 	int fd;
 	fuse_ino_t ino;
-	struct node *node; /* regular files: the inode's shared state and stream */
+	struct node *node;		  /* regular files: the inode's shared state and stream */
+	const struct stream_owner *owner; /* writable, opened by non-root: whom it writes as */
 	int writable;
 	DIR *dir; /* directories only */
 	off_t dir_off;
@@ -471,7 +472,7 @@ static int handle_attach(struct tfs *fs, struct handle *h, int flags)
 	if (err != 0)
 		return err;
 	h->writable = !(flags & O_DIRECTORY) && (flags & O_ACCMODE) != O_RDONLY;
-	err = node_attach(fs, h->ino, h->writable, h->fd, &h->node);
+	err = node_attach(fs, h->ino, h->writable, h->fd, &h->node, &h->owner);
 	if (err != 0) {
 		inode_unpin(fs->inodes, h->ino);
 		return err;
@@ -732,6 +733,8 @@ static void stream_submit(fuse_req_t req, struct handle *h, struct fuse_bufvec *
 	p->req = req;
 	p->size = size;
 	node_wrote(h->node);
+	if (h->owner != NULL) /* never NULL'ed here: root's writes do not widen others' */
+		stream_set_owner(s, h->owner);
 	int r = stream_write_from(s, size, (uint64_t)off, fill_from_bufvec, data, write_done, p);
 	if (r == STREAM_PARKED)
 		return; /* p belongs to the callback now */

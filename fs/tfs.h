@@ -96,8 +96,12 @@ struct node_progress {
 void node_free(void *data);
 
 /* A handle of ino (file or directory, open as fd) opens: find or make its node (with a stream
- * writing through a duplicate of fd when writable). Returns 0 or a negative errno. */
-int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct node **out);
+ * writing through a duplicate of fd when writable). When writable and opened with credentials
+ * other than root's (this thread's, see cred_id_capture), *owner receives what the stream must
+ * write the handle's data as (stream_set_owner before each write; valid while the handle is
+ * open), else NULL. Returns 0 or a negative errno. */
+int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct node **out,
+		const struct stream_owner **owner);
 
 /* A handle closes; the last one waits for the stream's data, keeps its final figures, and
  * closes the stream and the node's descriptor. */
@@ -175,6 +179,23 @@ void cred_leave(struct cred *c);
 /* A write or truncate by req's caller changes the file open as fd: drops its setuid and
  * setgid bits where a local filesystem would (see there). 0 or a negative errno. */
 int cred_kill_priv(fuse_req_t req, int fd);
+
+/* The credentials a file was opened for writing with, which its stream writes as (cred.c):
+ * a record that is a struct stream_owner for lib/stream. */
+struct cred_id;
+
+/* A record of this thread's current fsuid, fsgid and groups (inside cred_enter: the caller's)
+ * in *out; *out = NULL when there is nothing to take on (the daemon is not root, or the ids are
+ * root's: such a stream writes as the daemon at no extra cost). 0 or a negative errno. */
+int cred_id_capture(struct cred_id **out);
+
+/* Keeps id (NULL: returns NULL) on list, which owns it from now on; an equal record already
+ * there is used instead and id freed. Returns the record as a stream owner, valid until
+ * cred_id_free_all(list). */
+const struct stream_owner *cred_id_keep(struct cred_id **list, struct cred_id *id);
+
+/* Frees a list of records (once no stream can use them: after stream_close). */
+void cred_id_free_all(struct cred_id **list);
 
 /* CLOCK_REALTIME in ns. */
 uint64_t node_now_rt(void);

@@ -106,6 +106,9 @@ struct stream {
 	uint64_t buffered;
 	int error; /* sticky, positive errno */
 
+	/* [atomic] who slices are written as (stream_set_owner); NULL: the engine's sink alone */
+	const struct stream_owner *owner;
+
 	/* [drain] owned by the one drain thread scheduled on the stream */
 	uint64_t prepaid;    /* bytes already charged to the file bucket for the next slice */
 	uint64_t not_before; /* while on the timed list: when the file bucket allows them */
@@ -751,6 +754,24 @@ static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	waitq_run(&run);
 }
 
+/* Writes a slice as the stream's owner (if any). The owner is read after slice_begin took
+ * the stream lock: stream_set_owner before a stream_write (which appends under that lock)
+ * happens before, so every byte goes out as the owner set before it was written, or a later
+ * one. */
+static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *iov, int cnt,
+		       uint64_t off, uint64_t n)
+{
+	const struct stream_owner *o = __atomic_load_n(&s->owner, __ATOMIC_ACQUIRE);
+	if (o == NULL)
+		return sink_write_all(e, s->fd, iov, cnt, off, n);
+	int rc = o->enter(o);
+	if (rc != 0)
+		return rc;
+	rc = sink_write_all(e, s->fd, iov, cnt, off, n);
+	o->leave(o);
+	return rc;
+}
+
 /* [s] Un-marks a slice that is postponed. */
 static void slice_cancel(struct stream *s)
 {
@@ -795,9 +816,15 @@ static void drain_one(struct stream_engine *e, struct stream *s)
 		when = throttle_take(&e->throttle, n, now);
 		if (when > now)
 			e->clock->sleep_until_ns(e->clock->ctx, when);
-		rc = sink_write_all(e, s->fd, iov, cnt, off, n);
+		rc = slice_write(e, s, iov, cnt, off, n);
 	}
 	slice_end(e, s, n, rc);
+}
+
+void stream_set_owner(struct stream *s, const struct stream_owner *o)
+{
+	if (__atomic_load_n(&s->owner, __ATOMIC_RELAXED) != o)
+		__atomic_store_n(&s->owner, o, __ATOMIC_RELEASE);
 }
 
 void stream_help(struct stream *s)

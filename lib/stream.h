@@ -76,6 +76,18 @@ struct stream_sink {
 	void *ctx;
 };
 
+/* Who a stream's data is written as. The library knows nothing of credentials: a stream may
+ * have an owner (stream_set_owner), and every slice of it is written between owner->enter(owner)
+ * and owner->leave(owner), on whichever thread writes the slice (a drain thread, or a writer's
+ * thread lent with stream_help). enter returns 0 or a negative errno; on failure nothing is
+ * written, leave is not called, and the error fails the stream like a failed write (an owner
+ * that cannot be taken on must not be written around). leave must not fail. A stream without
+ * an owner calls neither: its slices cost nothing extra. Embed this in a larger record. */
+struct stream_owner {
+	int (*enter)(const struct stream_owner *o);
+	void (*leave)(const struct stream_owner *o);
+};
+
 struct stream_config {
 	uint64_t high_water;		/* per-stream mark; 0 = STREAM_DEFAULT_HIGH_WATER */
 	uint64_t max_buffer;		/* engine-wide mark; 0 = STREAM_DEFAULT_MAX_BUFFER */
@@ -146,6 +158,12 @@ void stream_engine_stats(struct stream_engine *e, struct stream_engine_stats *st
 /* Opens a stream writing to fd. The stream owns fd from now on, also on failure (it is then
  * closed). Returns 0 or -errno. */
 int stream_open(struct stream_engine *e, int fd, struct stream **out);
+
+/* Sets who the data of s is written as from the next slice on (NULL: nobody, plain pwritev).
+ * Data written by stream_write after this call is written as o or as an owner set later, never
+ * as an earlier one. Cheap when o already is the owner (one atomic load), so it may be called
+ * before every write. o must stay valid until stream_close(s) has returned. */
+void stream_set_owner(struct stream *s, const struct stream_owner *o);
 
 /* Waits (blocking the calling thread) until everything pending is written or has failed;
  * answers this stream's parked writers (cb(arg, 0), or the error); closes fd and frees the

@@ -24,6 +24,13 @@
  *   errno=NAME            the injected error: EIO (default), ENOSPC, EDQUOT or EFBIG
  *   stall=0|1             1: every write blocks before it touches the backing file; setting 0
  *                         releases all blocked writers (they then proceed normally)
+ *   watch_id=UID:GID|off  count the write requests that come with exactly this uid and gid in
+ *                         watch_writes (setting it, even to the same value, zeroes the count);
+ *                         "off" (default) counts nothing. A request's uid and gid are the
+ *                         fsuid and fsgid of the thread that wrote to the mount, so a test
+ *                         learns whose rights the daemon above used for its writes: with
+ *                         watch_id set, every write of a run came as that id if and only if
+ *                         watch_writes grew as much as writes did.
  *
  * Read-only xattrs of the mount root (setting them gives EPERM):
  *
@@ -31,6 +38,13 @@
  *   user.faultfs.writes         write requests received since the mount, failed ones included
  *   user.faultfs.stalled        writers blocked by stall=1 right now (poll it to know that a
  *                               writer has reached the stall)
+ *   user.faultfs.watch_writes   write requests since watch_id was last set that came with the
+ *                               watched uid and gid
+ *   user.faultfs.watch_capable  of those, the ones whose writing thread had any effective
+ *                               capability: CapEff in /proc/PID/status, PID being the request's
+ *                               (the writing thread's id; it waits for the answer, so what is
+ *                               read is what it wrote with). A status that cannot be read
+ *                               counts as capable, so a test never passes for want of data.
  *
  * Values are plain decimal (or the errno name, or "off") without a newline. Setting a malformed
  * value (a trailing newline included) or an unknown user.faultfs.* name gives EINVAL and changes
@@ -98,9 +112,12 @@ enum ff_ctl {
 	FF_FAIL_FSYNC,
 	FF_ERRNO,
 	FF_STALL,
+	FF_WATCH_ID,
 	FF_BYTES_WRITTEN,
 	FF_WRITES,
 	FF_STALLED,
+	FF_WATCH_WRITES,
+	FF_WATCH_CAPABLE,
 	FF_NCTL
 };
 
@@ -114,9 +131,12 @@ static const struct {
     [FF_FAIL_FSYNC] = {"fail_fsync", true},
     [FF_ERRNO] = {"errno", true},
     [FF_STALL] = {"stall", true},
+    [FF_WATCH_ID] = {"watch_id", true},
     [FF_BYTES_WRITTEN] = {"bytes_written", false},
     [FF_WRITES] = {"writes", false},
     [FF_STALLED] = {"stalled", false},
+    [FF_WATCH_WRITES] = {"watch_writes", false},
+    [FF_WATCH_CAPABLE] = {"watch_capable", false},
 };
 
 static const struct {
@@ -137,6 +157,9 @@ static struct {
 	atomic_int err; /* positive errno */
 	_Atomic uint64_t bytes_written;
 	_Atomic uint64_t writes;
+	_Atomic uint64_t watch_id; /* uid << 32 | gid, or FF_UNLIMITED for off */
+	_Atomic uint64_t watch_writes;
+	_Atomic uint64_t watch_capable;
 
 	pthread_mutex_t lock; /* guards the fields below */
 	pthread_cond_t unstall;
@@ -149,6 +172,7 @@ static struct {
     .err = EIO,
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .fail_after = FF_UNLIMITED,
+    .watch_id = FF_UNLIMITED,
 };
 
 /* A mutex that fails to lock means memory corruption; a test tool stops right there. */
@@ -190,6 +214,28 @@ static int ff_parse_bool(const char *s, bool *out)
 	if (strcmp(s, "0") != 0 && strcmp(s, "1") != 0)
 		return -EINVAL;
 	*out = s[0] == '1';
+	return 0;
+}
+
+/* "UID:GID" (strict decimal, each below 2^32 - 1) or "off", as watch_id packs it. */
+static int ff_parse_id(const char *s, uint64_t *out)
+{
+	char uid[FF_VALUE_MAX];
+	const char *colon = strchr(s, ':');
+	uint64_t u, g;
+
+	if (strcmp(s, "off") == 0) {
+		*out = FF_UNLIMITED;
+		return 0;
+	}
+	if (colon == NULL || (size_t)(colon - s) >= sizeof(uid))
+		return -EINVAL;
+	memcpy(uid, s, (size_t)(colon - s));
+	uid[colon - s] = '\0';
+	if (ff_parse_uint(uid, UINT32_MAX - 1, &u) != 0 ||
+	    ff_parse_uint(colon + 1, UINT32_MAX - 1, &g) != 0)
+		return -EINVAL;
+	*out = u << 32 | g;
 	return 0;
 }
 
@@ -237,6 +283,14 @@ static int ff_ctl_set(enum ff_ctl id, const char *val)
 			}
 		}
 		return -EINVAL;
+	case FF_WATCH_ID:
+		r = ff_parse_id(val, &n);
+		if (r == 0) {
+			atomic_store(&ff.watch_writes, 0);
+			atomic_store(&ff.watch_capable, 0);
+			atomic_store(&ff.watch_id, n);
+		}
+		return r;
 	case FF_STALL:
 		r = ff_parse_bool(val, &b);
 		if (r != 0)
@@ -292,6 +346,18 @@ static int ff_ctl_get(enum ff_ctl id, char *buf, size_t len)
 		break;
 	case FF_WRITES:
 		n = atomic_load(&ff.writes);
+		break;
+	case FF_WATCH_ID:
+		n = atomic_load(&ff.watch_id);
+		if (n == FF_UNLIMITED)
+			return snprintf(buf, len, "off");
+		return snprintf(buf, len, "%llu:%llu", (unsigned long long)(n >> 32),
+				(unsigned long long)(n & UINT32_MAX));
+	case FF_WATCH_WRITES:
+		n = atomic_load(&ff.watch_writes);
+		break;
+	case FF_WATCH_CAPABLE:
+		n = atomic_load(&ff.watch_capable);
 		break;
 	case FF_NCTL:
 		break;
@@ -607,6 +673,25 @@ static int ff_read(const char *path, char *buf, size_t size, off_t off, struct f
 	return n < 0 ? -errno : (int)n;
 }
 
+/* Whether thread tid has any effective capability (true when that cannot be read). */
+static bool ff_capable(pid_t tid)
+{
+	char path[64], line[256];
+	unsigned long long eff = 1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	f = fopen(path, "re");
+	if (f == NULL)
+		return true;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "CapEff: %llx", &eff) == 1)
+			break;
+	if (fclose(f) != 0)
+		return true;
+	return eff != 0;
+}
+
 /* The one place faults happen: count, delay, stall, then write what the budget allows. */
 static int ff_write(const char *path, const char *buf, size_t size, off_t off,
 		    struct fuse_file_info *fi)
@@ -617,6 +702,12 @@ static int ff_write(const char *path, const char *buf, size_t size, off_t off,
 
 	(void)path;
 	atomic_fetch_add(&ff.writes, 1);
+	const struct fuse_context *ctx = fuse_get_context();
+	if (((uint64_t)ctx->uid << 32 | ctx->gid) == atomic_load(&ff.watch_id)) {
+		atomic_fetch_add(&ff.watch_writes, 1);
+		if (ff_capable(ctx->pid))
+			atomic_fetch_add(&ff.watch_capable, 1);
+	}
 	ff_sleep_us(atomic_load(&ff.latency_us));
 	r = ff_stall_wait();
 	if (r != 0)
@@ -900,7 +991,8 @@ static void ff_usage(const char *prog)
 		"    -o fail_write_after=B    fail writes once B bytes are written (or 'off')\n"
 		"    -o fail_fsync=0|1        fail fsync\n"
 		"    -o errno=NAME            EIO (default), ENOSPC, EDQUOT or EFBIG\n"
-		"    -o stall=0|1             block every write until stall is 0\n",
+		"    -o stall=0|1             block every write until stall is 0\n"
+		"    -o watch_id=UID:GID      count writes by this id in watch_writes (or 'off')\n",
 		prog);
 }
 

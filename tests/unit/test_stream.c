@@ -13,11 +13,13 @@
 #include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -74,8 +76,12 @@ struct fake_sink {
 	int fail;	  /* errno for the next call (one shot), 0 = none */
 	size_t short_max; /* write at most this many bytes per call (0 = no limit) */
 	unsigned ncalls;
+	unsigned owned; /* calls made while a test owner was entered on the calling thread */
 	struct sink_call log[LOG_MAX];
 };
+
+/* Set by the test owner's enter on the thread that will write, cleared by its leave. */
+static _Thread_local bool owner_entered;
 
 static struct fake_sink fsink = {.lock = PTHREAD_MUTEX_INITIALIZER,
 				 .cond = PTHREAD_COND_INITIALIZER};
@@ -119,6 +125,8 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 		total += v[n].iov_len;
 	}
 	ssize_t r = pwritev(fd, v, n, off);
+	if (owner_entered)
+		k->owned++;
 	if (r > 0 && k->ncalls < LOG_MAX)
 		k->log[k->ncalls++] =
 		    (struct sink_call){fd, (uint64_t)off, (uint64_t)r, fake_now(&fclock)};
@@ -137,6 +145,7 @@ static void sink_reset(void)
 	fsink.fail = 0;
 	fsink.short_max = 0;
 	fsink.ncalls = 0;
+	fsink.owned = 0;
 	pthread_mutex_unlock(&fsink.lock);
 	fake_sleep_until(&fclock, 0);
 }
@@ -910,11 +919,90 @@ static void write_from_fill_copies_once_or_not_at_all(void **state)
 	stream_engine_free(e);
 }
 
+/* An owner that counts its calls and can refuse to be entered. */
+struct test_owner {
+	struct stream_owner o;
+	atomic_uint enters, leaves;
+	atomic_int refuse; /* negative errno: enter fails with it */
+};
+
+static int test_owner_enter(const struct stream_owner *o)
+{
+	struct test_owner *t = (struct test_owner *)o;
+	int err = atomic_load(&t->refuse);
+	if (err != 0)
+		return err;
+	assert_false(owner_entered);
+	owner_entered = true;
+	atomic_fetch_add(&t->enters, 1);
+	return 0;
+}
+
+static void test_owner_leave(const struct stream_owner *o)
+{
+	struct test_owner *t = (struct test_owner *)o;
+	assert_true(owner_entered);
+	owner_entered = false;
+	atomic_fetch_add(&t->leaves, 1);
+}
+
+static void owner_brackets_every_slice(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine(4 * MiB, 8 * MiB, 2, 0, 0);
+	static unsigned char data[64 * KiB];
+	struct test_owner t = {.o = {test_owner_enter, test_owner_leave}};
+	int check;
+	fill(data, sizeof(data), 10);
+
+	/* No owner: slices are written as they are, nothing is entered. */
+	struct stream *plain = open_stream(e, &check);
+	assert_true(stream_write(plain, data, sizeof(data), 0, NULL, NULL) >= 0);
+	assert_int_equal(stream_close(plain), 0);
+	close(check);
+	assert_int_equal(atomic_load(&t.enters), 0);
+
+	/* Three writes that are not contiguous in the file are three slices: each is written
+	 * between enter and leave, on the thread that writes it. */
+	sink_reset();
+	struct stream *s = open_stream(e, &check);
+	stream_set_owner(s, &t.o);
+	assert_true(stream_write(s, data, 4 * KiB, 0, NULL, NULL) >= 0);
+	assert_true(stream_write(s, data, 4 * KiB, 32 * KiB, NULL, NULL) >= 0);
+	assert_true(stream_write(s, data, 4 * KiB, 16 * KiB, NULL, NULL) >= 0);
+	assert_int_equal(stream_sync(s), 0);
+	pthread_mutex_lock(&fsink.lock);
+	unsigned calls = fsink.ncalls, owned = fsink.owned;
+	pthread_mutex_unlock(&fsink.lock);
+	assert_true(calls >= 1);
+	assert_int_equal(owned, calls);
+	assert_int_equal(atomic_load(&t.enters), atomic_load(&t.leaves));
+	assert_true(atomic_load(&t.enters) >= 1);
+
+	/* An owner that cannot be entered fails the stream: nothing is written around it. */
+	unsigned before = atomic_load(&t.leaves);
+	atomic_store(&t.refuse, -EACCES);
+	assert_true(stream_write(s, data, 4 * KiB, 64 * KiB, NULL, NULL) >= 0);
+	assert_int_equal(stream_sync(s), -EACCES);
+	assert_int_equal(stream_write(s, data, 1, 0, NULL, NULL), -EACCES);
+	assert_int_equal(atomic_load(&t.leaves), before);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(fsink.ncalls, calls); /* not one more write reached the store */
+	pthread_mutex_unlock(&fsink.lock);
+	assert_int_equal(stream_close(s), -EACCES);
+	struct stat st;
+	assert_int_equal(fstat(check, &st), 0);
+	assert_int_equal(st.st_size, 36 * KiB);
+	close(check);
+	stream_engine_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(high_water_parks_writer),
 	    cmocka_unit_test(write_from_fill_copies_once_or_not_at_all),
+	    cmocka_unit_test(owner_brackets_every_slice),
 	    cmocka_unit_test(budget_shared_fifo_wakeups),
 	    cmocka_unit_test(failed_drain_is_sticky),
 	    cmocka_unit_test(read_overlays_pending),

@@ -935,6 +935,7 @@ static const char *mark_finish(struct heap *h, bool atomic, bool force_compact)
 static int collect_full(struct heap *h, bool force_compact)
 {
 	uint64_t t0 = now_ns(h);
+	h->st.old.fulls++;
 	const char *what = "full";
 	if (h->state == MARKING) {
 		mark_step(h, SIZE_MAX);

@@ -86,6 +86,8 @@ struct heap_stats {
 		uint64_t used; /* bytes in objects, incl. large ones and not yet swept garbage */
 		uint64_t mark_sweeps;
 		uint64_t mark_compacts;
+		uint64_t fulls;	      /* stop-the-world full collections: heap_collect(HEAP_FULL)
+					 or the last resort before ENOMEM; never in normal operation */
 		double fragmentation; /* free bytes inside the old arena / arena extent, 0..1 */
 	} old;
 	struct {

@@ -3,7 +3,10 @@
  * heap bytes per live record, scavenge and worst pauses with N live records, allocation
  * throughput against malloc, and promoted bytes with promote_age 1 and 2.
  * Built, not run as a test: `build/tests/unit/bench_heap [N]`; SEMI_KIB=n sets the
- * semi-space size. Timings are wall clock.
+ * semi-space size. Pauses are the heap's own, in thread CPU time; throughput is wall clock.
+ * Setup measures bytes per record after an explicit full collection, which is stop-the-world
+ * and the last resort (tests, and before ENOMEM): its pause is printed on its own line, and
+ * the pause targets cover the normal-operation loop only, which must take no full collection.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -12,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench.h"
 #include "heap.h"
 
 /* The daemon's inode record with its name inline; ref 0 is the parent. */
@@ -61,7 +65,8 @@ static uint64_t rnd(void)
 
 static struct heap *make(unsigned promote_age)
 {
-	struct heap_config cfg = {.promote_age = promote_age, .trace = trace};
+	struct heap_config cfg = {
+	    .promote_age = promote_age, .trace = trace, .clock_ns = bench_cpu_ns};
 	const char *semi = getenv("SEMI_KIB");
 	if (semi != NULL)
 		cfg.semi_space = strtoul(semi, NULL, 10) << 10;
@@ -163,12 +168,17 @@ static void pauses(size_t n)
 	printf("  old cycles: %llu mark-sweep, %llu mark-compact, max finish pause %.3f ms\n",
 	       (unsigned long long)(st.old.mark_sweeps - before.old.mark_sweeps),
 	       (unsigned long long)(st.old.mark_compacts - before.old.mark_compacts), other_max_ms);
-	printf("  worst pause since start (incl. setup's full GC) %.3f ms, loop total %.1f ms\n",
-	       (double)st.pause_us.max / 1000,
+	printf("  loop pause total %.1f ms\n",
 	       (double)(st.pause_us.total - before.pause_us.total) / 1000);
+	bench_target_le("max pause in the loop (scavenges and old-generation slices)",
+			scavenge_max_ms > other_max_ms ? scavenge_max_ms : other_max_ms, 1, "ms");
+	bench_target_le("stop-the-world full collections in the loop",
+			(double)(st.old.fulls - before.old.fulls), 0, "");
 	double t1 = now_s();
 	heap_collect(h, HEAP_FULL);
-	printf("  explicit full collection (stop-the-world): %.1f ms\n", (now_s() - t1) * 1000);
+	printf("  explicit full collection, stop-the-world, the last resort (tests, before ENOMEM;"
+	       " setup took one, the loop %llu): %.1f ms\n",
+	       (unsigned long long)(st.old.fulls - before.old.fulls), (now_s() - t1) * 1000);
 	free(v);
 	heap_free(h);
 }
@@ -196,8 +206,10 @@ static void throughput(size_t n)
 	double malloc_s = now_s() - t0;
 	for (size_t i = 0; i < RING; i++)
 		free(ring[i]);
-	printf("allocation: heap %.1f ns/object, calloc+free %.1f ns/object (%zu objects)\n",
-	       heap_s * 1e9 / (double)n, malloc_s * 1e9 / (double)n, n);
+	printf("allocation (%zu objects): calloc+free %.1f ns/object\n", n,
+	       malloc_s * 1e9 / (double)n);
+	bench_target_le("heap_alloc+heap_root_dec", heap_s * 1e9 / (double)n,
+			malloc_s * 1e9 / (double)n, "ns/object");
 }
 
 /* Records that live for a short window (a ring of the last K allocations stays rooted). */

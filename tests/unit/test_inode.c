@@ -237,6 +237,44 @@ static void data_slot(void **state)
 }
 
 /* Many records, random forgets: the table never loses a live one nor keeps a dead one. */
+/* The index grows through several incremental rehashes (successor committed, entries
+ * migrated, old table unmapped a step per insertion): at every step each record linked so
+ * far is found again (same id), sampled, and the table verifies every 256 insertions. */
+static void index_growth_keeps_entries_findable(void **state)
+{
+	struct inode_table *t = *state;
+	enum { N = 12000 };
+	uint64_t *ids = calloc(N, sizeof(*ids));
+	assert_non_null(ids);
+	uint64_t dir = link_one(t, INODE_ROOT, "d", 3);
+	char err[200];
+	for (int i = 0; i < N; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "g%d", i);
+		ids[i] = link_one(t, dir, name, 1000 + (uint64_t)i);
+		for (int k = 0; k < 3; k++) {
+			int j = k == 0	 ? i / 2
+				: k == 1 ? i - 1
+					 : (int)((unsigned)i * 2654435761u % (unsigned)(i + 1));
+			if (j < 0)
+				continue;
+			snprintf(name, sizeof(name), "g%d", j);
+			assert_int_equal(link_one(t, dir, name, 1000 + (uint64_t)j), ids[j]);
+			inode_forget(t, ids[j], 1);
+		}
+		if (i % 256 == 0 && inode_table_verify(t, err, sizeof(err)) != 0)
+			fail_msg("%s", err);
+	}
+	for (int i = 0; i < N; i++) {
+		uint64_t dev, ino;
+		assert_int_equal(inode_ident(t, ids[i], &dev, &ino), 0);
+		assert_int_equal(ino, 1000 + (uint64_t)i);
+	}
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	free(ids);
+}
+
 static void many_records(void **state)
 {
 	struct inode_table *t = *state;
@@ -631,6 +669,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(unhashed_number_is_a_new_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(data_slot, setup, teardown),
 	    cmocka_unit_test_setup_teardown(many_records, setup, teardown),
+	    cmocka_unit_test_setup_teardown(index_growth_keeps_entries_findable, setup, teardown),
 	    cmocka_unit_test(forgotten_records_are_collected),
 	    cmocka_unit_test_setup_teardown(long_renames, setup, teardown),
 	    cmocka_unit_test(full_heap_says_enomem),

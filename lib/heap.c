@@ -93,7 +93,6 @@ enum {
 #define SLOT_CHUNK ((size_t)1 << SLOT_SHIFT)
 /* The old arena is committed this far ahead of its bump pointer, this much at a time. */
 #define COMMIT_STEP ((size_t)128 << 10)
-#define HUGE_ALIGN  ((size_t)2 << 20) /* a transparent huge page */
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
@@ -126,9 +125,7 @@ enum state { IDLE, MARKING, SWEEPING };
 
 struct heap {
 	struct heap_config cfg;
-	char *ymap; /* the young mapping: ylen bytes */
-	size_t ylen;
-	char *ymem;   /* both semi-spaces, 2 * semi bytes from HUGE_ALIGN inside ymap */
+	char *ymem;   /* both semi-spaces, 2 * semi bytes reserved */
 	size_t semi;  /* reserved bytes per semi-space: config.semi_space, the user's limit */
 	size_t ysize; /* bytes per semi-space in use: min(semi, HEAP_SEMI_SPACE_USED) */
 	char *from, *to, *ytop;
@@ -229,12 +226,12 @@ static bool is_young(const struct heap *h, const struct hdr *o)
 
 static bool in_from(const struct heap *h, const struct hdr *o)
 {
-	return in_range(o, h->from, h->ysize);
+	return in_range(o, h->from, h->semi);
 }
 
 static bool in_to(const struct heap *h, const struct hdr *o)
 {
-	return in_range(o, h->to, h->ysize);
+	return in_range(o, h->to, h->semi);
 }
 
 static bool is_old(const struct heap *h, const struct hdr *o)
@@ -331,22 +328,6 @@ static void pause_end(struct heap *h, uint64_t t0, const char *what)
 		 (size_t)(h->ytop - h->from) >> 10, h->ysize >> 10, old_used(h) >> 10,
 		 h->olimit >> 10, fragmentation(h), h->live_slots, (double)dt / 1e6);
 	h->cfg.trace(h->cfg.arg, line);
-}
-
-/* Lays both used semi-spaces side by side at a HUGE_ALIGN boundary of the young mapping and
- * commits them, as one transparent huge page where the kernel gives one: every scavenge
- * sweeps both, and on this (paravirtualized) machine a 4 KiB page touched after a context
- * switch costs 20-70 us to map again, a 2 MiB one a 32nd of that per page (measured: 800
- * random touches after a sleep, 72 us vs 16 us on average, worst 7 ms vs 0.35 ms). The
- * huge page costs about 5 ms once, here, at heap_new; 2 MiB stay resident for it. */
-static void young_map(struct heap *h)
-{
-	uintptr_t base = ((uintptr_t)h->ymap + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1);
-	h->ymem = (char *)base;
-	h->from = h->ytop = h->ymem;
-	h->to = h->ymem + h->ysize;
-	bool huge = 2 * h->ysize <= HUGE_ALIGN && madvise(h->ymem, HUGE_ALIGN, MADV_HUGEPAGE) == 0;
-	commit(h, h->ymem, huge ? HUGE_ALIGN : 2 * h->ysize);
 }
 
 /* ---- handle table ---- */
@@ -1025,10 +1006,9 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	h->semi = c.semi_space;
 	h->ysize = h->semi < HEAP_SEMI_SPACE_USED ? h->semi : HEAP_SEMI_SPACE_USED;
 	h->olimit = c.old_space;
-	h->ylen = (2 * h->semi > HUGE_ALIGN ? 2 * h->semi : HUGE_ALIGN) + HUGE_ALIGN;
-	h->ymap = mmap(NULL, h->ylen, PROT_READ | PROT_WRITE,
+	h->ymem = mmap(NULL, 2 * h->semi, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (h->ymap == MAP_FAILED) {
+	if (h->ymem == MAP_FAILED) {
 		free(h);
 		return -ENOMEM;
 	}
@@ -1036,13 +1016,16 @@ int heap_new(const struct heap_config *config, struct heap **out)
 		h->obase = mmap(NULL, h->olimit, PROT_READ | PROT_WRITE,
 				MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		if (h->obase == MAP_FAILED) {
-			munmap(h->ymap, h->ylen);
+			munmap(h->ymem, 2 * h->semi);
 			free(h);
 			return -ENOMEM;
 		}
 	}
-	young_map(h);
+	h->from = h->ytop = h->ymem;
+	h->to = h->ymem + h->semi;
 	h->otop = h->ocommit = h->obase;
+	commit(h, h->from, h->ysize);
+	commit(h, h->to, h->ysize);
 	old_commit(h);
 	sweep_done(h);
 	h->st.young.size = h->ysize;
@@ -1109,7 +1092,7 @@ void heap_free(struct heap *h)
 	free(h->yroots.v);
 	free(h->mstack.v);
 	free(h->pstack.v);
-	munmap(h->ymap, h->ylen);
+	munmap(h->ymem, 2 * h->semi);
 	if (h->obase != NULL)
 		munmap(h->obase, h->olimit);
 	free(h);

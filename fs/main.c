@@ -34,7 +34,11 @@ static void usage(const char *prog)
 	opts_help();
 	printf(
 	    "\nWhen run by an ordinary user, files created through the view belong to that user, "
-	    "as for\nany FUSE mount.\n\n");
+	    "as for\nany FUSE mount. Run as root with -o allow_other, it acts for each caller with "
+	    "the\ncaller's credentials, and writes each file's data with its writer's.\n\n"
+	    "throttlefs runs at most %d worker threads unless -o max_threads says otherwise "
+	    "(libfuse's\nown default, shown below, is 10).\n\n",
+	    TFS_MAX_THREADS);
 	printf("FUSE options:\n");
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
@@ -167,8 +171,10 @@ int main(int argc, char **argv)
 	 * first large block freed), and a freed one stays resident there behind any small
 	 * block allocated after it: measured in the soak test, the arenas of a dozen worker
 	 * threads held 15-20 MiB of free memory, more than the whole buffer budget. */
-	if (mallopt(M_MMAP_THRESHOLD, 32 << 10) != 1)
-		fprintf(stderr, "throttlefs: warning: mallopt(M_MMAP_THRESHOLD) failed\n");
+	if (mallopt(M_MMAP_THRESHOLD, 32 << 10) != 1) {
+		/* Only a replacement allocator (ASan's, valgrind's) refuses: it has no arenas
+		 * to tune, and a warning would break the one-line errors of bad command lines. */
+	}
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cl = {0};
 	struct tfs fs = {.root_fd = -1, .timeout = 1.0, .handles_lock = PTHREAD_MUTEX_INITIALIZER};

@@ -18,6 +18,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +41,7 @@ struct handle {
 	off_t dir_off;
 	struct dirent *dir_entry;   /* read but not yet replied */
 	struct handle *prev, *next; /* on tfs.handles, so that shutdown can close what is open */
+	atomic_uint splicing;	    /* replies being spliced from fd right now (tfs_read) */
 };
 
 /* The preferred I/O size reported for regular files: large, so cp and friends write in large
@@ -517,6 +520,11 @@ static void handle_close(struct tfs *fs, struct handle *h)
 	pthread_mutex_unlock(&fs->handles_lock);
 	if (h->node != NULL)
 		node_detach(fs, h->node);
+	/* A read's reply reaches the kernel from inside fuse_reply_data, and the kernel may let
+	 * the file go (RELEASE, here on another thread) before that call has returned: the
+	 * descriptor is closed only once no splice from it is still under way. */
+	while (atomic_load_explicit(&h->splicing, memory_order_acquire) != 0)
+		sched_yield();
 	if (h->dir != NULL)
 		closedir(h->dir); /* closes h->fd too */
 	else
@@ -670,7 +678,9 @@ static void tfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 		bv.buf[0].fd = h->fd;
 		bv.buf[0].pos = off;
+		atomic_fetch_add_explicit(&h->splicing, 1, memory_order_relaxed);
 		fuse_reply_data(req, &bv, 0);
+		atomic_fetch_sub_explicit(&h->splicing, 1, memory_order_release);
 		return;
 	}
 	/* Otherwise data still in the stream is overlaid on what the store has

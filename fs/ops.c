@@ -44,9 +44,12 @@ struct handle {
 	atomic_uint splicing;	    /* replies being spliced from fd right now (tfs_read) */
 };
 
-/* The preferred I/O size reported for regular files: large, so cp and friends write in large
- * requests (the kernel splits them at max_write). */
-#define TFS_BLKSIZE (1 << 20)
+/* The preferred I/O size reported for regular files. cp uses max(128 KiB, st_blksize) bytes
+ * of buffer per file; above 128 KiB glibc maps that buffer for every file and unmaps it
+ * after, which cost a cp -r of 10,000 small files about a third of its time on disk (measured:
+ * 4.3 s with 1 MiB, 2.7 s with 128 KiB), while a large copy runs as fast with 128 KiB
+ * writes (1.4-1.8 GiB/s on tmpfs either way). */
+#define TFS_BLKSIZE (128 << 10)
 
 static struct tfs *tfs_of(fuse_req_t req)
 {
@@ -395,12 +398,23 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, in
 	int err = backing_dir(fs, parent, &d);
 	if (err != 0)
 		return reply_err(req, err);
-	victim_stat(d.fd, name, &victim);
+	/* The last unlink of a file makes the store free it inside unlinkat (on ext4 that is
+	 * most of the call: ~40 us for a 4 KiB file). A reference held across the unlink defers
+	 * the freeing to its close, after the reply, so the caller (rm -r) goes on with its next
+	 * request while this thread does it. */
+	int ref = flags == 0 ? openat(d.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : -1;
+	if (ref >= 0) {
+		if (fstat(ref, &victim) != 0)
+			memset(&victim, 0, sizeof(victim));
+	} else {
+		victim_stat(d.fd, name, &victim);
+	}
 	err = unlinkat(d.fd, name, flags) != 0 ? -errno : 0;
 	if (err == 0)
 		forget_if_gone(fs, &victim);
 	backing_put(fs, &d);
 	reply_err(req, err);
+	close_fd(ref);
 }
 
 static void do_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)

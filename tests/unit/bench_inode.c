@@ -249,6 +249,30 @@ static double malloc_design(size_t n)
 	return s * 1e9 / (double)n;
 }
 
+/* Clears the pause figures before a phase of the benchmark. */
+static void pauses_reset(void)
+{
+	memset(&scavenge_hist, 0, sizeof(scavenge_hist));
+	memset(&call_hist, 0, sizeof(call_hist));
+	memset(&wall_hist, 0, sizeof(wall_hist));
+	other_max_ms = 0;
+	others = 0;
+	other_max_what[0] = '\0';
+}
+
+/* Prints a phase's pauses and checks its worst one against the 1 ms target. */
+static void pauses_report(const char *target)
+{
+	char buf[300];
+	printf("  heap pause per call (CPU): %s\n", bench_hist_fmt(&call_hist, buf, sizeof(buf)));
+	printf("  call wall time (preemption incl.): %s\n",
+	       bench_hist_fmt(&wall_hist, buf, sizeof(buf)));
+	printf("  scavenges: %s; other pauses %lu, max %.3f ms (%s)\n",
+	       bench_hist_fmt(&scavenge_hist, buf, sizeof(buf)), others, other_max_ms,
+	       other_max_what);
+	bench_target_le(target, (double)call_hist.max_us / 1000, 1, "ms");
+}
+
 int main(int argc, char **argv)
 {
 	size_t n = argc > 1 ? strtoul(argv[1], NULL, 10) : 1000000;
@@ -256,7 +280,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: bench_inode [N >= 100]\n");
 		return 2;
 	}
-	char buf[300];
 
 	/* Throughput: untimed populates, the heap table and the malloc design. */
 	struct inode_table *t = make();
@@ -272,20 +295,12 @@ int main(int argc, char **argv)
 	bench_target_le("inode_link (heap records, incremental index)", link_ns, malloc_ns, "ns");
 
 	/* Pauses: populate again, every call timed. */
-	memset(&scavenge_hist, 0, sizeof(scavenge_hist));
-	memset(&call_hist, 0, sizeof(call_hist));
-	memset(&wall_hist, 0, sizeof(wall_hist));
+	pauses_reset();
 	t = cur = make();
 	timed = 1;
 	v = populate(t, n);
 	printf("populate %zu inodes:\n", n);
-	printf("  heap pause per call (CPU): %s\n", bench_hist_fmt(&call_hist, buf, sizeof(buf)));
-	printf("  call wall time (preemption incl.): %s\n",
-	       bench_hist_fmt(&wall_hist, buf, sizeof(buf)));
-	printf("  scavenges: %s; other pauses %lu, max %.3f ms (%s)\n",
-	       bench_hist_fmt(&scavenge_hist, buf, sizeof(buf)), others, other_max_ms,
-	       other_max_what);
-	bench_target_le("max pause, populate", (double)call_hist.max_us / 1000, 1, "ms");
+	pauses_report("max pause, populate");
 
 	struct heap_stats hs;
 	inode_heap_stats(t, &hs); /* nothing is garbage yet: used bytes are live bytes */
@@ -296,12 +311,7 @@ int main(int argc, char **argv)
 			"B");
 
 	/* Churn: forget a random non-directory inode and look up a new one, 2N times. */
-	memset(&scavenge_hist, 0, sizeof(scavenge_hist));
-	memset(&call_hist, 0, sizeof(call_hist));
-	memset(&wall_hist, 0, sizeof(wall_hist));
-	other_max_ms = 0;
-	others = 0;
-	other_max_what[0] = '\0';
+	pauses_reset();
 	struct heap_stats before;
 	inode_heap_stats(t, &before);
 	uint64_t next = 2 + n;
@@ -321,13 +331,7 @@ int main(int argc, char **argv)
 	       n, ops, churn_s, churn_s * 1e9 / (double)ops,
 	       (unsigned long long)(hs.old.mark_sweeps - before.old.mark_sweeps),
 	       (unsigned long long)(hs.old.mark_compacts - before.old.mark_compacts));
-	printf("  heap pause per call (CPU): %s\n", bench_hist_fmt(&call_hist, buf, sizeof(buf)));
-	printf("  call wall time (preemption incl.): %s\n",
-	       bench_hist_fmt(&wall_hist, buf, sizeof(buf)));
-	printf("  scavenges: %s; other pauses %lu, max %.3f ms (%s)\n",
-	       bench_hist_fmt(&scavenge_hist, buf, sizeof(buf)), others, other_max_ms,
-	       other_max_what);
-	bench_target_le("max pause, churn", (double)call_hist.max_us / 1000, 1, "ms");
+	pauses_report("max pause, churn");
 	bench_target_le("stop-the-world full collections in normal operation", (double)hs.old.fulls,
 			0, "");
 

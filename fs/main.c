@@ -89,6 +89,23 @@ static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
 	return fuse_opt_insert_arg(args, 1, opts);
 }
 
+/* The max_read mount option in force: the last one given (ours comes first, see
+ * add_default_opts). libfuse wants the filesystem's init to state the same value. */
+static unsigned mount_max_read(const struct fuse_args *args)
+{
+	static const struct fuse_opt spec[] = {{"max_read=%u", 0, 0}, FUSE_OPT_END};
+	struct fuse_args copy = FUSE_ARGS_INIT(0, NULL);
+	unsigned v = TFS_MAX_REQUEST;
+	for (int i = 0; i < args->argc; i++)
+		if (fuse_opt_add_arg(&copy, args->argv[i]) != 0)
+			goto out;
+	if (fuse_opt_parse(&copy, &v, spec, NULL) != 0)
+		v = TFS_MAX_REQUEST;
+out:
+	fuse_opt_free_args(&copy);
+	return v;
+}
+
 /* Decodes the octal escapes (\040 for a space...) of a /proc/self/mountinfo field in place. */
 static void mountinfo_unescape(char *s)
 {
@@ -203,6 +220,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "throttlefs: cannot parse the command line\n");
 		goto out;
 	}
+	fs.max_read = mount_max_read(&args);
 
 	fs.root_fd = open(fs.opt.backing_real, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	struct stat st;

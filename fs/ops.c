@@ -119,7 +119,7 @@ static int entry_lookup(struct tfs *fs, fuse_ino_t parent, int dfd, const char *
 
 static void tfs_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	const struct tfs *fs = userdata;
 	conn->want |= conn->capable & (FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ATOMIC_O_TRUNC |
 				       FUSE_CAP_ASYNC_READ | FUSE_CAP_READDIRPLUS);
 	/* Read data is sent through a pipe spliced from the backing file (tfs_read): no reply's
@@ -130,7 +130,9 @@ static void tfs_init(void *userdata, struct fuse_conn_info *conn)
 	/* Writes pass through us; the kernel must not cache them behind our back. */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 	conn->max_write = TFS_MAX_REQUEST;
-	conn->max_read = TFS_MAX_REQUEST; /* must equal the max_read mount option (main.c) */
+	/* As the max_read mount option says (TFS_MAX_REQUEST from main.c, or the user's own):
+	 * libfuse refuses an init that states another value. */
+	conn->max_read = fs->max_read;
 	conn->max_readahead = TFS_READAHEAD_KB << 10;
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
@@ -652,12 +654,14 @@ static pthread_mutex_t rbuf_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *rbuf_kept[RBUF_KEEP];
 static unsigned rbuf_nkept;
 
-/* A buffer of at least size bytes (size <= RBUF_SIZE), or NULL. */
+/* A buffer of at least size bytes, or NULL; give it back with rbuf_put(b, size). Reads are
+ * at most RBUF_SIZE unless the user mounted with a larger max_read: such a buffer is
+ * allocated for the one request. */
 static char *rbuf_get(size_t size)
 {
 	char *b = NULL;
 	if (size > RBUF_SIZE)
-		return NULL;
+		return malloc(size);
 	pthread_mutex_lock(&rbuf_lock);
 	if (rbuf_nkept > 0)
 		b = rbuf_kept[--rbuf_nkept];
@@ -665,8 +669,10 @@ static char *rbuf_get(size_t size)
 	return b ? b : malloc(RBUF_SIZE);
 }
 
-static void rbuf_put(char *b)
+static void rbuf_put(char *b, size_t size)
 {
+	if (size > RBUF_SIZE)
+		return free(b);
 	pthread_mutex_lock(&rbuf_lock);
 	if (rbuf_nkept < RBUF_KEEP) {
 		rbuf_kept[rbuf_nkept++] = b;
@@ -707,7 +713,7 @@ static void tfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		reply_err(req, (int)n);
 	else
 		fuse_reply_buf(req, buf, (size_t)n);
-	rbuf_put(buf);
+	rbuf_put(buf, size);
 }
 
 /* A write the stream accepted but parked: its reply waits for the stream's callback. */
@@ -1162,7 +1168,7 @@ static void tfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		bv.buf[0].mem = buf;
 		stream_submit(req, handle_of(fi_out), &bv, off_out);
 	}
-	rbuf_put(buf);
+	rbuf_put(buf, size);
 }
 
 static void tfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,

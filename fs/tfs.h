@@ -44,7 +44,8 @@ struct tfs {
 	struct handle *handles; /* every open file and directory (ops.c) */
 	uint64_t files_done;	/* transfers completed without error */
 	struct fuse_session *se;
-	double timeout; /* entry and attribute validity, seconds */
+	double timeout;	   /* entry and attribute validity, seconds */
+	unsigned max_read; /* the max_read mount option in force (init must repeat it) */
 };
 
 /* The FUSE operations (ops.c). */

@@ -248,6 +248,49 @@ static void help_and_version(void **state)
 	assert_int_equal(h_run("%s --version | grep -q '^throttlefs [0-9]'", h_daemon_bin()), 0);
 }
 
+/* Whether the mount at mnt lists opt among its options in /proc/self/mounts. */
+static bool mounted_with(const char *mnt, const char *opt)
+{
+	FILE *f = fopen("/proc/self/mounts", "re");
+	char line[4096], dir[PATH_MAX], opts[2048];
+	bool found = false;
+	assert_non_null(f);
+	while (!found && fgets(line, sizeof(line), f) != NULL)
+		found = sscanf(line, "%*s %4095s %*s %2047s", dir, opts) == 2 &&
+			strcmp(dir, mnt) == 0 && strstr(opts, opt) != NULL;
+	fclose(f);
+	return found;
+}
+
+/* Request sizes are throttlefs's choice (256 KiB reads) unless the user mounts with a max_read
+ * of their own: the mount then works with theirs (init must repeat the option's value, or
+ * libfuse ends the session), and reads larger than 256 KiB come out right. */
+static void own_max_read(void **state)
+{
+	struct h_fs *fs = *state;
+	enum { LEN = 3 << 20 };
+	char *want = malloc(LEN), *got = malloc(LEN);
+	assert_non_null(want);
+	assert_non_null(got);
+	h_pat_fill(want, LEN, 0, 7);
+	assert_int_equal(h_write_file(H_AT(fs->backing, "big"), want, LEN), 0);
+	assert_int_equal(h_fs_unmount(fs), 0);
+	assert_int_equal(h_fs_mount(fs, "max_read=1048576"), 0);
+	assert_true(mounted_with(fs->mnt, "max_read=1048576"));
+	int fd = open(H_AT(fs->mnt, "big"), O_RDONLY | O_DIRECT);
+	assert_true(fd >= 0);
+	size_t n = 0;
+	while (n < LEN) {
+		ssize_t r = read(fd, got + n, 1 << 20);
+		assert_true(r > 0);
+		n += (size_t)r;
+	}
+	close(fd);
+	assert_memory_equal(got, want, LEN);
+	free(want);
+	free(got);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -260,6 +303,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(meson_install, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(config_escapes_backing_path, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(help_and_version, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(own_max_read, h_setup, h_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,7 +14,7 @@
  *     mmap; at most STREAM_POOL_CAP(max_buffer) blocks are in use at any time. A write that
  *     would take more blocks makes the *calling thread* wait for free blocks (the only
  *     blocking case; it needs as many concurrent writers as it takes to fill the overflow
- *     allowance, STREAM_OVERFLOW = 4 MiB, while all of them are already over the marks).
+ *     allowance, STREAM_OVERFLOW = 2 MiB, while all of them are already over the marks).
  *     Freed blocks are kept for reuse while data is buffered; once nothing is, all but a
  *     high-water mark's worth plus STREAM_POOL_KEEP blocks are unmapped. The daemon's
  *     buffer memory never exceeds STREAM_POOL_CAP(max_buffer) blocks (max_buffer +
@@ -51,7 +51,7 @@
 #include "clock.h"
 
 #define STREAM_BLOCK	 (128u << 10)
-#define STREAM_OVERFLOW	 (4ull << 20)
+#define STREAM_OVERFLOW	 (2ull << 20)
 #define STREAM_POOL_KEEP 16u
 #define STREAM_POOL_CAP(max_buffer)                                                                \
 	(((max_buffer) + STREAM_OVERFLOW + STREAM_BLOCK - 1) / STREAM_BLOCK)

@@ -1166,6 +1166,68 @@ static void test_memory_bound(void **state)
 	expect_pattern(H_AT(fs->store, "big"), size, 18);
 }
 
+/* Many writers at once, more than the daemon has worker threads: its peak resident size (the
+ * kernel's VmHWM, so no spike escapes) stays under max_buffer + 16 MiB, the bound the issues
+ * set, while 64 files of 4 MiB are written in 256 KiB writes under a rate. Not asserted
+ * under a sanitizer. */
+#define MW_WRITERS 64
+#define MW_SIZE	   (4 * MiB)
+
+struct mw_writer {
+	const char *path;
+	unsigned seed;
+	int err; /* errno of the first failure, 0 if none */
+	pthread_t thread;
+};
+
+static void *mw_run(void *arg)
+{
+	struct mw_writer *w = arg;
+	unsigned char *buf = malloc(256 * KiB);
+	int fd = buf ? open(w->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+	if (fd < 0) {
+		w->err = buf ? errno : ENOMEM;
+		free(buf);
+		return NULL;
+	}
+	for (uint64_t off = 0; off < MW_SIZE && w->err == 0; off += 256 * KiB) {
+		fill(buf, 256 * KiB, off, w->seed);
+		if (write(fd, buf, 256 * KiB) != (ssize_t)(256 * KiB))
+			w->err = errno ? errno : EIO;
+	}
+	if (close(fd) != 0 && w->err == 0)
+		w->err = errno;
+	free(buf);
+	return NULL;
+}
+
+static void test_memory_many_writers(void **state)
+{
+	struct h_fs *fs = over_plain(state, "rate=128M,buffer=256K,max_buffer=4M");
+	bool check = !h_sanitized(fs->pid);
+	static struct mw_writer w[MW_WRITERS];
+	static char paths[MW_WRITERS][PATH_MAX];
+	for (int i = 0; i < MW_WRITERS; i++) {
+		w[i] = (struct mw_writer){.path = h_path(paths[i], "%s/mw%02d", fs->mnt, i),
+					  .seed = 40 + (unsigned)i};
+		assert_int_equal(pthread_create(&w[i].thread, NULL, mw_run, &w[i]), 0);
+	}
+	for (int i = 0; i < MW_WRITERS; i++)
+		assert_int_equal(pthread_join(w[i].thread, NULL), 0);
+	long hwm = h_hwm_kib(fs->pid);
+	fprintf(stderr, "%d writers: daemon VmHWM %ld KiB (bound %llu KiB)%s\n", MW_WRITERS, hwm,
+		(unsigned long long)((4 * MiB + 16 * MiB) / KiB),
+		check ? "" : " [sanitized: not asserted]");
+	for (int i = 0; i < MW_WRITERS; i++)
+		assert_int_equal(w[i].err, 0);
+	if (check)
+		assert_true(hwm > 0 && hwm <= (long)((4 * MiB + 16 * MiB) / KiB));
+	char stored[PATH_MAX];
+	for (int i = 0; i < MW_WRITERS; i += 9)
+		expect_pattern(h_path(stored, "%s/mw%02d", fs->store, i), MW_SIZE,
+			       40 + (unsigned)i);
+}
+
 #define T(f) cmocka_unit_test_teardown(f, st_teardown)
 
 int main(void)
@@ -1190,6 +1252,7 @@ int main(void)
 	    T(test_known_open_behind_partial_page),
 	    T(test_concurrent_writers_readers),
 	    T(test_memory_bound),
+	    T(test_memory_many_writers),
 	};
 	/* STREAM_TEST=name (a glob) runs only the matching tests, when chasing one. */
 	const char *only = getenv("STREAM_TEST");

@@ -405,12 +405,8 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, in
 	 * the freeing to its close, after the reply, so the caller (rm -r) goes on with its next
 	 * request while this thread does it. */
 	int ref = flags == 0 ? openat(d.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : -1;
-	if (ref >= 0) {
-		if (fstat(ref, &victim) != 0)
-			memset(&victim, 0, sizeof(victim));
-	} else {
+	if (ref < 0 || fstat(ref, &victim) != 0)
 		victim_stat(d.fd, name, &victim);
-	}
 	err = unlinkat(d.fd, name, flags) != 0 ? -errno : 0;
 	if (err == 0)
 		forget_if_gone(fs, &victim);

@@ -2,7 +2,7 @@
  * stream.c - per-file write streams, the shared block pool and the drain workers.
  *
  * Data path. stream_write copies the caller's bytes (stream_write_from: whatever its fill
- * function reads, e.g. a pipe holding a FUSE write request) into the stream's *log*: a FIFO of
+ * function supplies, e.g. a FUSE request's buffer vector) into the stream's *log*: a FIFO of
  * STREAM_BLOCK-byte blocks addressed by a monotonically growing log position. The bytes of a
  * write are appended at log_tail whatever their file offset; a *segment* (file offset,
  * length, log position) remembers where they go. Segments are kept in write order, their log

@@ -193,8 +193,9 @@ int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, st
  * stream (a read from a pipe or a memcpy, not a read of this same file through its stream). */
 typedef int (*stream_fill)(void *ctx, void *dst, size_t len);
 
-/* stream_write for data that is not in memory yet (a pipe spliced from /dev/fuse): the bytes
- * are taken with fill(ctx, ...) straight into the stream's blocks, so they are copied once.
+/* stream_write for data the caller copies out itself (fs/: libfuse's buffer vector, which may
+ * be memory or a pipe): the bytes are taken with fill(ctx, ...) straight into the stream's
+ * blocks, so they are copied once.
  * Returns as stream_write; when fill fails, its error, and nothing of the write is accepted. */
 int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fill, void *ctx,
 		      stream_cb cb, void *arg);

@@ -499,25 +499,32 @@ static int h_stop(const struct h_proc *p)
 	return 0;
 }
 
+/* The argument vector of a FUSE daemon run in the foreground: -f [-o opts] src dst. */
+static const char *const *h_fuse_args(const char *args[6], const char *opts, const char *src,
+				      const char *dst)
+{
+	size_t n = 0;
+	args[n++] = "-f";
+	if (opts != NULL && *opts != '\0') {
+		args[n++] = "-o";
+		args[n++] = opts;
+	}
+	args[n++] = src;
+	args[n++] = dst;
+	args[n] = NULL;
+	return args;
+}
+
 int h_fs_mount(struct h_fs *fs, const char *opts)
 {
-	const char *args[8];
-	size_t n = 0;
+	const char *args[6];
 
 	if (fs->pid > 0) {
 		fprintf(stderr, "harness: %s is already mounted\n", fs->mnt);
 		return -1;
 	}
 	h_install_hooks();
-	args[n++] = "-f";
-	if (opts != NULL && *opts != '\0') {
-		args[n++] = "-o";
-		args[n++] = opts;
-	}
-	args[n++] = fs->backing;
-	args[n++] = fs->mnt;
-	args[n] = NULL;
-	fs->pid = h_daemon_spawn(args, fs->log);
+	fs->pid = h_daemon_spawn(h_fuse_args(args, opts, fs->backing, fs->mnt), fs->log);
 	if (fs->pid < 0) {
 		fs->pid = 0;
 		return -1;
@@ -591,8 +598,7 @@ int h_fs_free(struct h_fs *fs)
 int h_lower_faultfs(struct h_fs *fs, const char *opts)
 {
 	const char *bin = getenv("FAULTFS_BIN");
-	const char *args[8];
-	size_t n = 0;
+	const char *args[6];
 
 	if (bin == NULL || *bin == '\0') {
 		fprintf(stderr, "harness: FAULTFS_BIN is not set\n");
@@ -608,15 +614,8 @@ int h_lower_faultfs(struct h_fs *fs, const char *opts)
 		return -1;
 	}
 	h_install_hooks();
-	args[n++] = "-f";
-	if (opts != NULL && *opts != '\0') {
-		args[n++] = "-o";
-		args[n++] = opts;
-	}
-	args[n++] = fs->store;
-	args[n++] = fs->backing;
-	args[n] = NULL;
-	fs->lower_pid = h_spawn_bin(bin, args, fs->lower_log);
+	fs->lower_pid =
+	    h_spawn_bin(bin, h_fuse_args(args, opts, fs->store, fs->backing), fs->lower_log);
 	if (fs->lower_pid < 0) {
 		fs->lower_pid = 0;
 		return -1;

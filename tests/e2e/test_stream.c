@@ -54,34 +54,8 @@
 #define MiB	    (1ull << 20)
 #define WATCHDOG_MS 20000 /* a request that must answer, a writer that must stop or finish */
 
-/* ---- data: every byte a function of its file offset, so any piece can be checked alone ---- */
-
-static unsigned char pat(uint64_t off, unsigned seed)
-{
-	uint64_t x = ((off >> 3) + 1) * 0x9E3779B97F4A7C15ull ^ (seed + 1) * 0xBF58476D1CE4E5B9ull;
-	x ^= x >> 31;
-	x *= 0x94D049BB133111EBull;
-	x ^= x >> 29;
-	return (unsigned char)(x >> ((off & 7) * 8));
-}
-
-static void fill(void *buf, size_t len, uint64_t off, unsigned seed)
-{
-	unsigned char *p = buf;
-	for (size_t i = 0; i < len; i++)
-		p[i] = pat(off + i, seed);
-}
-
-/* Offset of the first byte of buf (holding file offsets off...) that is not the pattern. */
-static ssize_t pat_mismatch(const void *buf, size_t len, uint64_t off, unsigned seed)
-{
-	const unsigned char *p = buf;
-	for (size_t i = 0; i < len; i++) {
-		if (p[i] != pat(off + i, seed))
-			return (ssize_t)i;
-	}
-	return -1;
-}
+/* ---- data: every byte a function of its file offset (h_pat_fill), so any piece can be
+ * checked alone ---- */
 
 /* Requires path to hold exactly size bytes of pattern seed. */
 static void expect_pattern(const char *path, uint64_t size, unsigned seed)
@@ -99,7 +73,7 @@ static void expect_pattern(const char *path, uint64_t size, unsigned seed)
 		assert_true(n >= 0);
 		if (n == 0)
 			break;
-		ssize_t bad = pat_mismatch(buf, (size_t)n, off, seed);
+		ssize_t bad = h_pat_check(buf, (size_t)n, off, seed);
 		if (bad >= 0)
 			fprintf(stderr, "%s: wrong byte at offset %llu\n", path,
 				(unsigned long long)(off + (uint64_t)bad));
@@ -172,7 +146,7 @@ static void write_pattern(int fd, uint64_t from, uint64_t to, size_t chunk, unsi
 	assert_non_null(buf);
 	for (uint64_t off = from; off < to;) {
 		size_t n = to - off < chunk ? (size_t)(to - off) : chunk;
-		fill(buf, n, off, seed);
+		h_pat_fill(buf, n, off, seed);
 		ssize_t w = write(fd, buf, n);
 		if (w < 0)
 			fprintf(stderr, "write at %llu: %s\n", (unsigned long long)off,
@@ -393,7 +367,7 @@ static void *writer_run(void *arg)
 	uint64_t done = 0;
 	while (done < w->limit && !atomic_load(&w->stop)) {
 		size_t n = w->limit - done < w->chunk ? (size_t)(w->limit - done) : w->chunk;
-		fill(buf, n, done, w->seed);
+		h_pat_fill(buf, n, done, w->seed);
 		ssize_t r = write(w->fd, buf, n);
 		if (r <= 0) {
 			w->err = r < 0 ? errno : EIO;
@@ -486,12 +460,12 @@ static void test_backpressure_stalled(void **state)
 	expect_pattern(H_AT(fs->store, "big"), done, 1);
 }
 
-#define NWRITERS 12
+#define NWRITERS 28
 
-/* A dozen writers held at once on a tiny budget: more than the daemon has drain threads, and,
- * when the kernel sends their 1 MiB writes whole, more than the buffer pool's hard cap
- * (max_buffer + 8 MiB), so that some wait inside the daemon, each holding a worker thread. The
- * rest of the mount still answers. */
+/* More writers held at once on a tiny budget than the daemon has worker threads (24) or drain
+ * threads (3): their 256 KiB requests fill the buffer pool's hard cap (max_buffer + 2 MiB: 12
+ * requests, parked without a thread), and the other 16 wait inside the daemon, each holding a
+ * worker. The rest of the mount still answers. */
 static void test_backpressure_many_writers(void **state)
 {
 	struct h_fs *fs = over_faultfs(state, NULL, "buffer=64K,max_buffer=1M");
@@ -607,7 +581,7 @@ static int write_file_errno(const char *path, uint64_t size, unsigned seed)
 	assert_non_null(buf);
 	int err = 0;
 	for (uint64_t off = 0; off < size && err == 0;) {
-		fill(buf, MiB, off, seed);
+		h_pat_fill(buf, MiB, off, seed);
 		ssize_t n = write(fd, buf, MiB);
 		if (n < 0)
 			err = errno;
@@ -761,7 +735,7 @@ static void test_buffered_reads(void **state)
 	struct h_fs *fs = over_stalled(state, NULL);
 	const char *f = H_AT(fs->mnt, "f");
 	static unsigned char data[300 * KiB];
-	fill(data, sizeof(data), 0, 11);
+	h_pat_fill(data, sizeof(data), 0, 11);
 	int fd = open_ok(f, O_RDWR | O_CREAT | O_TRUNC);
 	stall_behind(fs, fd, data, 64 * KiB);
 	pwrite_ok(fd, data + 64 * KiB, sizeof(data) - 64 * KiB - 1000, 64 * KiB);
@@ -798,7 +772,7 @@ static void test_buffered_scattered(void **state)
 	assert_non_null(model);
 	assert_non_null(piece);
 	int fd = open_ok(H_AT(fs->mnt, "f"), O_RDWR | O_CREAT | O_TRUNC);
-	fill(piece, 64 * KiB, 0, 1000);
+	h_pat_fill(piece, 64 * KiB, 0, 1000);
 	stall_behind(fs, fd, piece, 64 * KiB);
 	memcpy(model, piece, 64 * KiB);
 	uint32_t x = 12345;
@@ -808,13 +782,13 @@ static void test_buffered_scattered(void **state)
 		size_t len = 1 + x % (48 * KiB);
 		x ^= x << 13, x ^= x >> 17, x ^= x << 5;
 		size_t off = x % (6 * MiB);
-		fill(piece, len, off, (unsigned)i);
+		h_pat_fill(piece, len, off, (unsigned)i);
 		pwrite_ok(fd, piece, len, off);
 		memcpy(model + off, piece, len);
 		end = off + len > end ? off + len : end;
 	}
 	/* A write far beyond the rest leaves a hole, and one rewrites the very start. */
-	fill(piece, 1000, span - 1000, 999);
+	h_pat_fill(piece, 1000, span - 1000, 999);
 	pwrite_ok(fd, piece, 1000, span - 1000);
 	memcpy(model + span - 1000, piece, 1000);
 	pwrite_ok(fd, "start", 5, 0);
@@ -869,18 +843,18 @@ static void test_truncate_order(void **state)
 	const char *f = H_AT(fs->mnt, "f");
 	static unsigned char model[400 * KiB], piece[512 * KiB];
 	int fd = open_ok(f, O_RDWR | O_CREAT | O_TRUNC);
-	fill(piece, sizeof(piece), 0, 12);
+	h_pat_fill(piece, sizeof(piece), 0, 12);
 	pwrite_ok(fd, piece, sizeof(piece), 0);
 	assert_int_equal(ftruncate(fd, 100 * KiB), 0);
 	memcpy(model, piece, 100 * KiB);
-	fill(piece, 64 * KiB, 300 * KiB, 13);
+	h_pat_fill(piece, 64 * KiB, 300 * KiB, 13);
 	pwrite_ok(fd, piece, 64 * KiB, 300 * KiB);
 	memcpy(model + 300 * KiB, piece, 64 * KiB);
-	fill(piece, 10 * KiB, 50 * KiB, 14);
+	h_pat_fill(piece, 10 * KiB, 50 * KiB, 14);
 	pwrite_ok(fd, piece, 10 * KiB, 50 * KiB);
 	memcpy(model + 50 * KiB, piece, 10 * KiB);
 	assert_int_equal(truncate(f, 380 * KiB), 0); /* by path, while data is pending */
-	fill(piece, 5000, 379 * KiB, 15);
+	h_pat_fill(piece, 5000, 379 * KiB, 15);
 	pwrite_ok(fd, piece, 5000, 379 * KiB);
 	memcpy(model + 379 * KiB, piece, 5000);
 	size_t end = 379 * KiB + 5000;
@@ -900,8 +874,8 @@ static void test_buffered_rename_unlink(void **state)
 {
 	struct h_fs *fs = over_plain(state, "rate=64K");
 	static unsigned char data[96 * KiB], du[64 * KiB];
-	fill(data, sizeof(data), 0, 16);
-	fill(du, sizeof(du), 0, 19);
+	h_pat_fill(data, sizeof(data), 0, 16);
+	h_pat_fill(du, sizeof(du), 0, 19);
 	int fa = open_ok(H_AT(fs->mnt, "a"), O_RDWR | O_CREAT | O_TRUNC);
 	pwrite_ok(fa, data, sizeof(data), 0);
 	int fu = open_ok(H_AT(fs->mnt, "u"), O_RDWR | O_CREAT | O_TRUNC);
@@ -938,7 +912,7 @@ static void test_buffered_copy_range(void **state)
 {
 	struct h_fs *fs = over_stalled(state, NULL);
 	static unsigned char data[300 * KiB];
-	fill(data, sizeof(data), 0, 17);
+	h_pat_fill(data, sizeof(data), 0, 17);
 	int src = open_ok(H_AT(fs->mnt, "src"), O_RDWR | O_CREAT | O_TRUNC);
 	stall_behind(fs, src, data, sizeof(data));
 	int dst = open_ok(H_AT(fs->mnt, "dst"), O_RDWR | O_CREAT | O_TRUNC);
@@ -1029,7 +1003,7 @@ static void *cc_write(void *arg)
 		for (int f = 0; f < CC_FILES; f++) {
 			int kk = (k * 7 + me->id) % (CC_REGIONS / CC_WRITERS);
 			uint64_t off = (uint64_t)(kk * CC_WRITERS + me->id) * CC_REGION;
-			fill(buf, CC_REGION, off, (unsigned)f);
+			h_pat_fill(buf, CC_REGION, off, (unsigned)f);
 			if (fd[f] < 0 ||
 			    pwrite(fd[f], buf, CC_REGION, (off_t)off) != (ssize_t)CC_REGION)
 				atomic_fetch_add(&cc->bad, 1);
@@ -1068,7 +1042,8 @@ static void *cc_read(void *arg)
 			break;
 		}
 		for (ssize_t i = 0; i < n; i++) {
-			if (buf[i] != 0 && buf[i] != pat(off + (uint64_t)i, (unsigned)f)) {
+			if (buf[i] != 0 &&
+			    h_pat_check(&buf[i], 1, off + (uint64_t)i, (unsigned)f) >= 0) {
 				fprintf(stderr, "reader: %s byte %llu is neither 0 nor its data\n",
 					cc_name(f), (unsigned long long)(off + (uint64_t)i));
 				atomic_fetch_add(&cc->bad, 1);
@@ -1191,7 +1166,7 @@ static void *mw_run(void *arg)
 		return NULL;
 	}
 	for (uint64_t off = 0; off < MW_SIZE && w->err == 0; off += 256 * KiB) {
-		fill(buf, 256 * KiB, off, w->seed);
+		h_pat_fill(buf, 256 * KiB, off, w->seed);
 		if (write(fd, buf, 256 * KiB) != (ssize_t)(256 * KiB))
 			w->err = errno ? errno : EIO;
 	}

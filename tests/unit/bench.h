@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -35,6 +36,17 @@ static inline int bench_target_le(const char *what, double value, double limit, 
 	printf("  %s: %.3f %s (target <= %g %s: %s)\n", what, value, unit, limit, unit,
 	       met ? "met" : "NOT met");
 	return met;
+}
+
+/* The pause of a trace_gc line ("... pause 0.123 ms ..."), in ms, or -1 for a line without
+ * one; *scavenge tells whether it was a scavenge. */
+static inline double bench_trace_pause(const char *line, int *scavenge)
+{
+	const char *p = strstr(line, "pause ");
+	if (p == NULL)
+		return -1;
+	*scavenge = strstr(line, "scavenge") != NULL;
+	return strtod(p + 6, NULL);
 }
 
 /* Microsecond histogram: on a shared virtual machine the maximum is partly the host's doing

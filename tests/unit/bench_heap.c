@@ -34,11 +34,11 @@ static unsigned scavenges, others;
 static void trace(void *arg, const char *line)
 {
 	(void)arg;
-	const char *p = strstr(line, "pause ");
-	if (p == NULL)
+	int scavenge;
+	double ms = bench_trace_pause(line, &scavenge);
+	if (ms < 0)
 		return;
-	double ms = strtod(p + 6, NULL);
-	if (strstr(line, "scavenge") != NULL) {
+	if (scavenge) {
 		scavenges++;
 		if (ms > scavenge_max_ms)
 			scavenge_max_ms = ms;

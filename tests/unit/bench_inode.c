@@ -35,11 +35,11 @@ static unsigned long others;
 static void trace(void *arg, const char *line)
 {
 	(void)arg;
-	const char *p = strstr(line, "pause ");
-	if (p == NULL)
+	int scavenge;
+	double ms = bench_trace_pause(line, &scavenge);
+	if (ms < 0)
 		return;
-	double ms = strtod(p + 6, NULL);
-	if (strstr(line, "scavenge") != NULL) {
+	if (scavenge) {
 		bench_hist_add(&scavenge_hist, (uint64_t)(ms * 1000));
 	} else {
 		others++;

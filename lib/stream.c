@@ -523,7 +523,7 @@ static int stream_get_blocks(struct stream *s, uint64_t len, uint64_t need, void
 	return rc;
 }
 
-static void drain_one(struct stream_engine *e, struct stream *s);
+static bool drain_one(struct stream_engine *e, struct stream *s, bool helping);
 
 int stream_write(struct stream *s, const void *buf, size_t len, uint64_t off, stream_cb cb,
 		 void *arg)
@@ -699,10 +699,22 @@ static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov,
 	return n;
 }
 
-/* Finishes a slice of n bytes with result rc: consumes or (on error) drops the pending data,
- * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. */
-static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc)
+/* [e] A lent writer thread (stream_help) that finished a slice may write the next one too,
+ * instead of queueing the stream for a drain thread: while writes keep arriving faster than
+ * one slice at a time, waking a drain thread for each of them cost more context switches than
+ * the writes themselves. Not once a rate is set (the helper would sleep for it). */
+static bool help_continues(struct stream_engine *e, struct stream *s)
 {
+	return !e->no_help && throttle_rate(&e->throttle) == 0 && throttle_rate(&s->throttle) == 0;
+}
+
+/* Finishes a slice of n bytes with result rc: consumes or (on error) drops the pending data,
+ * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. A
+ * helper's stream with more pending stays scheduled to it when help_continues: returns true
+ * then (the caller must drain s again), else false. */
+static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc, bool helping)
+{
+	bool again = false;
 	struct waitq run = {NULL, NULL};
 	void *freed = NULL;
 	uint64_t dropped = 0, now = stream_now(e);
@@ -741,8 +753,12 @@ static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	}
 	pool_put(e, freed);
 	s->scheduled = false;
-	if (s->head && !s->error)
-		ready_push(e, s);
+	if (s->head && !s->error) {
+		if (helping && help_continues(e, s))
+			s->scheduled = again = true;
+		else
+			ready_push(e, s);
+	}
 	parked_release(e, &run, NULL);
 	pthread_mutex_unlock(&e->lock);
 	if (!s->head) {
@@ -750,8 +766,9 @@ static void slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 		pthread_cond_broadcast(&s->idle);
 	}
 	pthread_mutex_unlock(&s->lock);
-	/* s may be freed from here on (stream_close). */
+	/* s may be freed from here on (stream_close), unless again: it still has pending data. */
 	waitq_run(&run);
+	return again;
 }
 
 /* Writes a slice as the stream's owner (if any). The owner is read after slice_begin took
@@ -783,8 +800,9 @@ static void slice_cancel(struct stream *s)
  * does not allow yet is not slept for here (that would stall every other stream this thread
  * could serve): its bytes stay charged (prepaid) and the stream goes to the timed list until
  * the bucket's deadline. The global bucket is slept for in place: it holds back every stream
- * alike, so no other slice could go out earlier anyway. */
-static void drain_one(struct stream_engine *e, struct stream *s)
+ * alike, so no other slice could go out earlier anyway. Returns slice_end's verdict: true
+ * when a helper must drain s again. */
+static bool drain_one(struct stream_engine *e, struct stream *s, bool helping)
 {
 	struct iovec iov[DRAIN_IOV];
 	uint64_t off = 0, n, now, when;
@@ -811,14 +829,14 @@ static void drain_one(struct stream_engine *e, struct stream *s)
 			e->timed = s;
 			pthread_cond_signal(&e->work); /* someone must time it */
 			pthread_mutex_unlock(&e->lock);
-			return;
+			return false;
 		}
 		when = throttle_take(&e->throttle, n, now);
 		if (when > now)
 			e->clock->sleep_until_ns(e->clock->ctx, when);
 		rc = slice_write(e, s, iov, cnt, off, n);
 	}
-	slice_end(e, s, n, rc);
+	return slice_end(e, s, n, rc, helping);
 }
 
 void stream_set_owner(struct stream *s, const struct stream_owner *o)
@@ -830,7 +848,8 @@ void stream_set_owner(struct stream *s, const struct stream_owner *o)
 void stream_help(struct stream *s)
 {
 	struct stream_engine *e = s->e;
-	drain_one(e, s); /* s may be gone once this returns */
+	while (drain_one(e, s, true))
+		; /* s may be gone once drain_one returns false */
 	pthread_mutex_lock(&e->lock);
 	e->helpers--;
 	pthread_mutex_unlock(&e->lock);
@@ -868,7 +887,7 @@ static void *drain_main(void *arg)
 			if (!e->ready_head)
 				e->ready_tail = NULL;
 			pthread_mutex_unlock(&e->lock);
-			drain_one(e, s);
+			drain_one(e, s, false);
 			pthread_mutex_lock(&e->lock);
 		} else if (e->stop) {
 			break; /* streams are all closed: nothing is timed */

@@ -206,10 +206,11 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
  * -ENOMEM when the waiter cannot be recorded. Used for FUSE flush and fsync. */
 int stream_wait_empty(struct stream *s, stream_cb cb, void *arg);
 
-/* After replying to a write that returned STREAM_HELP: writes one slice of s's pending data
- * on the calling thread, as a drain thread would (the rest, if any, goes to the drain threads;
- * callbacks of other writers may run here). The stream must not be closed before this
- * returns. Holds the thread for the store's latency: the writer already has its answer. */
+/* After replying to a write that returned STREAM_HELP: writes s's pending data on the calling
+ * thread, as a drain thread would, slice after slice for as long as more keeps arriving (and
+ * no rate is set; otherwise the rest goes to the drain threads); callbacks of other writers
+ * may run here. The stream must not be closed before this returns. Holds the thread for the
+ * store's latency: the writer already has its answer. */
 void stream_help(struct stream *s);
 
 /* Blocking variant: waits until nothing is pending; returns 0 or the negative sticky error.

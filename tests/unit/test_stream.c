@@ -77,11 +77,14 @@ struct fake_sink {
 	size_t short_max; /* write at most this many bytes per call (0 = no limit) */
 	unsigned ncalls;
 	unsigned owned; /* calls made while a test owner was entered on the calling thread */
+	unsigned lent;	/* calls made on a thread inside stream_help (helper_main) */
 	struct sink_call log[LOG_MAX];
 };
 
 /* Set by the test owner's enter on the thread that will write, cleared by its leave. */
 static _Thread_local bool owner_entered;
+/* Set on the thread running helper_main, a writer's thread lent by stream_help. */
+static _Thread_local bool lent_thread;
 
 static struct fake_sink fsink = {.lock = PTHREAD_MUTEX_INITIALIZER,
 				 .cond = PTHREAD_COND_INITIALIZER};
@@ -127,6 +130,8 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 	ssize_t r = pwritev(fd, v, n, off);
 	if (owner_entered)
 		k->owned++;
+	if (lent_thread)
+		k->lent++;
 	if (r > 0 && k->ncalls < LOG_MAX)
 		k->log[k->ncalls++] =
 		    (struct sink_call){fd, (uint64_t)off, (uint64_t)r, fake_now(&fclock)};
@@ -146,6 +151,7 @@ static void sink_reset(void)
 	fsink.short_max = 0;
 	fsink.ncalls = 0;
 	fsink.owned = 0;
+	fsink.lent = 0;
 	pthread_mutex_unlock(&fsink.lock);
 	fake_sleep_until(&fclock, 0);
 }
@@ -722,6 +728,58 @@ static void idle_writes_lend_the_writer_thread(void **state)
 	stream_engine_free(e);
 }
 
+static void *helper_main(void *arg)
+{
+	lent_thread = true;
+	stream_help(arg);
+	return NULL;
+}
+
+/* A lent thread goes on writing what arrives while it writes (a copy's next requests), so no
+ * drain thread is woken for them; once a rate is set, the drain threads take the rest. */
+static void helper_keeps_writing_what_arrives(void **state)
+{
+	(void)state;
+	struct stream_config cfg = {.high_water = 4 * MiB,
+				    .max_buffer = 8 * MiB,
+				    .drain_threads = 1,
+				    .clock = &fake_clock_if,
+				    .sink = &fake_sink_if};
+	struct stream_engine *e = NULL;
+	sink_reset();
+	assert_int_equal(stream_engine_new(&cfg, &e), 0);
+	static unsigned char data[64 * KiB];
+	fill(data, sizeof(data), 11);
+	int check;
+	struct stream *s = open_stream(e, &check);
+
+	for (int rated = 0; rated <= 1; rated++) {
+		uint64_t at = rated * 2 * 16 * KiB;
+		pthread_t t;
+		sink_reset();
+		sink_hold(false);
+		assert_int_equal(stream_write(s, data + at, 16 * KiB, at, NULL, NULL), STREAM_HELP);
+		assert_int_equal(pthread_create(&t, NULL, helper_main, s), 0);
+		sink_wait_inside(1); /* the lent thread is writing the first 16 KiB */
+		assert_int_equal(
+		    stream_write(s, data + at + 16 * KiB, 16 * KiB, at + 16 * KiB, NULL, NULL),
+		    0); /* scheduled already: accepted, nobody woken */
+		if (rated)
+			stream_engine_set_rate(e, 1024ull * MiB, 0);
+		sink_release();
+		assert_int_equal(pthread_join(t, NULL), 0);
+		assert_int_equal(stream_sync(s), 0);
+		pthread_mutex_lock(&fsink.lock);
+		assert_int_equal(fsink.ncalls, 2);
+		assert_int_equal(fsink.lent, rated ? 1 : 2);
+		pthread_mutex_unlock(&fsink.lock);
+	}
+	assert_file(check, data, 64 * KiB);
+	assert_int_equal(stream_close(s), 0);
+	close(check);
+	stream_engine_free(e);
+}
+
 /* Writers that ignore parking (more of them than the budget allows) are stopped by the pool's
  * hard cap: blocks in use never exceed STREAM_POOL_CAP(max_buffer). */
 enum { CAP_WRITERS = 4, CAP_WRITES = 24 };
@@ -1010,6 +1068,7 @@ int main(void)
 	    cmocka_unit_test(file_rate_is_per_stream),
 	    cmocka_unit_test(small_writes_coalesce),
 	    cmocka_unit_test(idle_writes_lend_the_writer_thread),
+	    cmocka_unit_test(helper_keeps_writing_what_arrives),
 	    cmocka_unit_test(pool_never_exceeds_cap),
 	    cmocka_unit_test(close_waits_for_data),
 	};

@@ -38,13 +38,20 @@
  * with the survivors and nearly all new records survive. Dead young objects are found by one linear
  * walk of `from` (copied ones carry F_FORWARDED) and their handle slots are released.
  *
- * Memory is reserved, then committed ahead of use. The semi-spaces, the old arena and the
- * handle table are MAP_NORESERVE mappings, and a page's first touch is a fault that costs
+ * Memory is reserved, then committed in proportion to use. The semi-spaces, the old arena and
+ * the handle table are MAP_NORESERVE mappings, and a page's first touch is a fault that costs
  * 20-40 us on a virtual machine: a scavenge that promoted 64 KiB into fresh arena pages took
- * 1-3 ms in faults alone (measured). So the used part of both semi-spaces is populated at
- * heap_new, the arena is kept populated COMMIT_STEP..2*COMMIT_STEP beyond its bump pointer,
- * and handle slots SLOT_COMMIT at a time, each with one MADV_POPULATE_WRITE (1 us a page).
- * Pages once committed stay: compaction lowers otop but never gives its pages back.
+ * 1-3 ms in faults alone (measured). So pages are committed (populated with one
+ * MADV_POPULATE_WRITE, 1 us a page) before use, never touched cold inside a pause, but no
+ * earlier than use calls for, since a fresh daemon's every idle KiB counts against its RSS
+ * (heap_new used to populate 576 KiB; now nothing). The from-space is committed by doubling
+ * steps from COMMIT_MIN as allocation reaches its end (outside pauses); the to-space, at the
+ * start of a scavenge, up to what from holds, the most the survivors can take; the arena is
+ * kept committed oahead bytes beyond its bump pointer, and oahead follows the promotion rate
+ * (twice the largest promotion of a scavenge, COMMIT_MIN..COMMIT_MAX), so that in steady
+ * state a scavenge's promotions land on committed pages; handle slots a page at first,
+ * doubling up to SLOT_COMMIT. Pages once committed stay: compaction lowers otop but never
+ * gives its pages back.
  *
  * Old generation: one reserved arena allocated by segregated free lists with a bump pointer at the
  * top, plus a list of large objects (bigger than config.large_object) that are malloc'd
@@ -100,7 +107,8 @@ enum {
 };
 #define PACE_WORK ((size_t)128 << 10) /* bytes of marking, sweeping or compaction per slice */
 /* The old arena is committed this far ahead of its bump pointer, this much at a time. */
-#define COMMIT_STEP ((size_t)128 << 10)
+#define COMMIT_MIN ((size_t)16 << 10)  /* the first commit of a space: four pages */
+#define COMMIT_MAX ((size_t)128 << 10) /* the most the arena is committed ahead */
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
@@ -137,10 +145,12 @@ struct heap {
 	size_t semi;  /* reserved bytes per semi-space: config.semi_space, the user's limit */
 	size_t ysize; /* bytes per semi-space in use: min(semi, HEAP_SEMI_SPACE_USED) */
 	char *from, *to, *ytop;
-	char *ylimit; /* allocation stops here: from + ysize */
+	char *ylimit;		 /* allocation stops here: from + min(ysize, fcommit) */
+	size_t fcommit, tcommit; /* bytes committed at the start of from and of to */
 
 	char *obase, *otop; /* old arena and its bump pointer */
 	char *ocommit;	    /* [obase, ocommit) is committed (resident) */
+	size_t oahead;	    /* how far ahead of otop the arena is committed */
 	bool no_commit;	    /* heap_commit is unsupported here: pages fault in on first use */
 	size_t olimit;
 	size_t ofree;		    /* bytes in free chunks below otop */
@@ -316,16 +326,45 @@ static void commit(struct heap *h, void *p, size_t len)
 		h->no_commit = true;
 }
 
-/* Keeps the arena committed COMMIT_STEP to 2 * COMMIT_STEP beyond otop. */
+/* Keeps the arena committed oahead bytes beyond otop, in steps of at least oahead / 2. */
 static void old_commit(struct heap *h)
 {
-	size_t want = (size_t)(h->otop - h->obase) + 2 * COMMIT_STEP;
+	size_t want = (size_t)(h->otop - h->obase) + h->oahead;
 	if (want > h->olimit)
 		want = h->olimit;
 	if (h->obase + want <= h->ocommit)
 		return;
 	commit(h, h->ocommit, (size_t)(h->obase + want - h->ocommit));
 	h->ocommit = h->obase + want;
+}
+
+/* A scavenge promoted `promoted` bytes: the arena's commit-ahead follows the promotion rate,
+ * twice the largest promotion seen, from COMMIT_MIN up to COMMIT_MAX (a scavenge promotes at
+ * most ysize), so the next scavenge's promotions land on committed pages. */
+static void old_ahead(struct heap *h, size_t promoted)
+{
+	size_t want = 2 * promoted;
+	if (want > COMMIT_MAX)
+		want = COMMIT_MAX;
+	if (want > h->oahead)
+		h->oahead = want;
+	old_commit(h);
+}
+
+/* The semi-space `from` gets room for at least `need` bytes (already inside ysize): the
+ * committed part doubles, from COMMIT_MIN, so an idle heap holds a few pages, not ysize. */
+static void young_commit(struct heap *h, size_t need)
+{
+	size_t want = h->fcommit ? 2 * h->fcommit : COMMIT_MIN;
+	if (want < need)
+		want = need;
+	if (want > h->ysize)
+		want = h->ysize;
+	if (want > h->fcommit) {
+		commit(h, h->from + h->fcommit, want - h->fcommit);
+		h->fcommit = want;
+	}
+	h->ylimit = h->from + h->fcommit;
 }
 
 static size_t old_used(const struct heap *h)
@@ -605,7 +644,7 @@ static struct hdr *old_bump(struct heap *h, size_t size)
 		return NULL;
 	struct hdr *o = (struct hdr *)h->otop;
 	h->otop += size;
-	if (h->otop + COMMIT_STEP > h->ocommit)
+	if (h->otop + h->oahead / 2 > h->ocommit)
 		old_commit(h);
 	o->flags = h->state == SWEEPING ? F_MARK : 0;
 	return o;
@@ -795,6 +834,17 @@ static int scavenge(struct heap *h, bool promote_all)
 	if (vec_reserve(&h->pstack, most) < 0 || vec_reserve(&h->rset, h->rset.len + most) < 0 ||
 	    (h->state == MARKING && vec_reserve(&h->mstack, h->mstack.len + most) < 0))
 		return -ENOMEM;
+	/* Survivors take at most what from holds: commit to-space that far, in the pause (one
+	 * MADV_POPULATE_WRITE, 1 us a page) rather than fault page by page while copying. */
+	size_t used = (size_t)(h->ytop - h->from);
+	if (used > h->tcommit) {
+		size_t page = (size_t)getpagesize();
+		size_t want = (used + page - 1) & ~(page - 1);
+		want = want < h->ysize ? want : h->ysize;
+		commit(h, h->to + h->tcommit, want - h->tcommit);
+		h->tcommit = want;
+	}
+	uint64_t promoted = h->st.young.promoted_bytes;
 	char *to_top = h->to;
 	char *scan = h->to;
 	h->pstack.len = 0;
@@ -849,7 +899,10 @@ static int scavenge(struct heap *h, bool promote_all)
 
 	char *old_from = h->from;
 	h->from = h->to;
-	h->ylimit = h->from + h->ysize;
+	size_t fc = h->fcommit;
+	h->fcommit = h->tcommit;
+	h->tcommit = fc;
+	h->ylimit = h->from + h->fcommit;
 	h->to = old_from;
 	h->ytop = to_top;
 
@@ -865,6 +918,7 @@ static int scavenge(struct heap *h, bool promote_all)
 	}
 	h->yroots.len = n;
 	h->st.young.scavenges++;
+	old_ahead(h, (size_t)(h->st.young.promoted_bytes - promoted));
 	return 0;
 }
 
@@ -1040,13 +1094,10 @@ int heap_new(const struct heap_config *config, struct heap **out)
 		heap_free(h);
 		return -ENOMEM;
 	}
-	h->from = h->ytop = h->ymem;
-	h->ylimit = h->from + h->ysize;
+	h->from = h->ytop = h->ylimit = h->ymem;
 	h->to = h->ymem + h->semi;
 	h->otop = h->ocommit = h->obase;
-	commit(h, h->from, h->ysize);
-	commit(h, h->to, h->ysize);
-	old_commit(h);
+	h->oahead = COMMIT_MIN; /* nothing is committed before it is about to be used */
 	sweep_done(h);
 	h->st.young.size = h->ysize;
 	h->st.old.size = h->olimit;
@@ -1137,13 +1188,23 @@ static struct hdr *large_alloc(struct heap *h, size_t size)
 	return o;
 }
 
+/* Whether `size` more bytes fit in the semi-space; commits them when they do. */
+static bool young_room(struct heap *h, size_t size)
+{
+	size_t need = (size_t)(h->ytop - h->from) + size;
+	if (need > h->ysize)
+		return false;
+	if (h->ytop + size > h->ylimit)
+		young_commit(h, need);
+	return true;
+}
+
 static struct hdr *young_alloc(struct heap *h, size_t size)
 {
-	if (h->ytop + size > h->ylimit) {
+	if (!young_room(h, size)) {
 		if (collect_minor(h) < 0)
 			return NULL;
-		if (h->ytop + size > h->ylimit &&
-		    (collect_full(h, true) < 0 || h->ytop + size > h->ylimit))
+		if (!young_room(h, size) && (collect_full(h, true) < 0 || !young_room(h, size)))
 			return NULL;
 	}
 	struct hdr *o = (struct hdr *)h->ytop;
@@ -1349,7 +1410,8 @@ void heap_stats(const struct heap *h, struct heap_stats *out)
 	out->pause_us.total = h->pause_ns_total / 1000;
 	out->objects = h->live_slots;
 	size_t table = h->slot_commit * sizeof(struct slot);
-	out->heap_total = 2 * h->ysize + (size_t)(h->otop - h->obase) + h->large_bytes + table;
+	out->heap_total =
+	    h->fcommit + h->tcommit + (size_t)(h->ocommit - h->obase) + h->large_bytes + table;
 	out->heap_used = out->young.used + out->old.used + h->live_slots * sizeof(struct slot);
 }
 
@@ -1434,8 +1496,11 @@ static int verify_spaces(struct verify *v)
 	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
 		if ((rc = verify_object(v, (struct hdr *)p, "young")) < 0)
 			return rc;
-	if (h->ytop > h->from + h->ysize)
-		return fail(v, "young top beyond the semi-space");
+	if (h->ytop > h->from + h->ysize || h->ytop > h->from + h->fcommit ||
+	    h->ylimit != h->from + h->fcommit || h->fcommit > h->ysize || h->tcommit > h->ysize)
+		return fail(v, "young top or limit beyond the (committed) semi-space");
+	if ((size_t)(h->ocommit - h->obase) > h->olimit)
+		return fail(v, "arena committed beyond its limit");
 	size_t free_bytes = 0;
 	for (char *p = h->obase; p < h->otop;) {
 		struct hdr *o = (struct hdr *)p;

@@ -95,7 +95,9 @@ struct heap_stats {
 		    total; /* microseconds the caller was stopped in the collector */
 	} pause_us;
 	uint64_t objects;    /* objects with a live handle (incl. garbage not yet reclaimed) */
-	uint64_t heap_total; /* both semi-spaces + old arena extent + large + handle table */
+	uint64_t heap_total; /* committed (resident) bytes: the committed parts of both
+				semi-spaces, of the old arena and of the handle table, plus
+				large objects; it grows with use, a few pages when idle */
 	uint64_t heap_used;  /* young used + old used + 16 bytes per live handle */
 };
 

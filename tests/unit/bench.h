@@ -1,7 +1,8 @@
 /*
  * bench.h - what bench_heap and bench_inode share: clocks, a microsecond histogram, and the
  * one way a target is printed ("target <= 1 ms: met" / "NOT met", computed, never written
- * in). Header-only (static functions), for the two bench programs alone.
+ * in), and the machine's noise floor to print next to pause figures. Header-only (static
+ * functions), for the two bench programs alone.
  */
 #ifndef THROTTLEFS_BENCH_H
 #define THROTTLEFS_BENCH_H
@@ -86,6 +87,48 @@ static inline const char *bench_hist_fmt(const struct bench_hist *h, char *buf, 
 		 (double)h->max_us / 1000, (unsigned long long)h->over_1ms,
 		 (unsigned long long)h->count);
 	return buf;
+}
+
+/* The noise floor: `runs` timings of one fixed piece of work about a scavenge's size (copying
+ * `bytes`, as a scavenge whose every young byte survives does), each timed as the pauses are
+ * (thread CPU time, bench_cpu_ns), into *out. The work never varies, so whatever spread its
+ * percentiles show (a long max, a p99.9 far above p50) is this machine's doing: preemption
+ * charged to the thread's CPU clock when the host steals the vCPU, interrupts, cache
+ * thrash from neighbours. Printed next to the pause figures, it tells the collector's work from
+ * the VM's. Returns 0, or -1 when the buffers cannot be had. */
+static inline int bench_noise_floor(size_t bytes, unsigned runs, struct bench_hist *out)
+{
+	char *src = malloc(bytes), *dst = malloc(bytes);
+	if (src == NULL || dst == NULL) {
+		free(src);
+		free(dst);
+		return -1;
+	}
+	memset(src, 1, bytes);
+	memset(dst, 2, bytes);
+	memset(out, 0, sizeof(*out));
+	for (unsigned i = 0; i < runs; i++) {
+		uint64_t t0 = bench_cpu_ns(NULL);
+		memcpy(i % 2 ? src : dst, i % 2 ? dst : src, bytes);
+		__asm__ volatile("" : : "r"(src), "r"(dst) : "memory"); /* the copy is not elided */
+		bench_hist_add(out, (bench_cpu_ns(NULL) - t0) / 1000);
+	}
+	free(src);
+	free(dst);
+	return 0;
+}
+
+/* Prints the noise floor of `bytes`-sized work under a heading, for next to pause figures. */
+static inline void bench_noise_print(const char *indent, size_t bytes, unsigned runs)
+{
+	static struct bench_hist noise; /* 400 KB: not on the stack */
+	char buf[200];
+	if (bench_noise_floor(bytes, runs, &noise) < 0) {
+		printf("%snoise floor: no memory for the buffers\n", indent);
+		return;
+	}
+	printf("%snoise floor, copying %zu KiB %u times (CPU time, as pauses): %s\n", indent,
+	       bytes >> 10, runs, bench_hist_fmt(&noise, buf, sizeof(buf)));
 }
 
 #endif

@@ -175,7 +175,7 @@ static void pauses(size_t n)
 	       (unsigned long long)(st.young.scavenges - before.young.scavenges),
 	       (unsigned long long)st.young.size >> 10,
 	       bench_hist_fmt(&scavenge_hist, buf, sizeof(buf)));
-	bench_noise_print("  ", (size_t)st.young.size, 20000);
+	bench_noise_print("  ", (size_t)st.young.size, &scavenge_hist);
 	printf("  old cycles: %llu mark-sweep, %llu mark-compact, max finish pause %.3f ms\n",
 	       (unsigned long long)(st.old.mark_sweeps - before.old.mark_sweeps),
 	       (unsigned long long)(st.old.mark_compacts - before.old.mark_compacts), other_max_ms);

@@ -7,7 +7,16 @@
  * value. Reference slots inside objects hold handles too, not addresses. That choice makes
  * every move cheap and local: copying or sliding an object updates exactly one table entry,
  * no forwarding pointers, no pointer fix-up pass. The price is one indirection per reference
- * read, which is nothing next to a FUSE round trip.
+ * read, which is nothing next to a FUSE round trip. The table is one flat reservation, as
+ * long as the spaces could ever hold objects (every object is at least a header), so a
+ * lookup is one indexed load: a two-level table cost heap_root_dec a third of its time in
+ * dependent loads.
+ *
+ * The allocation fast path. heap_alloc's common case (small object, semi-space room, a slot
+ * on the free list, no old-generation cycle to pace) is a straight line of a dozen stores
+ * and a memset; everything else goes through alloc_slow, kept out of line so the common
+ * case does not pay its register saves. With it, allocation plus root_dec runs at
+ * calloc+free speed or better, scavenges included (bench_heap).
  *
  * Object layout (all 8-byte aligned): a 16-byte struct hdr {type, flags, age, nbytes, slot
  * index, nrefs}, then nrefs uint64_t handles, then nbytes raw bytes rounded up to 8. The
@@ -29,13 +38,20 @@
  * with the survivors and nearly all new records survive. Dead young objects are found by one linear
  * walk of `from` (copied ones carry F_FORWARDED) and their handle slots are released.
  *
- * Memory is reserved, then committed ahead of use. The semi-spaces, the old arena and the
- * handle table are MAP_NORESERVE mappings, and a page's first touch is a fault that costs
+ * Memory is reserved, then committed in proportion to use. The semi-spaces, the old arena and
+ * the handle table are MAP_NORESERVE mappings, and a page's first touch is a fault that costs
  * 20-40 us on a virtual machine: a scavenge that promoted 64 KiB into fresh arena pages took
- * 1-3 ms in faults alone (measured). So the used part of both semi-spaces is populated at
- * heap_new, the arena is kept populated COMMIT_STEP..2*COMMIT_STEP beyond its bump pointer,
- * and handle slots SLOT_COMMIT at a time, each with one MADV_POPULATE_WRITE (1 us a page).
- * Pages once committed stay: compaction lowers otop but never gives its pages back.
+ * 1-3 ms in faults alone (measured). So pages are committed (populated with one
+ * MADV_POPULATE_WRITE, 1 us a page) before use, never touched cold inside a pause, but no
+ * earlier than use calls for, since a fresh daemon's every idle KiB counts against its RSS
+ * (heap_new used to populate 576 KiB; now nothing). The from-space is committed by doubling
+ * steps from COMMIT_MIN as allocation reaches its end (outside pauses); the to-space, at the
+ * start of a scavenge, up to what from holds, the most the survivors can take; the arena is
+ * kept committed oahead bytes beyond its bump pointer, and oahead follows the promotion rate
+ * (twice the largest promotion of a scavenge, COMMIT_MIN..COMMIT_MAX), so that in steady
+ * state a scavenge's promotions land on committed pages; handle slots a page at first,
+ * doubling up to SLOT_COMMIT. Pages once committed stay: compaction lowers otop but never
+ * gives its pages back.
  *
  * Old generation: one reserved arena allocated by segregated free lists with a bump pointer at the
  * top, plus a list of large objects (bigger than config.large_object) that are malloc'd
@@ -78,21 +94,21 @@
 #include <unistd.h>
 
 enum {
-	F_MARK = 1,	    /* old: reached by the current marking (or kept by the sweeper) */
-	F_REMEMBERED = 2,   /* old: its index is in rset */
-	F_YROOT = 4,	    /* young: its index is in yroots */
-	F_FORWARDED = 8,    /* young, from-space copy: the object survived this scavenge */
-	F_LARGE = 16,	    /* lives in the large-object list */
-	T_FREE = 0xff,	    /* type of a free chunk in the old arena */
-	NCLASS = 63,	    /* exact free lists for chunks of 2..NCLASS words */
-	SLOT_SHIFT = 16,    /* handle table chunk: 65536 slots, never moved once allocated */
-	PACE_BYTES = 16384, /* allocation between two paced slices of old-generation work */
-	SLOT_COMMIT = 4096  /* handle slots committed at a time (64 KiB) */
+	F_MARK = 1,	       /* old: reached by the current marking (or kept by the sweeper) */
+	F_REMEMBERED = 2,      /* old: its index is in rset */
+	F_YROOT = 4,	       /* young: its index is in yroots */
+	F_FORWARDED = 8,       /* young, from-space copy: the object survived this scavenge */
+	F_LARGE = 16,	       /* lives in the large-object list */
+	T_FREE = 0xff,	       /* type of a free chunk in the old arena */
+	NCLASS = 63,	       /* exact free lists for chunks of 2..NCLASS words */
+	PACE_BYTES = 16384,    /* allocation between two paced slices of old-generation work */
+	SLOT_COMMIT_MIN = 256, /* handle slots committed first (one 4 KiB page) */
+	SLOT_COMMIT = 4096     /* most handle slots committed at a time (64 KiB) */
 };
-#define PACE_WORK  ((size_t)128 << 10) /* bytes of marking, sweeping or compaction per slice */
-#define SLOT_CHUNK ((size_t)1 << SLOT_SHIFT)
+#define PACE_WORK ((size_t)128 << 10) /* bytes of marking, sweeping or compaction per slice */
 /* The old arena is committed this far ahead of its bump pointer, this much at a time. */
-#define COMMIT_STEP ((size_t)128 << 10)
+#define COMMIT_MIN ((size_t)16 << 10)  /* the first commit of a space: four pages */
+#define COMMIT_MAX ((size_t)128 << 10) /* the most the arena is committed ahead */
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
@@ -129,9 +145,12 @@ struct heap {
 	size_t semi;  /* reserved bytes per semi-space: config.semi_space, the user's limit */
 	size_t ysize; /* bytes per semi-space in use: min(semi, HEAP_SEMI_SPACE_USED) */
 	char *from, *to, *ytop;
+	char *ylimit;		 /* allocation stops here: from + min(ysize, fcommit) */
+	size_t fcommit, tcommit; /* bytes committed at the start of from and of to */
 
 	char *obase, *otop; /* old arena and its bump pointer */
 	char *ocommit;	    /* [obase, ocommit) is committed (resident) */
+	size_t oahead;	    /* how far ahead of otop the arena is committed */
 	bool no_commit;	    /* heap_commit is unsupported here: pages fault in on first use */
 	size_t olimit;
 	size_t ofree;		    /* bytes in free chunks below otop */
@@ -140,10 +159,11 @@ struct heap {
 	struct large *large;
 	size_t large_bytes;
 
-	struct slot **chunks;
-	size_t nchunks, used_slots; /* slots ever handed out (the table's extent) */
-	size_t slot_commit;	    /* slots below this index are committed */
-	uint32_t free_slot;	    /* index + 1 of the first free slot, 0: none */
+	struct slot *slots; /* the handle table: one reservation, never moved */
+	size_t max_slots;   /* its reserved length: more than the heap can hold objects */
+	size_t used_slots;  /* slots ever handed out (the table's extent) */
+	size_t slot_commit; /* slots below this index are committed */
+	uint32_t free_slot; /* index + 1 of the first free slot, 0: none */
 	size_t live_slots;
 
 	struct vec rset, yroots, mstack, pstack;
@@ -171,11 +191,15 @@ static size_t align8(size_t n)
 	return (n + 7) & ~(size_t)7;
 }
 
+/* The size of an object (never a free chunk: the young generation has none). */
+static size_t live_size(const struct hdr *o)
+{
+	return sizeof(struct hdr) + 8 * (size_t)o->nrefs + align8(o->nbytes);
+}
+
 static size_t obj_size(const struct hdr *o)
 {
-	if (o->type == T_FREE)
-		return o->nbytes;
-	return sizeof(struct hdr) + 8 * (size_t)o->nrefs + align8(o->nbytes);
+	return o->type == T_FREE ? o->nbytes : live_size(o);
 }
 
 static uint64_t *refs(struct hdr *o)
@@ -185,7 +209,7 @@ static uint64_t *refs(struct hdr *o)
 
 static struct slot *slot_at(const struct heap *h, uint32_t idx)
 {
-	return &h->chunks[idx >> SLOT_SHIFT][idx & (SLOT_CHUNK - 1)];
+	return &h->slots[idx];
 }
 
 static uint64_t handle_of(const struct heap *h, uint32_t idx)
@@ -272,6 +296,20 @@ static uint64_t now_ns(const struct heap *h)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* A MAP_NORESERVE mapping: address space only, until pages are committed or touched. */
+static void *reserve(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return p != MAP_FAILED ? p : NULL;
+}
+
+static void unreserve(void *p, size_t len)
+{
+	if (p != NULL && munmap(p, len) != 0)
+		abort(); /* only a wrong address or length fails: a bug, not a condition */
+}
+
 int heap_commit(void *addr, size_t len)
 {
 	uintptr_t page = (uintptr_t)getpagesize(), a = (uintptr_t)addr & ~(page - 1);
@@ -288,16 +326,45 @@ static void commit(struct heap *h, void *p, size_t len)
 		h->no_commit = true;
 }
 
-/* Keeps the arena committed COMMIT_STEP to 2 * COMMIT_STEP beyond otop. */
+/* Keeps the arena committed oahead bytes beyond otop, in steps of at least oahead / 2. */
 static void old_commit(struct heap *h)
 {
-	size_t want = (size_t)(h->otop - h->obase) + 2 * COMMIT_STEP;
+	size_t want = (size_t)(h->otop - h->obase) + h->oahead;
 	if (want > h->olimit)
 		want = h->olimit;
 	if (h->obase + want <= h->ocommit)
 		return;
 	commit(h, h->ocommit, (size_t)(h->obase + want - h->ocommit));
 	h->ocommit = h->obase + want;
+}
+
+/* A scavenge promoted `promoted` bytes: the arena's commit-ahead follows the promotion rate,
+ * twice the largest promotion seen, from COMMIT_MIN up to COMMIT_MAX (a scavenge promotes at
+ * most ysize), so the next scavenge's promotions land on committed pages. */
+static void old_ahead(struct heap *h, size_t promoted)
+{
+	size_t want = 2 * promoted;
+	if (want > COMMIT_MAX)
+		want = COMMIT_MAX;
+	if (want > h->oahead)
+		h->oahead = want;
+	old_commit(h);
+}
+
+/* The semi-space `from` gets room for at least `need` bytes (already inside ysize): the
+ * committed part doubles, from COMMIT_MIN, so an idle heap holds a few pages, not ysize. */
+static void young_commit(struct heap *h, size_t need)
+{
+	size_t want = h->fcommit ? 2 * h->fcommit : COMMIT_MIN;
+	if (want < need)
+		want = need;
+	if (want > h->ysize)
+		want = h->ysize;
+	if (want > h->fcommit) {
+		commit(h, h->from + h->fcommit, want - h->fcommit);
+		h->fcommit = want;
+	}
+	h->ylimit = h->from + h->fcommit;
 }
 
 static size_t old_used(const struct heap *h)
@@ -340,23 +407,17 @@ static int slot_alloc(struct heap *h, uint32_t *idx)
 		h->live_slots++;
 		return 0;
 	}
-	if (h->used_slots >= (size_t)UINT32_MAX - 1)
-		return -ENOMEM;
-	if (h->used_slots == h->nchunks * SLOT_CHUNK) {
-		struct slot **nc = realloc(h->chunks, (h->nchunks + 1) * sizeof(*nc));
-		if (nc == NULL)
-			return -ENOMEM;
-		h->chunks = nc;
-		/* mapped, not calloc'd: the pages are committed SLOT_COMMIT slots at a time */
-		void *c = mmap(NULL, SLOT_CHUNK * sizeof(struct slot), PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (c == MAP_FAILED)
-			return -ENOMEM;
-		nc[h->nchunks++] = c;
-	}
 	if (h->used_slots == h->slot_commit) {
-		commit(h, slot_at(h, (uint32_t)h->used_slots), SLOT_COMMIT * sizeof(struct slot));
-		h->slot_commit += SLOT_COMMIT;
+		/* Committed in proportion to use: a page at first, doubling up to SLOT_COMMIT. */
+		size_t n = h->slot_commit < SLOT_COMMIT ? h->slot_commit : SLOT_COMMIT;
+		if (n < SLOT_COMMIT_MIN)
+			n = SLOT_COMMIT_MIN;
+		if (n > h->max_slots - h->slot_commit)
+			n = h->max_slots - h->slot_commit;
+		if (n == 0)
+			return -ENOMEM;
+		commit(h, slot_at(h, (uint32_t)h->used_slots), n * sizeof(struct slot));
+		h->slot_commit += n;
 	}
 	*idx = (uint32_t)h->used_slots++;
 	slot_at(h, *idx)->gen = 1;
@@ -366,7 +427,7 @@ static int slot_alloc(struct heap *h, uint32_t *idx)
 
 /* The object in slot idx is gone: bump the generation so old handles go stale. A slot
  * whose generation would wrap is retired instead of reused. */
-static void slot_release(struct heap *h, uint32_t idx)
+static inline void slot_release(struct heap *h, uint32_t idx)
 {
 	struct slot *s = slot_at(h, idx);
 	s->obj = NULL;
@@ -386,7 +447,7 @@ static void *payload(struct hdr *o)
 
 /* Object o is garbage and its memory is about to be reused: tell the embedder (its weak
  * tables and external resources), then retire the handle. */
-static void reclaim(struct heap *h, struct hdr *o)
+static inline void reclaim(struct heap *h, struct hdr *o)
 {
 	if (h->cfg.on_free != NULL)
 		h->cfg.on_free(h->cfg.arg, handle_of(h, o->idx), o->type, payload(o));
@@ -583,7 +644,7 @@ static struct hdr *old_bump(struct heap *h, size_t size)
 		return NULL;
 	struct hdr *o = (struct hdr *)h->otop;
 	h->otop += size;
-	if (h->otop + COMMIT_STEP > h->ocommit)
+	if (h->otop + h->oahead / 2 > h->ocommit)
 		old_commit(h);
 	o->flags = h->state == SWEEPING ? F_MARK : 0;
 	return o;
@@ -773,6 +834,17 @@ static int scavenge(struct heap *h, bool promote_all)
 	if (vec_reserve(&h->pstack, most) < 0 || vec_reserve(&h->rset, h->rset.len + most) < 0 ||
 	    (h->state == MARKING && vec_reserve(&h->mstack, h->mstack.len + most) < 0))
 		return -ENOMEM;
+	/* Survivors take at most what from holds: commit to-space that far, in the pause (one
+	 * MADV_POPULATE_WRITE, 1 us a page) rather than fault page by page while copying. */
+	size_t used = (size_t)(h->ytop - h->from);
+	if (used > h->tcommit) {
+		size_t page = (size_t)getpagesize();
+		size_t want = (used + page - 1) & ~(page - 1);
+		want = want < h->ysize ? want : h->ysize;
+		commit(h, h->to + h->tcommit, want - h->tcommit);
+		h->tcommit = want;
+	}
+	uint64_t promoted = h->st.young.promoted_bytes;
 	char *to_top = h->to;
 	char *scan = h->to;
 	h->pstack.len = 0;
@@ -819,7 +891,7 @@ static int scavenge(struct heap *h, bool promote_all)
 		}
 	}
 
-	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p)) {
+	for (char *p = h->from; p < h->ytop; p += live_size((struct hdr *)p)) {
 		struct hdr *o = (struct hdr *)p;
 		if (!(o->flags & F_FORWARDED))
 			reclaim(h, o);
@@ -827,6 +899,10 @@ static int scavenge(struct heap *h, bool promote_all)
 
 	char *old_from = h->from;
 	h->from = h->to;
+	size_t fc = h->fcommit;
+	h->fcommit = h->tcommit;
+	h->tcommit = fc;
+	h->ylimit = h->from + h->fcommit;
 	h->to = old_from;
 	h->ytop = to_top;
 
@@ -842,6 +918,7 @@ static int scavenge(struct heap *h, bool promote_all)
 	}
 	h->yroots.len = n;
 	h->st.young.scavenges++;
+	old_ahead(h, (size_t)(h->st.young.promoted_bytes - promoted));
 	return 0;
 }
 
@@ -1006,27 +1083,21 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	h->semi = c.semi_space;
 	h->ysize = h->semi < HEAP_SEMI_SPACE_USED ? h->semi : HEAP_SEMI_SPACE_USED;
 	h->olimit = c.old_space;
-	h->ymem = mmap(NULL, 2 * h->semi, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (h->ymem == MAP_FAILED) {
-		free(h);
+	/* No object is smaller than a header, so the young and old spaces together can never hold
+	 * more objects than this: the handle table cannot run out before the spaces do. */
+	size_t most = (h->ysize + h->olimit) / sizeof(struct hdr) + 2;
+	h->max_slots = most < (size_t)UINT32_MAX - 1 ? most : (size_t)UINT32_MAX - 1;
+	h->ymem = reserve(2 * h->semi);
+	h->obase = reserve(h->olimit);
+	h->slots = reserve(h->max_slots * sizeof(struct slot));
+	if (h->ymem == NULL || h->obase == NULL || h->slots == NULL) {
+		heap_free(h);
 		return -ENOMEM;
 	}
-	if (h->olimit != 0) {
-		h->obase = mmap(NULL, h->olimit, PROT_READ | PROT_WRITE,
-				MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (h->obase == MAP_FAILED) {
-			munmap(h->ymem, 2 * h->semi);
-			free(h);
-			return -ENOMEM;
-		}
-	}
-	h->from = h->ytop = h->ymem;
+	h->from = h->ytop = h->ylimit = h->ymem;
 	h->to = h->ymem + h->semi;
 	h->otop = h->ocommit = h->obase;
-	commit(h, h->from, h->ysize);
-	commit(h, h->to, h->ysize);
-	old_commit(h);
+	h->oahead = COMMIT_MIN; /* nothing is committed before it is about to be used */
 	sweep_done(h);
 	h->st.young.size = h->ysize;
 	h->st.old.size = h->olimit;
@@ -1085,16 +1156,13 @@ void heap_free(struct heap *h)
 		free(h->large);
 		h->large = next;
 	}
-	for (size_t i = 0; i < h->nchunks; i++)
-		munmap(h->chunks[i], SLOT_CHUNK * sizeof(struct slot));
-	free(h->chunks);
+	unreserve(h->slots, h->max_slots * sizeof(struct slot));
 	free(h->rset.v);
 	free(h->yroots.v);
 	free(h->mstack.v);
 	free(h->pstack.v);
-	munmap(h->ymem, 2 * h->semi);
-	if (h->obase != NULL)
-		munmap(h->obase, h->olimit);
+	unreserve(h->ymem, 2 * h->semi);
+	unreserve(h->obase, h->olimit);
 	free(h);
 }
 
@@ -1120,13 +1188,23 @@ static struct hdr *large_alloc(struct heap *h, size_t size)
 	return o;
 }
 
+/* Whether `size` more bytes fit in the semi-space; commits them when they do. */
+static bool young_room(struct heap *h, size_t size)
+{
+	size_t need = (size_t)(h->ytop - h->from) + size;
+	if (need > h->ysize)
+		return false;
+	if (h->ytop + size > h->ylimit)
+		young_commit(h, need);
+	return true;
+}
+
 static struct hdr *young_alloc(struct heap *h, size_t size)
 {
-	if (h->ytop + size > h->from + h->ysize) {
+	if (!young_room(h, size)) {
 		if (collect_minor(h) < 0)
 			return NULL;
-		if (h->ytop + size > h->from + h->ysize &&
-		    (collect_full(h, true) < 0 || h->ytop + size > h->from + h->ysize))
+		if (!young_room(h, size) && (collect_full(h, true) < 0 || !young_room(h, size)))
 			return NULL;
 	}
 	struct hdr *o = (struct hdr *)h->ytop;
@@ -1135,13 +1213,30 @@ static struct hdr *young_alloc(struct heap *h, size_t size)
 	return o;
 }
 
-uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
+/* Makes the memory at o object `idx`: header, zeroed reference slots and raw bytes, and the
+ * slot's one root. Returns its handle. */
+static uint64_t alloc_finish(struct heap *h, struct hdr *o, uint32_t idx, unsigned type,
+			     size_t nrefs, size_t nbytes, size_t size)
 {
-	if (type > HEAP_TYPE_MAX || nrefs > HEAP_REFS_MAX || nbytes > HEAP_BYTES_MAX) {
-		errno = EINVAL;
-		return 0;
-	}
-	size_t size = sizeof(struct hdr) + 8 * nrefs + align8(nbytes);
+	o->type = (uint8_t)type;
+	o->age = 0;
+	o->pad = 0;
+	o->nbytes = (uint32_t)nbytes;
+	o->idx = idx;
+	o->nrefs = (uint32_t)nrefs;
+	memset(o + 1, 0, size - sizeof(*o));
+	struct slot *s = slot_at(h, idx);
+	s->obj = o;
+	s->roots = 1;
+	return ((uint64_t)s->gen << 32) | ((uint64_t)idx + 1);
+}
+
+/* Every allocation heap_alloc's straight line does not take: a large object, a full (or not
+ * yet committed) semi-space, no free slot or yroots room at hand, or an old-generation cycle
+ * in progress, whose work is paced by allocation. */
+static __attribute__((noinline)) uint64_t alloc_slow(struct heap *h, unsigned type, size_t nrefs,
+						     size_t nbytes, size_t size)
+{
 	bool large = size > h->cfg.large_object;
 	uint32_t idx;
 	if ((!large && vec_reserve(&h->yroots, h->yroots.len + 1) < 0) || slot_alloc(h, &idx) < 0) {
@@ -1155,16 +1250,7 @@ uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
 		errno = ENOMEM;
 		return 0;
 	}
-	o->type = (uint8_t)type;
-	o->age = 0;
-	o->pad = 0;
-	o->nbytes = (uint32_t)nbytes;
-	o->idx = idx;
-	o->nrefs = (uint32_t)nrefs;
-	memset(o + 1, 0, size - sizeof(*o));
-	struct slot *s = slot_at(h, idx);
-	s->obj = o;
-	s->roots = 1;
+	uint64_t handle = alloc_finish(h, o, idx, type, nrefs, nbytes, size);
 	if (!large)
 		h->yroots.v[h->yroots.len++] = idx;
 	if (h->state != IDLE) {
@@ -1174,7 +1260,29 @@ uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
 			step(h, PACE_WORK);
 		}
 	}
-	return handle_of(h, idx);
+	return handle;
+}
+
+/* The common case is one straight line: a small object bumped into the semi-space, a slot
+ * popped off the free list, its index pushed on yroots (born rooted), no collector work. */
+uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
+{
+	if (type > HEAP_TYPE_MAX || nrefs > HEAP_REFS_MAX || nbytes > HEAP_BYTES_MAX) {
+		errno = EINVAL;
+		return 0;
+	}
+	size_t size = sizeof(struct hdr) + 8 * nrefs + align8(nbytes);
+	if (size > h->cfg.large_object || size > (size_t)(h->ylimit - h->ytop) ||
+	    h->free_slot == 0 || h->yroots.len == h->yroots.cap || h->state != IDLE)
+		return alloc_slow(h, type, nrefs, nbytes, size);
+	uint32_t idx = h->free_slot - 1;
+	h->free_slot = slot_at(h, idx)->roots;
+	h->live_slots++;
+	struct hdr *o = (struct hdr *)h->ytop;
+	h->ytop += size;
+	o->flags = F_YROOT;
+	h->yroots.v[h->yroots.len++] = idx;
+	return alloc_finish(h, o, idx, type, nrefs, nbytes, size);
 }
 
 void *heap_deref(struct heap *h, uint64_t handle)
@@ -1301,8 +1409,9 @@ void heap_stats(const struct heap *h, struct heap_stats *out)
 	out->pause_us.max = h->pause_ns_max / 1000;
 	out->pause_us.total = h->pause_ns_total / 1000;
 	out->objects = h->live_slots;
-	size_t table = h->nchunks * SLOT_CHUNK * sizeof(struct slot);
-	out->heap_total = 2 * h->ysize + (size_t)(h->otop - h->obase) + h->large_bytes + table;
+	size_t table = h->slot_commit * sizeof(struct slot);
+	out->heap_total =
+	    h->fcommit + h->tcommit + (size_t)(h->ocommit - h->obase) + h->large_bytes + table;
 	out->heap_used = out->young.used + out->old.used + h->live_slots * sizeof(struct slot);
 }
 
@@ -1387,8 +1496,11 @@ static int verify_spaces(struct verify *v)
 	for (char *p = h->from; p < h->ytop; p += obj_size((struct hdr *)p))
 		if ((rc = verify_object(v, (struct hdr *)p, "young")) < 0)
 			return rc;
-	if (h->ytop > h->from + h->ysize)
-		return fail(v, "young top beyond the semi-space");
+	if (h->ytop > h->from + h->ysize || h->ytop > h->from + h->fcommit ||
+	    h->ylimit != h->from + h->fcommit || h->fcommit > h->ysize || h->tcommit > h->ysize)
+		return fail(v, "young top or limit beyond the (committed) semi-space");
+	if ((size_t)(h->ocommit - h->obase) > h->olimit)
+		return fail(v, "arena committed beyond its limit");
 	size_t free_bytes = 0;
 	for (char *p = h->obase; p < h->otop;) {
 		struct hdr *o = (struct hdr *)p;

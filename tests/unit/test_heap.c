@@ -308,6 +308,38 @@ static void young_generation_stays_small(void **state)
 	heap_free(h);
 }
 
+/* Memory is committed in proportion to use: a fresh heap (default limits) holds no page, a
+ * few records a few pages, and the committed total (heap_total) follows the live bytes up
+ * and never falls below heap_used; contents survive the scavenges in between. */
+static void memory_follows_use(void **state)
+{
+	(void)state;
+	struct heap *h = NULL;
+	assert_int_equal(heap_new(NULL, &h), 0);
+	struct heap_stats st;
+	heap_stats(h, &st);
+	assert_true(st.heap_total == 0);
+	enum { N = 30000 };
+	static uint64_t obj[N];
+	for (unsigned i = 0; i < N; i++) {
+		obj[i] = heap_alloc(h, 1, 1, 80);
+		assert_true(obj[i] != 0);
+		fill(h, obj[i], i);
+		heap_stats(h, &st);
+		assert_true(st.heap_used <= st.heap_total);
+		if (i == 0) /* a few pages of semi-space and one of handle slots */
+			assert_true(st.heap_total <= (20 << 10));
+		/* beyond what is used: the young pair, the arena's commit-ahead (at most 128
+		 * KiB) and one step of handle slots (at most 64 KiB); nothing is garbage here */
+		assert_true(st.heap_total <= st.heap_used + 2 * HEAP_SEMI_SPACE_USED + (192 << 10));
+	}
+	check(h);
+	assert_true(st.young.scavenges > 0 && st.old.used > (size_t)N * 80);
+	for (unsigned i = 0; i < N; i++)
+		assert_true(intact(h, obj[i], i));
+	heap_free(h);
+}
+
 /* Dropping most of a full old space fragments it; the next full cycle compacts. */
 static void fragmentation_triggers_compaction(void **state)
 {
@@ -785,6 +817,7 @@ int main(void)
 	    cmocka_unit_test(enomem_keeps_records),
 	    cmocka_unit_test(large_objects_stay_put),
 	    cmocka_unit_test(young_generation_stays_small),
+	    cmocka_unit_test(memory_follows_use),
 	    cmocka_unit_test(fragmentation_triggers_compaction),
 	    cmocka_unit_test(compaction_runs_in_slices),
 	    cmocka_unit_test(incremental_marking_with_mutation),

@@ -2,13 +2,17 @@
  * inode.c - the inode table (see inode.h for the contract), kept in the metadata heap.
  *
  * A record is one heap object of type T_REC: reference slot 0 names the parent, the raw bytes
- * are struct rec (backing identity, kernel lookup count, pin count, the owner's data pointer)
- * followed by the name, inline. A rename to a name longer than the inline room does not move
- * the record (its handle is the node id): slot 0 then names a T_LINK object instead, whose
- * slot 0 is the parent and whose raw bytes are the name. So a record costs one handle-table
- * slot (16 bytes), a header (16), the parent slot (8), struct rec (40) and the name rounded
- * up to 8, plus its share of the index (5 bytes a bucket, 1.1-2.3 buckets a record): about
- * 90 + name bytes.
+ * are struct rec (inode number, the lookup count's low 32 bits, a 16-bit index into the
+ * table's list of distinct st_dev values, name length and flags: 16 bytes) followed by the
+ * name, inline. What few records need lives beside them, in a side entry found by handle
+ * index (struct side): the owner's data slot (only files that were opened or written have
+ * one), the pin count, and the lookup count's high half; a record looked up by `find` carries
+ * none. A rename to a name longer than the inline room does not move the record (its handle
+ * is the node id): slot 0 then names a T_LINK object instead, whose slot 0 is the parent and
+ * whose raw bytes are the name. So a record costs one handle-table slot (16 bytes), a header
+ * (16), the parent slot (8), struct rec (16) and the name rounded up to 8, plus its share of
+ * the index (5 bytes a bucket, 1.2-2.5 buckets a record): about 65 + name bytes (it was 90
+ * with the device, the data pointer and the pin count in every record).
  *
  * Liveness is the heap's. A record holds exactly one heap root while its lookup count or pin
  * count is above zero (root_inc/dec on the transitions), and its parent slot keeps the chain
@@ -551,17 +555,20 @@ static size_t ix_cap_for(size_t live, size_t more)
 }
 
 /* Fill (entries plus tombstones) of an index of cap buckets at which its successor is mapped,
- * and at which the successor takes over. Linear probing with the one-byte tags reads only the
- * index while it walks a cluster, so it tolerates 7/8 (bench_inode: inode_link as fast as
- * with 3/4); a table thus runs between 7/16 and 7/8 full, 11.4 to 5.7 index bytes a record. */
+ * and at which the successor takes over. An insertion walks a cluster reading only buckets and
+ * tags; with ix_hash, mean buckets per insertion over a 1M-bucket table filled from half to
+ * 5/8, 3/4, 13/16, 7/8: 3.2, 5.8, 11.1, 20.8 (scratch count). Switching at 13/16, a table
+ * runs between 13/32 and 13/16 full: 4.8 buckets an insertion on average over a cycle (3.5
+ * at 3/4, 7.3 at 7/8), 6.2 to 12.3 index bytes a record. The successor is mapped at 3/4, so
+ * that twice the index's memory is held only in the last sixteenth of a cycle. */
 static size_t ix_start(size_t cap)
 {
-	return cap / 3 * 2;
+	return cap / 4 * 3;
 }
 
 static size_t ix_limit(size_t cap)
 {
-	return cap / 8 * 7;
+	return cap / 16 * 13;
 }
 
 /* Makes room for one more entry, never doing more than a bounded step of work:

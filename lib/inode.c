@@ -2,13 +2,17 @@
  * inode.c - the inode table (see inode.h for the contract), kept in the metadata heap.
  *
  * A record is one heap object of type T_REC: reference slot 0 names the parent, the raw bytes
- * are struct rec (backing identity, kernel lookup count, pin count, the owner's data pointer)
- * followed by the name, inline. A rename to a name longer than the inline room does not move
- * the record (its handle is the node id): slot 0 then names a T_LINK object instead, whose
- * slot 0 is the parent and whose raw bytes are the name. So a record costs one handle-table
- * slot (16 bytes), a header (16), the parent slot (8), struct rec (40) and the name rounded
- * up to 8, plus its share of the index (5 bytes a bucket, 2-3 buckets a record): about
- * 92 + name bytes.
+ * are struct rec (inode number, the lookup count's low 32 bits, a 16-bit index into the
+ * table's list of distinct st_dev values, name length and flags: 16 bytes) followed by the
+ * name, inline. What few records need lives beside them, in a side entry found by handle
+ * index (struct side): the owner's data slot (only files that were opened or written have
+ * one), the pin count, and the lookup count's high half; a record looked up by `find` carries
+ * none. A rename to a name longer than the inline room does not move the record (its handle
+ * is the node id): slot 0 then names a T_LINK object instead, whose slot 0 is the parent and
+ * whose raw bytes are the name. So a record costs one handle-table slot (16 bytes), a header
+ * (16), the parent slot (8), struct rec (16) and the name rounded up to 8, plus its share of
+ * the index (5 bytes a bucket, 1.2-2.5 buckets a record): about 65 + name bytes (it was 90
+ * with the device, the data pointer and the pin count in every record).
  *
  * Liveness is the heap's. A record holds exactly one heap root while its lookup count or pin
  * count is above zero (root_inc/dec on the transitions), and its parent slot keeps the chain
@@ -53,22 +57,64 @@ enum { T_REC = 1, T_LINK = 2 };
 enum {
 	R_LINKED = 1,	/* ref 0 names a T_LINK object holding (parent, name) */
 	R_UNHASHED = 2, /* its file is gone: out of the index, so a reused st_ino is a new file */
+	R_SIDE = 4,	/* it has a side entry (struct side) */
 };
 
 #define TOMB	     UINT32_MAX /* a removed index entry; no handle index is ever this */
 #define INDEX_MIN    1024
 #define MIGRATE_STEP 64			/* old index buckets moved per insertion */
 #define IX_PAGE_STEP ((size_t)64 << 10) /* index bytes committed or unmapped per insertion */
-#define NAME_MAX_IN  0xffff
+#define NAME_MAX_IN  4095		/* namelen's 12 bits; NAME_MAX is 255 */
+#define DEV_MAX	     65536
+#define SIDE_STEP    8 /* side-table buckets moved per insertion while it grows */
+/* Bits of the lookup count kept in the record; the rest goes to the side entry. Tests build
+ * the table with 2 (unit_inode_narrow), so that the side half is exercised at small counts. */
+#ifndef INODE_LOOKUP_LOW_BITS
+#define INODE_LOOKUP_LOW_BITS 32
+#endif
+#define LOOKUP_LOW_MASK (UINT64_MAX >> (64 - INODE_LOOKUP_LOW_BITS))
+#define LOOKUP_MAX	(UINT64_MAX >> (32 - INODE_LOOKUP_LOW_BITS))
 
+/* 16 bytes: what every record needs. The rest lives in the table (dev) or in a side entry
+ * that only records opened, pinned or looked up 2^32 times carry. */
 struct rec {
-	uint64_t dev, ino;
-	uint64_t nlookup;
-	void *data; /* the owner's slot */
-	uint32_t npin;
-	uint16_t namelen; /* inline name bytes, no NUL; 0 while R_LINKED */
-	uint16_t flags;
+	uint64_t ino;
+	uint32_t nlookup;      /* the kernel's lookup count, low bits (the rest: side entry) */
+	uint16_t dev;	       /* index into the table's devs */
+	uint16_t namelen : 12; /* inline name bytes, no NUL; 0 while R_LINKED */
+	uint16_t flags : 4;
 	char name[]; /* inline room: the object's raw bytes minus sizeof(struct rec) */
+};
+
+_Static_assert(sizeof(struct rec) == 16, "a record's fixed part is 16 bytes");
+
+/* What few records carry, found by the record's handle index: the owner's data slot, the pin
+ * count, and the lookup count's high half. Allocated one by one, so that a void ** from
+ * inode_data stays where it is until the record dies. */
+struct side {
+	struct side *next;  /* bucket chain */
+	struct side *fresh; /* made by inode_data in the current lock hold (inode_unlock) */
+	void *data;	    /* the owner's slot */
+	uint32_t idx;	    /* the record's handle index */
+	uint32_t npin;
+	uint32_t nlookup_hi;
+};
+
+/* Chained buckets keyed by handle index. It grows by doubling without a rehash in one go:
+ * the old bucket array is drained into the new one SIDE_STEP buckets per insertion. */
+struct sides {
+	struct side **b, **old; /* old: being drained into b; NULL: none */
+	size_t cap, oldcap;	/* powers of two (cap 0: nothing yet) */
+	size_t drain;		/* next bucket of old to move */
+	size_t n;		/* entries */
+};
+
+/* The distinct st_dev values seen, in order of appearance: a record holds a 16-bit index
+ * (nearly every record has the backing root's device). Never shrinks; at most DEV_MAX. */
+struct devs {
+	uint64_t *v;
+	uint32_t *hash; /* open addressing: 0 empty, else index + 1 */
+	size_t n, cap, hcap;
 };
 
 struct index {
@@ -87,8 +133,11 @@ struct inode_table {
 	struct index old;  /* being migrated into ix; v NULL: none */
 	size_t migrate;	   /* next bucket of old to migrate */
 	struct index next; /* ix's successor, committed a step per insertion; v NULL: none */
-	char *dead;	   /* a retired index mapping, unmapped a step per insertion ... */
-	size_t dead_len;   /* ... from its end; 0: none */
+	struct sides sides;
+	struct side *fresh; /* side entries made by inode_data under the current lock hold */
+	struct devs devs;
+	char *dead;	 /* a retired index mapping, unmapped a step per insertion ... */
+	size_t dead_len; /* ... from its end; 0: none */
 	void (*free_data)(void *data);
 	struct inode_config cfg;
 	bool closing;	 /* inode_table_free: on_free only finalizes */
@@ -115,9 +164,221 @@ static struct rec *rec_get(struct inode_table *t, uint64_t handle)
 	return r != NULL && heap_type(t->heap, handle) == T_REC ? r : NULL;
 }
 
-static bool rooted(const struct rec *r)
+/* ---- side entries ---- */
+
+static size_t side_bucket(uint32_t idx, size_t cap)
 {
-	return r->nlookup != 0 || r->npin != 0;
+	return (size_t)(((uint64_t)idx * 0x9e3779b97f4a7c15ull) >> 32) & (cap - 1);
+}
+
+static struct side *side_find(const struct sides *ss, uint32_t idx)
+{
+	for (int k = 0; k < 2; k++) {
+		struct side **b = k == 0 ? ss->b : ss->old;
+		size_t cap = k == 0 ? ss->cap : ss->oldcap;
+		for (struct side *s = b != NULL ? b[side_bucket(idx, cap)] : NULL; s; s = s->next)
+			if (s->idx == idx)
+				return s;
+	}
+	return NULL;
+}
+
+/* Moves up to n buckets of the old array into the current one; frees it once drained. */
+static void side_drain(struct sides *ss, size_t n)
+{
+	for (; ss->old != NULL && n > 0 && ss->drain < ss->oldcap; n--, ss->drain++) {
+		struct side *s = ss->old[ss->drain], *next;
+		for (; s != NULL; s = next) {
+			next = s->next;
+			size_t i = side_bucket(s->idx, ss->cap);
+			s->next = ss->b[i];
+			ss->b[i] = s;
+		}
+		ss->old[ss->drain] = NULL;
+	}
+	if (ss->old != NULL && ss->drain >= ss->oldcap) {
+		free(ss->old);
+		ss->old = NULL;
+		ss->oldcap = 0;
+	}
+}
+
+/* Adds s (s->idx set). A bucket array of twice the size replaces a full one (one side entry a
+ * bucket); the old is drained step by step, so no insertion rehashes them all. 0 or -ENOMEM. */
+static int side_insert(struct sides *ss, struct side *s)
+{
+	side_drain(ss, SIDE_STEP);
+	if (ss->n + 1 > ss->cap) {
+		side_drain(ss, SIZE_MAX); /* not expected: cap insertions passed since the last */
+		size_t cap = ss->cap != 0 ? ss->cap * 2 : 64;
+		struct side **b = calloc(cap, sizeof(*b));
+		if (b == NULL)
+			return -ENOMEM;
+		ss->old = ss->b;
+		ss->oldcap = ss->cap;
+		ss->drain = 0;
+		ss->b = b;
+		ss->cap = cap;
+	}
+	size_t i = side_bucket(s->idx, ss->cap);
+	s->next = ss->b[i];
+	ss->b[i] = s;
+	ss->n++;
+	return 0;
+}
+
+static void side_remove(struct sides *ss, struct side *s)
+{
+	for (int k = 0; k < 2; k++) {
+		struct side **b = k == 0 ? ss->b : ss->old;
+		size_t cap = k == 0 ? ss->cap : ss->oldcap;
+		for (struct side **p = b != NULL ? &b[side_bucket(s->idx, cap)] : NULL; p && *p;
+		     p = &(*p)->next) {
+			if (*p == s) {
+				*p = s->next;
+				ss->n--;
+				return;
+			}
+		}
+	}
+}
+
+static void side_release(struct sides *ss)
+{
+	side_drain(ss, SIZE_MAX);
+	free(ss->b);
+	memset(ss, 0, sizeof(*ss));
+}
+
+/* The side entry of record r (handle), or NULL. */
+static struct side *side_of(const struct inode_table *t, uint64_t handle, const struct rec *r)
+{
+	return r->flags & R_SIDE ? side_find(&t->sides, (uint32_t)handle) : NULL;
+}
+
+/* Gives record r (handle) an empty side entry: the entry, or NULL (out of memory). */
+static struct side *side_add(struct inode_table *t, uint64_t handle, struct rec *r)
+{
+	struct side *s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return NULL;
+	s->idx = (uint32_t)handle;
+	if (side_insert(&t->sides, s) != 0) {
+		free(s);
+		return NULL;
+	}
+	r->flags |= R_SIDE;
+	return s;
+}
+
+/* Drops r's side entry s once it holds nothing. */
+static void side_trim(struct inode_table *t, struct rec *r, struct side *s)
+{
+	if (s == NULL || s->data != NULL || s->npin != 0 || s->nlookup_hi != 0)
+		return;
+	side_remove(&t->sides, s);
+	free(s);
+	r->flags &= ~R_SIDE;
+}
+
+/* ---- the device table ---- */
+
+static size_t dev_hash(uint64_t dev, size_t hcap)
+{
+	return (size_t)((dev * 0x9e3779b97f4a7c15ull) >> 32) & (hcap - 1);
+}
+
+/* The index of dev, or -ENOENT. */
+static int dev_find(const struct devs *d, uint64_t dev)
+{
+	if (d->n != 0 && d->v[0] == dev) /* the backing root's: nearly every record's */
+		return 0;
+	for (size_t i = d->hcap ? dev_hash(dev, d->hcap) : 0; d->hcap && d->hash[i] != 0;
+	     i = (i + 1) & (d->hcap - 1))
+		if (d->v[d->hash[i] - 1] == dev)
+			return (int)d->hash[i] - 1;
+	return -ENOENT;
+}
+
+/* The index of dev, added when new: the index, -EOVERFLOW past DEV_MAX devices, or -ENOMEM.
+ * The hash is rebuilt in one go as it doubles: a few hundred devices is already rare. */
+static int dev_index(struct devs *d, uint64_t dev)
+{
+	int i = dev_find(d, dev);
+	if (i >= 0)
+		return i;
+	if (d->n >= DEV_MAX)
+		return -EOVERFLOW;
+	if (d->n == d->cap) {
+		size_t cap = d->cap ? d->cap * 2 : 4;
+		uint64_t *v = realloc(d->v, cap * sizeof(*v));
+		if (v == NULL)
+			return -ENOMEM;
+		d->v = v;
+		d->cap = cap;
+	}
+	if ((d->n + 1) * 2 > d->hcap) {
+		size_t hcap = d->hcap ? d->hcap * 2 : 8;
+		uint32_t *h = calloc(hcap, sizeof(*h));
+		if (h == NULL)
+			return -ENOMEM;
+		free(d->hash);
+		d->hash = h;
+		d->hcap = hcap;
+		for (size_t k = 0; k < d->n; k++) {
+			size_t j = dev_hash(d->v[k], hcap);
+			while (h[j] != 0)
+				j = (j + 1) & (hcap - 1);
+			h[j] = (uint32_t)k + 1;
+		}
+	}
+	size_t j = dev_hash(dev, d->hcap);
+	while (d->hash[j] != 0)
+		j = (j + 1) & (d->hcap - 1);
+	d->v[d->n] = dev;
+	d->hash[j] = (uint32_t)++d->n;
+	return (int)d->n - 1;
+}
+
+static void dev_release(struct devs *d)
+{
+	free(d->v);
+	free(d->hash);
+	memset(d, 0, sizeof(*d));
+}
+
+static uint64_t rec_dev(const struct inode_table *t, const struct rec *r)
+{
+	return t->devs.v[r->dev];
+}
+
+/* ---- counts ---- */
+
+static uint64_t rec_nlookup(const struct inode_table *t, uint64_t handle, const struct rec *r)
+{
+	const struct side *s = side_of(t, handle, r);
+	return r->nlookup | (s != NULL ? (uint64_t)s->nlookup_hi << INODE_LOOKUP_LOW_BITS : 0);
+}
+
+static bool rooted(const struct inode_table *t, uint64_t handle, const struct rec *r)
+{
+	const struct side *s = r->nlookup != 0 ? NULL : side_of(t, handle, r);
+	return r->nlookup != 0 || (s != NULL && (s->npin != 0 || s->nlookup_hi != 0));
+}
+
+/* Sets the lookup count (at most LOOKUP_MAX); a count above the record's bits needs a side
+ * entry. 0 or -ENOMEM (unchanged). */
+static int rec_set_nlookup(struct inode_table *t, uint64_t handle, struct rec *r, uint64_t n)
+{
+	struct side *s = side_of(t, handle, r);
+	if (s == NULL && n > LOOKUP_LOW_MASK && (s = side_add(t, handle, r)) == NULL)
+		return -ENOMEM;
+	r->nlookup = (uint32_t)(n & LOOKUP_LOW_MASK);
+	if (s != NULL) {
+		s->nlookup_hi = (uint32_t)(n >> INODE_LOOKUP_LOW_BITS);
+		side_trim(t, r, s);
+	}
+	return 0;
 }
 
 /* Keeps the record's single heap root in step with rooted(): call with rooted() before and
@@ -166,7 +427,8 @@ static uint8_t ix_tag(size_t hash)
 
 /* The live record of (dev, ino) in one table, or 0. Only entries whose tag matches are looked
  * at (1 in 256 of the others), so a probe touches the index, not every record on its way. */
-static uint64_t ix_probe(struct inode_table *t, const struct index *ix, uint64_t dev, uint64_t ino)
+static uint64_t ix_probe(struct inode_table *t, const struct index *ix, uint64_t dev, uint64_t ino,
+			 uint16_t dix)
 {
 	size_t mask = ix->cap - 1, hash = ix_hash(dev, ino);
 	uint8_t tag = ix_tag(hash);
@@ -176,16 +438,19 @@ static uint64_t ix_probe(struct inode_table *t, const struct index *ix, uint64_t
 			return 0;
 		uint64_t handle = e != TOMB && ix->tag[i] == tag ? heap_handle_at(t->heap, e) : 0;
 		const struct rec *r = handle ? rec_get(t, handle) : NULL;
-		if (r != NULL && r->ino == ino && r->dev == dev)
+		if (r != NULL && r->ino == ino && r->dev == dix)
 			return handle;
 	}
 }
 
 static uint64_t ix_find(struct inode_table *t, uint64_t dev, uint64_t ino)
 {
-	uint64_t handle = ix_probe(t, &t->ix, dev, ino);
+	int dix = dev_find(&t->devs, dev);
+	if (dix < 0) /* a device never seen: no record has it */
+		return 0;
+	uint64_t handle = ix_probe(t, &t->ix, dev, ino, (uint16_t)dix);
 	if (handle == 0 && t->old.v != NULL)
-		handle = ix_probe(t, &t->old, dev, ino);
+		handle = ix_probe(t, &t->old, dev, ino, (uint16_t)dix);
 	return handle;
 }
 
@@ -271,7 +536,7 @@ static void ix_migrate(struct inode_table *t, size_t n)
 		uint64_t handle = heap_handle_at(t->heap, e);
 		const struct rec *r = handle ? rec_get(t, handle) : NULL;
 		if (r != NULL)
-			ix_place(&t->ix, e, r->dev, r->ino);
+			ix_place(&t->ix, e, rec_dev(t, r), r->ino);
 		old->v[t->migrate] = TOMB;
 		old->used--;
 		old->tomb++;
@@ -289,16 +554,35 @@ static size_t ix_cap_for(size_t live, size_t more)
 	return cap;
 }
 
+/* Fill (entries plus tombstones) of an index of cap buckets at which its successor is mapped,
+ * and at which the successor takes over. An insertion walks a cluster reading only buckets and
+ * tags; with ix_hash, mean buckets per insertion over a 1M-bucket table filled from half to
+ * 5/8, 3/4, 13/16, 7/8: 3.2, 5.8, 11.1, 20.8 (scratch count). Switching at 13/16, a table
+ * runs between 13/32 and 13/16 full: 4.8 buckets an insertion on average over a cycle (3.5
+ * at 3/4, 7.3 at 7/8), 6.2 to 12.3 index bytes a record. The successor is mapped at 3/4, so
+ * that twice the index's memory is held only in the last sixteenth of a cycle. */
+static size_t ix_start(size_t cap)
+{
+	return cap / 4 * 3;
+}
+
+static size_t ix_limit(size_t cap)
+{
+	return cap / 16 * 13;
+}
+
 /* Makes room for one more entry, never doing more than a bounded step of work:
- *  - once entries and tombstones pass half of ix, its successor is mapped (sized for the
- *    live entries plus the quarter of ix still to fill) and committed IX_PAGE_STEP bytes per
- *    insertion: fresh pages cost a 20-40 us fault each on first touch, and a 4M-bucket table
- *    is 5,000 pages, so neither a calloc'd table (faults during migration) nor committing it
- *    at the switch (5-8 ms) keeps a call under a millisecond;
- *  - when they would pass 3/4, the successor takes over and the old table is migrated into
- *    it MIGRATE_STEP buckets per insertion (each needs a look at the record for its hash);
- *  - the migrated table's mapping is unmapped IX_PAGE_STEP bytes per insertion.
- * Between half and 3/4 full lie cap/4 insertions, far more than the commit needs. */
+ *  - once entries and tombstones pass ix_start, ix's successor is mapped (sized for the live
+ *    entries plus those still to come before the switch) and committed in IX_PAGE_STEP
+ *    chunks, paced so that its last chunk is committed as the fill reaches ix_limit: fresh
+ *    pages cost a 20-40 us fault each on first touch, and a 4M-bucket table is 5,000 pages,
+ *    so neither a calloc'd table (faults during migration) nor committing it at the switch
+ *    (5-8 ms) keeps a call under a millisecond, while committing it early holds twice the
+ *    index's memory for longer than needed (2/3 of the index bytes at 19,000 files);
+ *  - when they would pass ix_limit, the successor takes over and the old table is migrated
+ *    into it MIGRATE_STEP buckets per insertion (each needs a look at the record for its
+ *    hash), far fewer insertions than the next switch is away;
+ *  - the migrated table's mapping is unmapped IX_PAGE_STEP bytes per insertion. */
 static int ix_reserve(struct inode_table *t)
 {
 	ix_unmap_step(t, IX_PAGE_STEP);
@@ -306,17 +590,23 @@ static int ix_reserve(struct inode_table *t)
 		ix_migrate(t, MIGRATE_STEP);
 	struct index *ix = &t->ix;
 	size_t fill = ix->used + ix->tomb + 1, live = ix->used + t->old.used;
-	if (t->next.v == NULL && fill * 2 > ix->cap)
-		ix_alloc(&t->next, ix_cap_for(live, ix->cap / 4)); /* -ENOMEM: retried */
-	if (t->next.v != NULL)
-		ix_commit(&t->next, IX_PAGE_STEP);
-	if (fill * 4 <= ix->cap * 3)
+	size_t start = ix_start(ix->cap), limit = ix_limit(ix->cap);
+	if (t->next.v == NULL && fill > start && fill <= limit)
+		ix_alloc(&t->next, ix_cap_for(live, limit - fill)); /* -ENOMEM: retried */
+	if (t->next.v != NULL && fill > start && fill <= limit) {
+		size_t len = ix_map_len(t->next.cap);
+		size_t due =
+		    (size_t)((double)len * (double)(fill - start) / (double)(limit - start));
+		if (due > t->next.ready)
+			ix_commit(&t->next, IX_PAGE_STEP);
+	}
+	if (fill <= limit)
 		return 0;
 	if (t->next.v != NULL && t->next.cap < ix_cap_for(live, 0))
 		ix_retire(t, &t->next); /* not expected: sized for this many at the start */
 	if (t->next.v == NULL && ix_alloc(&t->next, ix_cap_for(live, 0)) < 0)
 		return -ENOMEM;
-	ix_commit(&t->next, SIZE_MAX); /* normally done long ago */
+	ix_commit(&t->next, SIZE_MAX); /* normally done by now */
 	if (t->old.v != NULL)	       /* not expected: the margin lets a migration finish */
 		ix_migrate(t, SIZE_MAX);
 	t->old = *ix;
@@ -351,12 +641,18 @@ static void on_free(void *arg, uint64_t handle, unsigned type, void *payload)
 		return;
 	struct rec *r = payload;
 	if (!t->closing) {
-		if (!ix_remove(&t->ix, (uint32_t)handle, r->dev, r->ino) && t->old.v != NULL)
-			ix_remove(&t->old, (uint32_t)handle, r->dev, r->ino);
+		uint64_t dev = rec_dev(t, r);
+		if (!ix_remove(&t->ix, (uint32_t)handle, dev, r->ino) && t->old.v != NULL)
+			ix_remove(&t->old, (uint32_t)handle, dev, r->ino);
 		t->st.forgotten++;
 	}
-	if (r->data != NULL && t->free_data != NULL)
-		t->free_data(r->data);
+	struct side *s = side_of(t, handle, r);
+	if (s != NULL) {
+		if (s->data != NULL && t->free_data != NULL)
+			t->free_data(s->data);
+		side_remove(&t->sides, s);
+		free(s);
+	}
 	t->st.inodes--;
 }
 
@@ -410,6 +706,8 @@ int inode_table_new(uint64_t root_dev, uint64_t root_ino, void (*free_data)(void
 	err = heap_new(&hc, &t->heap);
 	if (err == 0 && (err = ix_alloc(&t->ix, INDEX_MIN)) == 0)
 		ix_commit(&t->ix, SIZE_MAX);
+	if (err == 0 && (err = dev_index(&t->devs, root_dev)) > 0)
+		err = 0; /* index 0 */
 	if (err == 0) {
 		t->root = heap_alloc(t->heap, T_REC, 1, sizeof(struct rec));
 		if (t->root == 0)
@@ -418,13 +716,14 @@ int inode_table_new(uint64_t root_dev, uint64_t root_ino, void (*free_data)(void
 	if (err != 0) {
 		heap_free(t->heap);
 		ix_release(&t->ix);
+		dev_release(&t->devs);
 		pthread_mutex_destroy(&t->lock);
 		free(t);
 		return err;
 	}
 	/* The root keeps its birth root for ever; its parent slot stays 0. */
 	struct rec *r = rec_get(t, t->root);
-	r->dev = root_dev;
+	r->dev = 0;
 	r->ino = root_ino;
 	ix_place(&t->ix, (uint32_t)t->root, root_dev, root_ino);
 	t->st.inodes = t->st.peak = 1;
@@ -442,6 +741,8 @@ void inode_table_free(struct inode_table *t)
 	ix_release(&t->old);
 	ix_release(&t->next);
 	ix_unmap_step(t, SIZE_MAX);
+	side_release(&t->sides);
+	dev_release(&t->devs);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
@@ -510,6 +811,9 @@ static int rec_new(struct inode_table *t, uint64_t parent, const char *name, uin
 	size_t len = strlen(name);
 	if (len > NAME_MAX_IN)
 		return -ENAMETOOLONG;
+	int dix = dev_index(&t->devs, dev);
+	if (dix < 0)
+		return dix;
 	int rc = ix_reserve(t);
 	if (rc != 0)
 		return rc;
@@ -518,7 +822,7 @@ static int rec_new(struct inode_table *t, uint64_t parent, const char *name, uin
 	if (handle == 0)
 		return -ENOMEM;
 	struct rec *r = rec_get(t, handle);
-	r->dev = dev;
+	r->dev = (uint16_t)dix;
 	r->ino = ino;
 	r->nlookup = 1;
 	r->namelen = (uint16_t)len;
@@ -537,6 +841,29 @@ static int rec_new(struct inode_table *t, uint64_t parent, const char *name, uin
 	return 0;
 }
 
+/* One more lookup of the existing record `handle`, now seen as (parent, name); on failure
+ * it is left as it was. */
+static int rec_lookup_again(struct inode_table *t, uint64_t handle, uint64_t parent,
+			    const char *name)
+{
+	struct rec *r = rec_get(t, handle);
+	bool was = rooted(t, handle, r);
+	uint64_t n = rec_nlookup(t, handle, r);
+	if (n == LOOKUP_MAX)
+		return -EOVERFLOW;
+	int err = rec_set_nlookup(t, handle, r, n + 1);
+	if (err != 0)
+		return err;
+	err = root_follow(t, handle, was, true);
+	if (err == 0 && handle != t->root && (err = rec_rename(t, handle, parent, name)) != 0 &&
+	    root_follow(t, handle, true, was) != 0)
+		t->errors++;
+	/* back to n: a smaller count allocates nothing, and the record is still live */
+	if (err != 0 && rec_set_nlookup(t, handle, rec_get(t, handle), n) != 0)
+		t->errors++;
+	return err;
+}
+
 int inode_link(struct inode_table *t, uint64_t parent, const char *name, uint64_t dev, uint64_t ino,
 	       uint64_t *id, uint64_t *gen)
 {
@@ -551,15 +878,7 @@ int inode_link(struct inode_table *t, uint64_t parent, const char *name, uint64_
 	if (handle == 0) {
 		err = rec_new(t, p, name, dev, ino, &handle);
 	} else {
-		struct rec *r = rec_get(t, handle);
-		bool was = rooted(r);
-		r->nlookup++;
-		if ((err = root_follow(t, handle, was, true)) == 0 && handle != t->root &&
-		    (err = rec_rename(t, handle, p, name)) != 0 &&
-		    root_follow(t, handle, true, was) != 0)
-			t->errors++;
-		if (err != 0)
-			rec_get(t, handle)->nlookup--;
+		err = rec_lookup_again(t, handle, p, name);
 	}
 	if (err == 0) {
 		t->st.lookups++;
@@ -577,9 +896,11 @@ void inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup)
 	uint64_t handle = handle_of_id(t, id);
 	struct rec *r = rec_get(t, handle);
 	if (r != NULL) {
-		bool was = rooted(r);
-		r->nlookup = nlookup >= r->nlookup ? 0 : r->nlookup - nlookup;
-		if (root_follow(t, handle, was, rooted(r)) != 0)
+		bool was = rooted(t, handle, r);
+		uint64_t n = rec_nlookup(t, handle, r);
+		/* a smaller count needs no new side entry: this cannot fail */
+		if (rec_set_nlookup(t, handle, r, nlookup >= n ? 0 : n - nlookup) != 0 ||
+		    root_follow(t, handle, was, rooted(t, handle, r)) != 0)
 			t->errors++;
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -591,13 +912,18 @@ int inode_pin(struct inode_table *t, uint64_t id)
 	pthread_mutex_lock(&t->lock);
 	uint64_t handle = handle_of_id(t, id);
 	struct rec *r = rec_get(t, handle);
-	if (r != NULL && r->npin == UINT32_MAX) {
+	struct side *s = r != NULL ? side_of(t, handle, r) : NULL;
+	bool was = r != NULL && rooted(t, handle, r);
+	if (r != NULL && s == NULL && (s = side_add(t, handle, r)) == NULL) {
+		err = -ENOMEM;
+	} else if (s != NULL && s->npin == UINT32_MAX) {
 		err = -EOVERFLOW;
-	} else if (r != NULL) {
-		bool was = rooted(r);
-		r->npin++;
-		if ((err = root_follow(t, handle, was, true)) != 0)
-			r->npin--;
+	} else if (s != NULL) {
+		s->npin++;
+		if ((err = root_follow(t, handle, was, true)) != 0) {
+			s->npin--;
+			side_trim(t, r, s);
+		}
 	}
 	pthread_mutex_unlock(&t->lock);
 	return err;
@@ -608,10 +934,12 @@ void inode_unpin(struct inode_table *t, uint64_t id)
 	pthread_mutex_lock(&t->lock);
 	uint64_t handle = handle_of_id(t, id);
 	struct rec *r = rec_get(t, handle);
-	if (r != NULL && r->npin > 0) {
-		r->npin--;
-		if (root_follow(t, handle, true, rooted(r)) != 0)
+	struct side *s = r != NULL ? side_of(t, handle, r) : NULL;
+	if (s != NULL && s->npin > 0) {
+		s->npin--;
+		if (root_follow(t, handle, true, rooted(t, handle, r)) != 0)
 			t->errors++;
+		side_trim(t, r, s);
 	}
 	pthread_mutex_unlock(&t->lock);
 }
@@ -717,7 +1045,7 @@ int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino
 	pthread_mutex_lock(&t->lock);
 	const struct rec *r = rec_get(t, handle_of_id(t, id));
 	if (r != NULL) {
-		*dev = r->dev;
+		*dev = rec_dev(t, r);
 		*ino = r->ino;
 		err = 0;
 	}
@@ -730,20 +1058,44 @@ void inode_lock(struct inode_table *t)
 	pthread_mutex_lock(&t->lock);
 }
 
+/* Side entries inode_data made for a look (the owner left the slot NULL) go again, so that
+ * a getattr on every file of a tree leaves no entry behind. */
 void inode_unlock(struct inode_table *t)
 {
+	for (struct side *s = t->fresh, *next; s != NULL; s = next) {
+		next = s->fresh;
+		s->fresh = NULL;
+		uint64_t handle = heap_handle_at(t->heap, s->idx);
+		struct rec *r = handle != 0 ? rec_get(t, handle) : NULL;
+		if (r != NULL)
+			side_trim(t, r, s);
+		else
+			t->errors++; /* not expected: no collection runs under inode_lock */
+	}
+	t->fresh = NULL;
 	pthread_mutex_unlock(&t->lock);
 }
 
 void **inode_data(struct inode_table *t, uint64_t id)
 {
-	struct rec *r = rec_get(t, handle_of_id(t, id));
-	return r ? &r->data : NULL;
+	uint64_t handle = handle_of_id(t, id);
+	struct rec *r = rec_get(t, handle);
+	struct side *s = r != NULL ? side_of(t, handle, r) : NULL;
+	if (r != NULL && s == NULL && (s = side_add(t, handle, r)) != NULL) {
+		s->fresh = t->fresh;
+		t->fresh = s;
+	}
+	return s != NULL ? &s->data : NULL;
 }
 
+/* Memory the table holds outside the heap: index mappings, side entries, device table. */
 static size_t ix_bytes(const struct inode_table *t)
 {
-	return ix_map_len(t->ix.cap) + ix_map_len(t->old.cap) + t->next.ready;
+	const struct sides *ss = &t->sides;
+	const struct devs *d = &t->devs;
+	return ix_map_len(t->ix.cap) + ix_map_len(t->old.cap) + t->next.ready +
+	       (ss->cap + ss->oldcap) * sizeof(struct side *) + ss->n * sizeof(struct side) +
+	       d->cap * sizeof(uint64_t) + d->hcap * sizeof(uint32_t);
 }
 
 void inode_stats(struct inode_table *t, struct inode_stats *st)
@@ -793,6 +1145,7 @@ struct verify {
 	struct inode_table *t;
 	uint32_t *recs; /* handle indices of every record, dead or alive */
 	size_t nrecs, cap;
+	size_t nside; /* records with R_SIDE */
 	uint64_t bad; /* first record found inconsistent, 0: none */
 	const char *what;
 };
@@ -806,13 +1159,20 @@ static void verify_record(void *arg, uint64_t handle, unsigned type, void *paylo
 		v->recs[v->nrecs] = (uint32_t)handle;
 	v->nrecs++;
 	const struct rec *r = payload;
-	if (dead || v->bad != 0 || handle == v->t->root)
+	v->nside += (r->flags & R_SIDE) != 0;
+	if (v->bad != 0)
 		return;
-	long roots = heap_root_count(v->t->heap, handle);
-	/* a live record is indexed unless it was never rooted (rec_new's failure path) */
-	if (roots != (rooted(r) ? 1 : 0))
+	if (r->dev >= v->t->devs.n)
+		v->what = "a record's device index is out of the device table";
+	else if ((r->flags & R_SIDE) && side_find(&v->t->sides, (uint32_t)handle) == NULL)
+		v->what = "a record's side entry is missing";
+	else if (dead || handle == v->t->root)
+		return;
+	else if (heap_root_count(v->t->heap, handle) != (rooted(v->t, handle, r) ? 1 : 0))
 		v->what = "root count disagrees with the lookup and pin counts";
-	else if (roots != 0 && !(r->flags & R_UNHASHED) && ix_find(v->t, r->dev, r->ino) != handle)
+	/* a live record is indexed unless it was never rooted (rec_new's failure path) */
+	else if (rooted(v->t, handle, r) && !(r->flags & R_UNHASHED) &&
+		 ix_find(v->t, rec_dev(v->t, r), r->ino) != handle)
 		v->what = "a rooted record is not found through the index";
 	else
 		return;
@@ -838,6 +1198,9 @@ static int verify_table(struct inode_table *t, char *err, size_t len)
 		rc = verify_fail(err, len, "record count disagrees with the heap", v.nrecs);
 	else if (v.bad != 0)
 		rc = verify_fail(err, len, v.what, v.bad);
+	else if (v.nside != t->sides.n)
+		rc = verify_fail(err, len, "side entries disagree with the records having one",
+				 v.nside);
 	qsort(v.recs, rc == 0 ? v.nrecs : 0, sizeof(uint32_t), cmp_u32);
 	for (int k = 0; k < 2 && rc == 0; k++) {
 		const struct index *ix = k == 0 ? &t->ix : &t->old;
@@ -852,7 +1215,7 @@ static int verify_table(struct inode_table *t, char *err, size_t len)
 			const struct rec *r = handle != 0 ? rec_get(t, handle) : NULL;
 			if (bsearch(&e, v.recs, v.nrecs, sizeof(uint32_t), cmp_u32) == NULL)
 				rc = verify_fail(err, len, "an index entry names no record", e);
-			else if (r != NULL && ix->tag[i] != ix_tag(ix_hash(r->dev, r->ino)))
+			else if (r != NULL && ix->tag[i] != ix_tag(ix_hash(rec_dev(t, r), r->ino)))
 				rc = verify_fail(err, len, "an index entry's tag is not its hash's",
 						 e);
 		}

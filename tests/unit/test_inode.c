@@ -1,5 +1,7 @@
-/* test_inode.c - the inode table: lookup counting, paths, renames, stale ids, and that every
- * record is freed once nothing holds it. */
+/* test_inode.c - the inode table: lookup counting, paths, renames, stale ids, devices, data
+ * slots, and that every record is freed once nothing holds it. Built twice: unit_inode_narrow
+ * compiles lib/inode.c with 2 bits of lookup count in the record, so that every test (the
+ * property test too) also runs the counts' side-entry half. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -234,6 +236,114 @@ static void data_slot(void **state)
 	inode_forget(t, a, 1);
 	collect(t);
 	assert_int_equal(freed, 1);
+}
+
+/* Reading the data slot of a record that has none (a getattr of every file in a tree) leaves
+ * nothing behind; a slot the owner fills stays, and is freed with its record, once. */
+static void looks_leave_no_side_entry(void **state)
+{
+	struct inode_table *t = *state;
+	enum { N = 300 };
+	uint64_t ids[N];
+	char name[16], err[200];
+	for (int i = 0; i < N; i++) {
+		snprintf(name, sizeof(name), "f%d", i);
+		ids[i] = link_one(t, INODE_ROOT, name, 100 + (uint64_t)i);
+	}
+	struct inode_stats before, after;
+	inode_lock(t); /* the first look makes the side table's (empty) bucket array */
+	assert_null(*inode_data(t, ids[0]));
+	inode_unlock(t);
+	inode_stats(t, &before);
+	for (int i = 1; i < N; i++) {
+		inode_lock(t);
+		void **slot = inode_data(t, ids[i]);
+		assert_non_null(slot);
+		assert_null(*slot);
+		inode_unlock(t);
+	}
+	inode_stats(t, &after);
+	assert_int_equal(after.bytes, before.bytes);
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	int x;
+	inode_lock(t);
+	*inode_data(t, ids[7]) = &x;
+	assert_null(*inode_data(t, ids[8])); /* two slots in one hold: the first stays put */
+	inode_unlock(t);
+	inode_stats(t, &after);
+	assert_true(after.bytes > before.bytes);
+	inode_lock(t);
+	assert_ptr_equal(*inode_data(t, ids[7]), &x);
+	inode_unlock(t);
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	freed = 0;
+	for (int i = 0; i < N; i++)
+		inode_forget(t, ids[i], 1);
+	assert_int_equal(live(t), 1);
+	assert_int_equal(freed, 1);
+}
+
+/* Records of many devices: (dev, ino) pairs with the same ino are different files, found
+ * again under their own ids, and give their device back. */
+static void devices_are_told_apart(void **state)
+{
+	struct inode_table *t = *state;
+	enum { NDEV = 300 };
+	uint64_t ids[NDEV], id, gen, dev, ino;
+	char name[16], err[200];
+	for (int d = 0; d < NDEV; d++) {
+		snprintf(name, sizeof(name), "m%d", d);
+		assert_int_equal(
+		    inode_link(t, INODE_ROOT, name, 1000 + (uint64_t)d * 77, 5, &ids[d], &gen), 0);
+		for (int k = 0; k < d; k++)
+			assert_true(ids[k] != ids[d]);
+	}
+	for (int d = 0; d < NDEV; d++) {
+		snprintf(name, sizeof(name), "m%d", d);
+		assert_int_equal(
+		    inode_link(t, INODE_ROOT, name, 1000 + (uint64_t)d * 77, 5, &id, &gen), 0);
+		assert_true(id == ids[d]);
+		assert_int_equal(inode_ident(t, ids[d], &dev, &ino), 0);
+		assert_int_equal(dev, 1000 + (uint64_t)d * 77);
+		assert_int_equal(ino, 5);
+	}
+	assert_int_equal(inode_unhash(t, 1000 + 150 * 77, 5), 1);
+	assert_int_equal(inode_unhash(t, 999, 5), 0); /* a device never seen */
+	assert_int_equal(inode_link(t, INODE_ROOT, "m151", 1000 + 151 * 77, 5, &id, &gen), 0);
+	assert_true(id == ids[151]);
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	for (int d = 0; d < NDEV; d++)
+		inode_forget(t, ids[d], d == 151 ? 3 : 2);
+	assert_int_equal(live(t), 1);
+}
+
+/* A count of many lookups (in the narrow build, mostly in the side entry) with a pin: the
+ * record lives exactly until the last lookup is forgotten and the pin dropped. */
+static void many_lookups_and_pins(void **state)
+{
+	struct inode_table *t = *state;
+	enum { LOOKUPS = 1000 };
+	uint64_t f = 0;
+	for (int i = 0; i < LOOKUPS; i++) {
+		uint64_t id = link_one(t, INODE_ROOT, "f", 10);
+		assert_true(f == 0 || id == f);
+		f = id;
+	}
+	assert_int_equal(inode_pin(t, f), 0);
+	inode_forget(t, f, LOOKUPS - 1);
+	assert_int_equal(live(t), 2);
+	inode_forget(t, f, 1);
+	assert_int_equal(live(t), 2); /* pinned */
+	for (int i = 0; i < 5; i++)   /* and looked up again, across the low bits' edge */
+		assert_true(link_one(t, INODE_ROOT, "f", 10) == f);
+	inode_forget(t, f, 5);
+	inode_unpin(t, f);
+	assert_int_equal(live(t), 1);
+	uint64_t dev, ino;
+	assert_int_equal(inode_ident(t, f, &dev, &ino), -ESTALE);
 }
 
 /* Many records, random forgets: the table never loses a live one nor keeps a dead one. */
@@ -668,6 +778,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(parent_and_name, setup, teardown),
 	    cmocka_unit_test_setup_teardown(unhashed_number_is_a_new_file, setup, teardown),
 	    cmocka_unit_test_setup_teardown(data_slot, setup, teardown),
+	    cmocka_unit_test_setup_teardown(looks_leave_no_side_entry, setup, teardown),
+	    cmocka_unit_test_setup_teardown(devices_are_told_apart, setup, teardown),
+	    cmocka_unit_test_setup_teardown(many_lookups_and_pins, setup, teardown),
 	    cmocka_unit_test_setup_teardown(many_records, setup, teardown),
 	    cmocka_unit_test_setup_teardown(index_growth_keeps_entries_findable, setup, teardown),
 	    cmocka_unit_test(forgotten_records_are_collected),

@@ -66,11 +66,9 @@ uint64_t node_now_rt(void)
 /* The node of ino, made if missing. Under the inode lock. NULL with *err set on failure. */
 static struct node *node_get(struct tfs *fs, fuse_ino_t ino, int *err)
 {
-	void **slot = inode_data(fs->inodes, ino);
-	if (slot == NULL) {
-		*err = -ESTALE;
+	void **slot = inode_data(fs->inodes, ino, err);
+	if (slot == NULL)
 		return NULL;
-	}
 	if (*slot == NULL) {
 		struct node *n = calloc(1, sizeof(*n));
 		if (n == NULL) {
@@ -87,7 +85,7 @@ static struct node *node_get(struct tfs *fs, fuse_ino_t ino, int *err)
 /* The node of ino if it has one. Under the inode lock. */
 static struct node *node_find(struct tfs *fs, fuse_ino_t ino)
 {
-	void **slot = inode_data(fs->inodes, ino);
+	void **slot = inode_data(fs->inodes, ino, NULL);
 	return slot ? *slot : NULL;
 }
 

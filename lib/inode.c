@@ -1076,7 +1076,7 @@ void inode_unlock(struct inode_table *t)
 	pthread_mutex_unlock(&t->lock);
 }
 
-void **inode_data(struct inode_table *t, uint64_t id)
+void **inode_data(struct inode_table *t, uint64_t id, int *err)
 {
 	uint64_t handle = handle_of_id(t, id);
 	struct rec *r = rec_get(t, handle);
@@ -1085,6 +1085,8 @@ void **inode_data(struct inode_table *t, uint64_t id)
 		s->fresh = t->fresh;
 		t->fresh = s;
 	}
+	if (s == NULL && err != NULL)
+		*err = r == NULL ? -ESTALE : -ENOMEM;
 	return s != NULL ? &s->data : NULL;
 }
 

@@ -103,12 +103,13 @@ int inode_parent(struct inode_table *t, uint64_t id, uint64_t *parent, char *nam
 int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino);
 
 /* The owner's per-inode data slot (initially NULL), valid only between inode_lock() and
- * inode_unlock(); NULL for an unknown id (or when memory for the slot ran out). The data
- * lives as long as the record (see free_data); no other call may be made while the lock is
- * held. A slot left NULL costs nothing after inode_unlock: looking is free. */
+ * inode_unlock(); NULL with *err (if err is not NULL) set to -ESTALE for an unknown id or
+ * -ENOMEM when memory for the slot ran out. The data lives as long as the record (see
+ * free_data); no other call may be made while the lock is held. A slot left NULL costs
+ * nothing after inode_unlock: looking is free. */
 void inode_lock(struct inode_table *t);
 void inode_unlock(struct inode_table *t);
-void **inode_data(struct inode_table *t, uint64_t id);
+void **inode_data(struct inode_table *t, uint64_t id, int *err);
 
 /* inodes counts records in the heap, garbage not yet collected included; forgotten counts
  * records collected; bytes is the heap's used bytes plus the index, the side entries of

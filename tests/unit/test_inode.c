@@ -221,12 +221,14 @@ static void data_slot(void **state)
 	uint64_t a = link_one(t, INODE_ROOT, "a", 10);
 	int x;
 	inode_lock(t);
-	void **slot = inode_data(t, a);
+	void **slot = inode_data(t, a, NULL);
 	assert_non_null(slot);
 	assert_null(*slot);
 	*slot = &x;
-	assert_ptr_equal(*inode_data(t, a), &x);
-	assert_null(inode_data(t, a + (1ull << 32)));
+	assert_ptr_equal(*inode_data(t, a, NULL), &x);
+	int err = 0;
+	assert_null(inode_data(t, a + (1ull << 32), &err)); /* a stale generation */
+	assert_int_equal(err, -ESTALE);
 	inode_unlock(t);
 	/* the data goes with its record, once */
 	freed = 0;
@@ -252,12 +254,12 @@ static void looks_leave_no_side_entry(void **state)
 	}
 	struct inode_stats before, after;
 	inode_lock(t); /* the first look makes the side table's (empty) bucket array */
-	assert_null(*inode_data(t, ids[0]));
+	assert_null(*inode_data(t, ids[0], NULL));
 	inode_unlock(t);
 	inode_stats(t, &before);
 	for (int i = 1; i < N; i++) {
 		inode_lock(t);
-		void **slot = inode_data(t, ids[i]);
+		void **slot = inode_data(t, ids[i], NULL);
 		assert_non_null(slot);
 		assert_null(*slot);
 		inode_unlock(t);
@@ -268,13 +270,13 @@ static void looks_leave_no_side_entry(void **state)
 		fail_msg("%s", err);
 	int x;
 	inode_lock(t);
-	*inode_data(t, ids[7]) = &x;
-	assert_null(*inode_data(t, ids[8])); /* two slots in one hold: the first stays put */
+	*inode_data(t, ids[7], NULL) = &x;
+	assert_null(*inode_data(t, ids[8], NULL)); /* two slots in one hold: the first stays put */
 	inode_unlock(t);
 	inode_stats(t, &after);
 	assert_true(after.bytes > before.bytes);
 	inode_lock(t);
-	assert_ptr_equal(*inode_data(t, ids[7]), &x);
+	assert_ptr_equal(*inode_data(t, ids[7], NULL), &x);
 	inode_unlock(t);
 	if (inode_table_verify(t, err, sizeof(err)) != 0)
 		fail_msg("%s", err);
@@ -448,7 +450,7 @@ static void forgotten_records_are_collected(void **state)
 		snprintf(name, sizeof(name), "f%d", i);
 		ids[i] = link_one(t, dir, name, 100 + (uint64_t)i);
 		inode_lock(t);
-		*inode_data(t, ids[i]) = &frees[i];
+		*inode_data(t, ids[i], NULL) = &frees[i];
 		inode_unlock(t);
 	}
 	struct inode_stats st;
@@ -686,7 +688,7 @@ static void model_step(struct inode_table *t)
 		mf[x].parent = p;
 		strcpy(mf[x].name, name);
 		inode_lock(t);
-		void **slot = inode_data(t, id);
+		void **slot = inode_data(t, id, NULL);
 		assert_non_null(slot);
 		if (*slot == NULL && ntags < MTAGS)
 			*slot = &tag_frees[ntags++];

@@ -85,8 +85,7 @@ static struct node *node_get(struct tfs *fs, fuse_ino_t ino, int *err)
 /* The node of ino if it has one. Under the inode lock. */
 static struct node *node_find(struct tfs *fs, fuse_ino_t ino)
 {
-	void **slot = inode_data(fs->inodes, ino, NULL);
-	return slot ? *slot : NULL;
+	return inode_data_peek(fs->inodes, ino);
 }
 
 void node_free(void *data)

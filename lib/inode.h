@@ -110,6 +110,9 @@ int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino
 void inode_lock(struct inode_table *t);
 void inode_unlock(struct inode_table *t);
 void **inode_data(struct inode_table *t, uint64_t id, int *err);
+/* What id's slot holds (NULL: nothing, or an unknown id), without making a slot: for the
+ * many calls (a getattr's look for pending data) that only read it. Under inode_lock(). */
+void *inode_data_peek(struct inode_table *t, uint64_t id);
 
 /* inodes counts records in the heap, garbage not yet collected included; forgotten counts
  * records collected; bytes is the heap's used bytes plus the index, the side entries of

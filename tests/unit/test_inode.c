@@ -277,7 +277,13 @@ static void looks_leave_no_side_entry(void **state)
 	assert_true(after.bytes > before.bytes);
 	inode_lock(t);
 	assert_ptr_equal(*inode_data(t, ids[7], NULL), &x);
+	assert_ptr_equal(inode_data_peek(t, ids[7]), &x);
+	assert_null(inode_data_peek(t, ids[9]));
+	assert_null(inode_data_peek(t, ids[7] + (1ull << 32))); /* stale: nothing */
 	inode_unlock(t);
+	struct inode_stats peeked;
+	inode_stats(t, &peeked);
+	assert_int_equal(peeked.bytes, after.bytes); /* a peek makes no slot */
 	if (inode_table_verify(t, err, sizeof(err)) != 0)
 		fail_msg("%s", err);
 	freed = 0;

@@ -1,8 +1,7 @@
 /*
  * heap.c - a generational, moving collector for the daemon's metadata records.
  *
- * Why handles everywhere. Every object owns one slot of the handle table (struct slot: the
- * object's current address, the slot's generation, the root count). A handle is
+ * Why handles everywhere. Every object owns one slot of the handle table. A handle is
  * (generation << 32) | (slot index + 1), so it is never 0 and a reused slot yields a new
  * value. Reference slots inside objects hold handles too, not addresses. That choice makes
  * every move cheap and local: copying or sliding an object updates exactly one table entry,
@@ -11,6 +10,23 @@
  * long as the spaces could ever hold objects (every object is at least a header), so a
  * lookup is one indexed load: a two-level table cost heap_root_dec a third of its time in
  * dependent loads.
+ *
+ * A slot is 8 bytes (there is one per record, so it counts like the record itself): a 32-bit
+ * location, a 20-bit generation and a 12-bit root count. The location is not an address but
+ * a word offset (+1, so 0 means "no object yet") into the heap's single reservation, which
+ * holds both semi-spaces and the old arena; locations past that span name large objects,
+ * which are malloc'd and listed in ltab, by their ltab index. Both fit 32 bits: the span is
+ * at most (2 * 64 KiB + 16 GiB) / 8 words, just over 2^31, and heap_alloc refuses a large
+ * object that would push span + 1 + ltab length past 2^32. A free slot has the all-ones root
+ * count and chains the free list through its location. The split is a trade: the daemon
+ * holds one root per record (and briefly two or three), so 4094 roots is plenty, while the
+ * generation is only a safety net: the kernel never sends a node id it has been told to
+ * forget (FUSE FORGET), so a stale handle reaching the heap is a bug, and the generation
+ * catches it unless the slot was reused exactly a multiple of 2^20 - 1 times in between (it
+ * wraps from 2^20 - 1 to 1, never 0; a 16-bit one would wrap 16 times as often). Retiring a
+ * slot on wrap instead would leak table entries in a long-lived daemon: a busy slot (the
+ * free list is LIFO) is reused at every scavenge. Before, a slot was 16 bytes (address,
+ * 32-bit generation, 32-bit root count).
  *
  * The allocation fast path. heap_alloc's common case (small object, semi-space room, a slot
  * on the free list, no old-generation cycle to pace) is a straight line of a dozen stores
@@ -94,6 +110,11 @@
 #include <unistd.h>
 
 enum {
+	GEN_BITS = 20,		       /* slot generation; the rest of a word is the root count */
+	GEN_MAX = (1 << GEN_BITS) - 1, /* wraps to 1, never 0 */
+	ROOTS_FREE = (1 << (32 - GEN_BITS)) - 1, /* root count of a free slot */
+	ROOTS_MAX = ROOTS_FREE - 1,		 /* heap_root_inc says -EOVERFLOW beyond */
+	ROOT_ONE = 1 << GEN_BITS,		 /* one root, in slot.tag */
 	F_MARK = 1,	       /* old: reached by the current marking (or kept by the sweeper) */
 	F_REMEMBERED = 2,      /* old: its index is in rset */
 	F_YROOT = 4,	       /* young: its index is in yroots */
@@ -120,16 +141,21 @@ struct hdr {
 	uint32_t nrefs;
 };
 
+/* A large object: malloc'd with this prefix, listed in h->ltab at index lix. */
 struct large {
-	struct large *prev, *next;
 	size_t size;
-	size_t pad; /* keeps the header 16-byte aligned */
+	uint32_t lix;
+	uint32_t pad; /* keeps the header 16-byte aligned */
 };
 
+/* A handle slot, 8 bytes. loc says where the object is: 0 none (a slot reserved while its
+ * object is being allocated), 1..span the word (8 bytes) at loc - 1 of the heap's one
+ * reservation (young and old spaces), above span the large object ltab[loc - span - 1].
+ * A free slot has roots == ROOTS_FREE and chains the free list through loc (next free
+ * index + 1, 0 ends). */
 struct slot {
-	struct hdr *obj; /* NULL when free */
-	uint32_t gen;
-	uint32_t roots; /* root count; free slot: next free index + 1 */
+	uint32_t loc;
+	uint32_t tag; /* generation in the low GEN_BITS, root count above (ROOT_ONE each) */
 };
 
 struct vec {
@@ -141,8 +167,9 @@ enum state { IDLE, MARKING, SWEEPING };
 
 struct heap {
 	struct heap_config cfg;
-	char *ymem;   /* both semi-spaces, 2 * semi bytes reserved */
-	size_t semi;  /* reserved bytes per semi-space: config.semi_space, the user's limit */
+	char *mem;    /* the one reservation: both semi-spaces, then the old arena */
+	size_t span;  /* its length in words: slot locations 1..span are addresses in it */
+	char *ymem;   /* both semi-spaces, 2 * ysize bytes at mem */
 	size_t ysize; /* bytes per semi-space in use: min(semi, HEAP_SEMI_SPACE_USED) */
 	char *from, *to, *ytop;
 	char *ylimit;		 /* allocation stops here: from + min(ysize, fcommit) */
@@ -156,7 +183,8 @@ struct heap {
 	size_t ofree;		    /* bytes in free chunks below otop */
 	uint32_t flist[NCLASS + 1]; /* [w]: chunks of w words; [0]: bigger ones, first fit */
 	uint64_t fmask;		    /* bit w set: flist[w] non-empty */
-	struct large *large;
+	struct large **ltab;	    /* every large object; ltab[i]->lix == i */
+	size_t nlarge, large_cap;
 	size_t large_bytes;
 
 	struct slot *slots; /* the handle table: one reservation, never moved */
@@ -212,9 +240,50 @@ static struct slot *slot_at(const struct heap *h, uint32_t idx)
 	return &h->slots[idx];
 }
 
+static struct hdr *large_hdr(struct large *l)
+{
+	return (struct hdr *)(l + 1);
+}
+
+/* The object of a slot that has one (slot_live). */
+static inline struct hdr *slot_obj(const struct heap *h, const struct slot *s)
+{
+	if (s->loc <= h->span)
+		return (struct hdr *)(h->mem + (size_t)(s->loc - 1) * 8);
+	return large_hdr(h->ltab[s->loc - h->span - 1]);
+}
+
+/* A slot's tag is one 32-bit word, always written whole: a narrower store (a bit-field)
+ * followed by a load of the word stalls store forwarding, and that doubled heap_alloc. */
+static inline uint32_t slot_gen(const struct slot *s)
+{
+	return s->tag & GEN_MAX;
+}
+
+static inline uint32_t slot_roots(const struct slot *s)
+{
+	return s->tag >> GEN_BITS;
+}
+
+static inline void slot_set_roots(struct slot *s, uint32_t roots)
+{
+	s->tag = slot_gen(s) | roots << GEN_BITS;
+}
+
+static inline bool slot_live(const struct slot *s)
+{
+	return slot_roots(s) != ROOTS_FREE && s->loc != 0;
+}
+
+/* Points slot idx at o, an object in the reservation. */
+static inline void slot_place(struct heap *h, uint32_t idx, const struct hdr *o)
+{
+	slot_at(h, idx)->loc = (uint32_t)(((const char *)o - h->mem) / 8 + 1);
+}
+
 static uint64_t handle_of(const struct heap *h, uint32_t idx)
 {
-	return ((uint64_t)slot_at(h, idx)->gen << 32) | ((uint64_t)idx + 1);
+	return ((uint64_t)slot_gen(slot_at(h, idx)) << 32) | ((uint64_t)idx + 1);
 }
 
 /* True when o is old garbage the sweeper has not reached yet. */
@@ -233,7 +302,7 @@ static struct slot *lookup(const struct heap *h, uint64_t handle)
 	if (low == 0 || low - 1 >= h->used_slots)
 		return NULL;
 	struct slot *s = slot_at(h, low - 1);
-	if (s->obj == NULL || s->gen != (uint32_t)(handle >> 32) || known_dead(h, s->obj))
+	if (!slot_live(s) || slot_gen(s) != handle >> 32 || known_dead(h, slot_obj(h, s)))
 		return NULL;
 	return s;
 }
@@ -245,17 +314,17 @@ static bool in_range(const void *p, const char *base, size_t len)
 
 static bool is_young(const struct heap *h, const struct hdr *o)
 {
-	return in_range(o, h->ymem, 2 * h->semi);
+	return in_range(o, h->ymem, 2 * h->ysize);
 }
 
 static bool in_from(const struct heap *h, const struct hdr *o)
 {
-	return in_range(o, h->from, h->semi);
+	return in_range(o, h->from, h->ysize);
 }
 
 static bool in_to(const struct heap *h, const struct hdr *o)
 {
-	return in_range(o, h->to, h->semi);
+	return in_range(o, h->to, h->ysize);
 }
 
 static bool is_old(const struct heap *h, const struct hdr *o)
@@ -403,7 +472,10 @@ static int slot_alloc(struct heap *h, uint32_t *idx)
 {
 	if (h->free_slot != 0) {
 		*idx = h->free_slot - 1;
-		h->free_slot = slot_at(h, *idx)->roots;
+		struct slot *s = slot_at(h, *idx);
+		h->free_slot = s->loc;
+		s->loc = 0;
+		slot_set_roots(s, 0);
 		h->live_slots++;
 		return 0;
 	}
@@ -420,23 +492,21 @@ static int slot_alloc(struct heap *h, uint32_t *idx)
 		h->slot_commit += n;
 	}
 	*idx = (uint32_t)h->used_slots++;
-	slot_at(h, *idx)->gen = 1;
+	slot_at(h, *idx)->tag = 1; /* generation 1, no root */
+	slot_at(h, *idx)->loc = 0;
 	h->live_slots++;
 	return 0;
 }
 
-/* The object in slot idx is gone: bump the generation so old handles go stale. A slot
- * whose generation would wrap is retired instead of reused. */
+/* The object in slot idx is gone: bump the generation so old handles go stale (it wraps
+ * from GEN_MAX to 1; see the top comment) and push the slot on the free list. */
 static inline void slot_release(struct heap *h, uint32_t idx)
 {
 	struct slot *s = slot_at(h, idx);
-	s->obj = NULL;
-	s->roots = 0;
 	h->live_slots--;
-	if (s->gen == UINT32_MAX)
-		return;
-	s->gen++;
-	s->roots = h->free_slot;
+	uint32_t gen = slot_gen(s);
+	s->tag = (gen == GEN_MAX ? 1 : gen + 1) | (uint32_t)ROOTS_FREE << GEN_BITS;
+	s->loc = h->free_slot;
 	h->free_slot = idx + 1;
 }
 
@@ -594,7 +664,7 @@ static void compact_step(struct heap *h, size_t budget)
 			o->flags &= (uint8_t)~F_MARK;
 			if (dst != p) {
 				memmove(dst, p, sz);
-				slot_at(h, ((struct hdr *)dst)->idx)->obj = (struct hdr *)dst;
+				slot_place(h, ((struct hdr *)dst)->idx, (struct hdr *)dst);
 			}
 			dst += sz;
 		} else if (o->type != T_FREE) {
@@ -688,7 +758,7 @@ static void shade(struct heap *h, struct hdr *o)
 static struct hdr *ref_obj(const struct heap *h, uint64_t r)
 {
 	struct slot *s = lookup(h, r);
-	return s ? s->obj : NULL;
+	return s ? slot_obj(h, s) : NULL;
 }
 
 static size_t scan_for_mark(struct heap *h, struct hdr *o)
@@ -714,8 +784,8 @@ static void mark_rescan(struct heap *h)
 		if (o->type != T_FREE && (o->flags & F_MARK))
 			scan_for_mark(h, o);
 	}
-	for (struct large *l = h->large; l != NULL; l = l->next) {
-		struct hdr *o = (struct hdr *)(l + 1);
+	for (size_t i = 0; i < h->nlarge; i++) {
+		struct hdr *o = large_hdr(h->ltab[i]);
 		if (o->flags & F_MARK)
 			scan_for_mark(h, o);
 	}
@@ -733,9 +803,9 @@ static bool mark_step(struct heap *h, size_t budget)
 			for (size_t end = h->root_cursor + n; h->root_cursor < end;
 			     h->root_cursor++) {
 				struct slot *s = slot_at(h, (uint32_t)h->root_cursor);
-				if (s->obj != NULL && s->roots != 0 &&
-				    (h->full_mark || is_old(h, s->obj)))
-					shade(h, s->obj);
+				if (slot_live(s) && slot_roots(s) != 0 &&
+				    (h->full_mark || is_old(h, slot_obj(h, s))))
+					shade(h, slot_obj(h, s));
 			}
 			budget =
 			    budget > n * sizeof(struct slot) ? budget - n * sizeof(struct slot) : 0;
@@ -747,7 +817,7 @@ static bool mark_step(struct heap *h, size_t budget)
 			mark_rescan(h);
 			continue;
 		}
-		struct hdr *o = slot_at(h, h->mstack.v[--h->mstack.len])->obj;
+		struct hdr *o = slot_obj(h, slot_at(h, h->mstack.v[--h->mstack.len]));
 		size_t sz = scan_for_mark(h, o);
 		budget = budget > sz ? budget - sz : 0;
 	}
@@ -777,7 +847,7 @@ static void mark_start(struct heap *h)
 static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char **to_top)
 {
 	struct slot *s = slot_at(h, idx);
-	struct hdr *o = s->obj;
+	struct hdr *o = slot_obj(h, s);
 	if (!in_from(h, o))
 		return o;
 	size_t size = obj_size(o);
@@ -808,7 +878,7 @@ static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char
 		n->age = age > 255 ? 255 : (uint8_t)age;
 	}
 	o->flags |= F_FORWARDED;
-	s->obj = n;
+	slot_place(h, idx, n);
 	return n;
 }
 
@@ -851,14 +921,15 @@ static int scavenge(struct heap *h, bool promote_all)
 
 	for (size_t i = 0; i < h->yroots.len; i++) {
 		struct slot *s = slot_at(h, h->yroots.v[i]);
-		if (s->obj != NULL && s->roots != 0)
+		if (slot_live(s) && slot_roots(s) != 0)
 			evacuate(h, h->yroots.v[i], promote_all, &to_top);
 	}
 
 	/* Remembered set: drop stale entries and duplicates, then scan each once. */
 	size_t n = 0;
 	for (size_t i = 0; i < h->rset.len; i++) {
-		struct hdr *o = slot_at(h, h->rset.v[i])->obj;
+		struct slot *s = slot_at(h, h->rset.v[i]);
+		struct hdr *o = slot_live(s) ? slot_obj(h, s) : NULL;
 		if (o == NULL || is_young(h, o) || !(o->flags & F_REMEMBERED))
 			continue;
 		o->flags &= (uint8_t)~F_REMEMBERED;
@@ -868,7 +939,7 @@ static int scavenge(struct heap *h, bool promote_all)
 	h->rset.len = n;
 	n = 0;
 	for (size_t i = 0; i < h->rset.len; i++) {
-		struct hdr *o = slot_at(h, h->rset.v[i])->obj;
+		struct hdr *o = slot_obj(h, slot_at(h, h->rset.v[i]));
 		if (scavenge_refs(h, o, promote_all, &to_top)) {
 			o->flags |= F_REMEMBERED;
 			h->rset.v[n++] = h->rset.v[i];
@@ -884,7 +955,7 @@ static int scavenge(struct heap *h, bool promote_all)
 			continue;
 		}
 		uint32_t idx = h->pstack.v[--h->pstack.len];
-		struct hdr *o = slot_at(h, idx)->obj;
+		struct hdr *o = slot_obj(h, slot_at(h, idx));
 		if (scavenge_refs(h, o, promote_all, &to_top) && !(o->flags & F_REMEMBERED)) {
 			o->flags |= F_REMEMBERED;
 			h->rset.v[h->rset.len++] = idx;
@@ -910,10 +981,10 @@ static int scavenge(struct heap *h, bool promote_all)
 	for (size_t i = 0; i < h->yroots.len; i++) {
 		uint32_t idx = h->yroots.v[i];
 		struct slot *s = slot_at(h, idx);
-		if (s->obj == NULL || !in_from(h, s->obj) || s->roots == 0 ||
-		    (s->obj->flags & F_YROOT))
+		struct hdr *o = slot_live(s) ? slot_obj(h, s) : NULL;
+		if (o == NULL || !in_from(h, o) || slot_roots(s) == 0 || (o->flags & F_YROOT))
 			continue;
-		s->obj->flags |= F_YROOT;
+		o->flags |= F_YROOT;
 		h->yroots.v[n++] = idx;
 	}
 	h->yroots.len = n;
@@ -924,26 +995,32 @@ static int scavenge(struct heap *h, bool promote_all)
 
 /* ---- finishing a cycle ---- */
 
+/* Unlists and frees large object l (its handle is retired already): the last entry of ltab
+ * moves into its place, and that object's slot follows it. */
+static void large_drop(struct heap *h, struct large *l)
+{
+	struct large *last = h->ltab[--h->nlarge];
+	if (last != l) {
+		last->lix = l->lix;
+		h->ltab[l->lix] = last;
+		slot_at(h, large_hdr(last)->idx)->loc = (uint32_t)(h->span + 1 + last->lix);
+	}
+	h->large_bytes -= l->size;
+	free(l);
+}
+
 static void large_sweep(struct heap *h)
 {
-	struct large *l = h->large;
-	while (l != NULL) {
-		struct large *next = l->next;
-		struct hdr *o = (struct hdr *)(l + 1);
+	for (size_t i = 0; i < h->nlarge;) {
+		struct large *l = h->ltab[i];
+		struct hdr *o = large_hdr(l);
 		if (o->flags & F_MARK) {
 			o->flags &= (uint8_t)~F_MARK;
+			i++;
 		} else {
 			reclaim(h, o);
-			if (l->prev != NULL)
-				l->prev->next = next;
-			else
-				h->large = next;
-			if (next != NULL)
-				next->prev = l->prev;
-			h->large_bytes -= l->size;
-			free(l);
+			large_drop(h, l); /* ltab[i] is now another object, or i == nlarge */
 		}
-		l = next;
 	}
 }
 
@@ -1080,22 +1157,23 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	if (h == NULL)
 		return -ENOMEM;
 	h->cfg = c;
-	h->semi = c.semi_space;
-	h->ysize = h->semi < HEAP_SEMI_SPACE_USED ? h->semi : HEAP_SEMI_SPACE_USED;
+	h->ysize = c.semi_space < HEAP_SEMI_SPACE_USED ? c.semi_space : HEAP_SEMI_SPACE_USED;
 	h->olimit = c.old_space;
 	/* No object is smaller than a header, so the young and old spaces together can never hold
 	 * more objects than this: the handle table cannot run out before the spaces do. */
 	size_t most = (h->ysize + h->olimit) / sizeof(struct hdr) + 2;
 	h->max_slots = most < (size_t)UINT32_MAX - 1 ? most : (size_t)UINT32_MAX - 1;
-	h->ymem = reserve(2 * h->semi);
-	h->obase = reserve(h->olimit);
+	h->span = (2 * h->ysize + h->olimit) / 8;
+	h->mem = reserve(h->span * 8);
 	h->slots = reserve(h->max_slots * sizeof(struct slot));
-	if (h->ymem == NULL || h->obase == NULL || h->slots == NULL) {
+	if (h->mem == NULL || h->slots == NULL) {
 		heap_free(h);
 		return -ENOMEM;
 	}
+	h->ymem = h->mem;
+	h->obase = h->mem + 2 * h->ysize;
 	h->from = h->ytop = h->ylimit = h->ymem;
-	h->to = h->ymem + h->semi;
+	h->to = h->ymem + h->ysize;
 	h->otop = h->ocommit = h->obase;
 	h->oahead = COMMIT_MIN; /* nothing is committed before it is about to be used */
 	sweep_done(h);
@@ -1114,8 +1192,8 @@ static void each_object(struct heap *h, void (*fn)(struct heap *h, struct hdr *o
 	for (char *p = h->obase; p < h->otop; p += obj_size((struct hdr *)p))
 		if (((struct hdr *)p)->type != T_FREE)
 			fn(h, (struct hdr *)p, arg);
-	for (struct large *l = h->large; l != NULL; l = l->next)
-		fn(h, (struct hdr *)(l + 1), arg);
+	for (size_t i = 0; i < h->nlarge; i++)
+		fn(h, large_hdr(h->ltab[i]), arg);
 }
 
 static void reclaim_each(struct heap *h, struct hdr *o, void *arg)
@@ -1151,18 +1229,15 @@ void heap_free(struct heap *h)
 		h->state = IDLE; /* every object is finalized, garbage or not */
 		each_object(h, reclaim_each, NULL);
 	}
-	while (h->large != NULL) {
-		struct large *next = h->large->next;
-		free(h->large);
-		h->large = next;
-	}
+	for (size_t i = 0; i < h->nlarge; i++)
+		free(h->ltab[i]);
+	free(h->ltab);
 	unreserve(h->slots, h->max_slots * sizeof(struct slot));
 	free(h->rset.v);
 	free(h->yroots.v);
 	free(h->mstack.v);
 	free(h->pstack.v);
-	unreserve(h->ymem, 2 * h->semi);
-	unreserve(h->obase, h->olimit);
+	unreserve(h->mem, h->span * 8);
 	free(h);
 }
 
@@ -1173,17 +1248,26 @@ static struct hdr *large_alloc(struct heap *h, size_t size)
 		    (size_t)(h->otop - h->obase) + h->large_bytes + size > h->olimit)
 			return NULL;
 	}
+	/* A slot's loc names a large object as span + 1 + its ltab index, in 32 bits. */
+	if (h->nlarge >= (size_t)UINT32_MAX - h->span)
+		return NULL;
+	if (h->nlarge == h->large_cap) {
+		size_t cap = h->large_cap ? 2 * h->large_cap : 16;
+		struct large **t = realloc(h->ltab, cap * sizeof(*t));
+		if (t == NULL)
+			return NULL;
+		h->ltab = t;
+		h->large_cap = cap;
+	}
 	struct large *l = malloc(sizeof(*l) + size);
 	if (l == NULL)
 		return NULL;
 	l->size = size;
-	l->prev = NULL;
-	l->next = h->large;
-	if (h->large != NULL)
-		h->large->prev = l;
-	h->large = l;
+	l->lix = (uint32_t)h->nlarge;
+	l->pad = 0;
+	h->ltab[h->nlarge++] = l;
 	h->large_bytes += size;
-	struct hdr *o = (struct hdr *)(l + 1);
+	struct hdr *o = large_hdr(l);
 	o->flags = F_LARGE | (h->state == MARKING ? F_MARK : 0);
 	return o;
 }
@@ -1226,9 +1310,13 @@ static uint64_t alloc_finish(struct heap *h, struct hdr *o, uint32_t idx, unsign
 	o->nrefs = (uint32_t)nrefs;
 	memset(o + 1, 0, size - sizeof(*o));
 	struct slot *s = slot_at(h, idx);
-	s->obj = o;
-	s->roots = 1;
-	return ((uint64_t)s->gen << 32) | ((uint64_t)idx + 1);
+	if (o->flags & F_LARGE)
+		s->loc = (uint32_t)(h->span + 1 + ((struct large *)o - 1)->lix);
+	else
+		slot_place(h, idx, o);
+	uint32_t gen = slot_gen(s);
+	s->tag = gen | ROOT_ONE;
+	return ((uint64_t)gen << 32) | ((uint64_t)idx + 1);
 }
 
 /* Every allocation heap_alloc's straight line does not take: a large object, a full (or not
@@ -1276,7 +1364,7 @@ uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
 	    h->free_slot == 0 || h->yroots.len == h->yroots.cap || h->state != IDLE)
 		return alloc_slow(h, type, nrefs, nbytes, size);
 	uint32_t idx = h->free_slot - 1;
-	h->free_slot = slot_at(h, idx)->roots;
+	h->free_slot = slot_at(h, idx)->loc;
 	h->live_slots++;
 	struct hdr *o = (struct hdr *)h->ytop;
 	h->ytop += size;
@@ -1288,7 +1376,7 @@ uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
 void *heap_deref(struct heap *h, uint64_t handle)
 {
 	struct slot *s = lookup(h, handle);
-	return s != NULL ? payload(s->obj) : NULL;
+	return s != NULL ? payload(slot_obj(h, s)) : NULL;
 }
 
 uint64_t heap_handle_at(struct heap *h, uint32_t index)
@@ -1302,7 +1390,7 @@ uint64_t heap_handle_at(struct heap *h, uint32_t index)
 int heap_type(struct heap *h, uint64_t handle)
 {
 	struct slot *s = lookup(h, handle);
-	return s ? s->obj->type : -ESTALE;
+	return s ? slot_obj(h, s)->type : -ESTALE;
 }
 
 int heap_shape(struct heap *h, uint64_t handle, size_t *nrefs, size_t *nbytes)
@@ -1310,10 +1398,11 @@ int heap_shape(struct heap *h, uint64_t handle, size_t *nrefs, size_t *nbytes)
 	struct slot *s = lookup(h, handle);
 	if (s == NULL)
 		return -ESTALE;
+	struct hdr *o = slot_obj(h, s);
 	if (nrefs != NULL)
-		*nrefs = s->obj->nrefs;
+		*nrefs = o->nrefs;
 	if (nbytes != NULL)
-		*nbytes = s->obj->nbytes;
+		*nbytes = o->nbytes;
 	return 0;
 }
 
@@ -1323,17 +1412,18 @@ int heap_set_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t target)
 	struct slot *t = target ? lookup(h, target) : NULL;
 	if (s == NULL || (target != 0 && t == NULL))
 		return -ESTALE;
-	struct hdr *o = s->obj;
+	struct hdr *o = slot_obj(h, s);
 	if (slot >= o->nrefs)
 		return -EINVAL;
 	if (t != NULL) {
-		if (is_old(h, o) && is_young(h, t->obj) && !(o->flags & F_REMEMBERED)) {
+		struct hdr *to = slot_obj(h, t);
+		if (is_old(h, o) && is_young(h, to) && !(o->flags & F_REMEMBERED)) {
 			if (vec_push(&h->rset, o->idx) < 0)
 				return -ENOMEM;
 			o->flags |= F_REMEMBERED;
 		}
-		if (h->state == MARKING && is_old(h, t->obj))
-			shade(h, t->obj);
+		if (h->state == MARKING && is_old(h, to))
+			shade(h, to);
 	}
 	refs(o)[slot] = target;
 	return 0;
@@ -1344,9 +1434,10 @@ int heap_get_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t *target)
 	struct slot *s = lookup(h, obj);
 	if (s == NULL)
 		return -ESTALE;
-	if (slot >= s->obj->nrefs)
+	struct hdr *o = slot_obj(h, s);
+	if (slot >= o->nrefs)
 		return -EINVAL;
-	*target = refs(s->obj)[slot];
+	*target = refs(o)[slot];
 	return 0;
 }
 
@@ -1355,9 +1446,9 @@ int heap_root_inc(struct heap *h, uint64_t handle)
 	struct slot *s = lookup(h, handle);
 	if (s == NULL)
 		return -ESTALE;
-	if (s->roots == UINT32_MAX)
+	if (slot_roots(s) == ROOTS_MAX)
 		return -EOVERFLOW;
-	struct hdr *o = s->obj;
+	struct hdr *o = slot_obj(h, s);
 	if (is_young(h, o) && !(o->flags & F_YROOT)) {
 		if (vec_push(&h->yroots, o->idx) < 0)
 			return -ENOMEM;
@@ -1365,7 +1456,7 @@ int heap_root_inc(struct heap *h, uint64_t handle)
 	}
 	if (h->state == MARKING && is_old(h, o))
 		shade(h, o);
-	s->roots++;
+	s->tag += ROOT_ONE;
 	return 0;
 }
 
@@ -1374,16 +1465,16 @@ int heap_root_dec(struct heap *h, uint64_t handle)
 	struct slot *s = lookup(h, handle);
 	if (s == NULL)
 		return -ESTALE;
-	if (s->roots == 0)
+	if (slot_roots(s) == 0)
 		return -EINVAL;
-	s->roots--;
+	s->tag -= ROOT_ONE;
 	return 0;
 }
 
 long heap_root_count(struct heap *h, uint64_t handle)
 {
 	struct slot *s = lookup(h, handle);
-	return s != NULL ? (long)s->roots : -ESTALE;
+	return s != NULL ? (long)slot_roots(s) : -ESTALE;
 }
 
 int heap_collect(struct heap *h, enum heap_collect_kind kind)
@@ -1441,7 +1532,8 @@ static int verify_object(struct verify *v, struct hdr *o, const char *space)
 	struct heap *h = v->h;
 	if (o->type > HEAP_TYPE_MAX || o->nrefs > HEAP_REFS_MAX || o->nbytes > HEAP_BYTES_MAX)
 		return fail(v, "%s object %p: bad header", space, (void *)o);
-	if (o->idx >= h->used_slots || slot_at(h, o->idx)->obj != o)
+	if (o->idx >= h->used_slots || !slot_live(slot_at(h, o->idx)) ||
+	    slot_obj(h, slot_at(h, o->idx)) != o)
 		return fail(v, "%s object %p: slot %u does not point back", space, (void *)o,
 			    o->idx);
 	v->objects++;
@@ -1460,7 +1552,7 @@ static int verify_object(struct verify *v, struct hdr *o, const char *space)
 			return fail(v, "%s object slot %u: ref %u is stale (%#llx)", space, o->idx,
 				    i, (unsigned long long)r);
 		}
-		young_ref |= is_young(h, s->obj);
+		young_ref |= is_young(h, slot_obj(h, s));
 	}
 	bool listed = (v->listed[o->idx / 8] >> (o->idx % 8)) & 1;
 	if (is_old(h, o)) {
@@ -1475,7 +1567,7 @@ static int verify_object(struct verify *v, struct hdr *o, const char *space)
 		return fail(v, "young object slot %u has old flags %#x", o->idx, o->flags);
 	} else if ((o->flags & F_YROOT) && !listed) {
 		return fail(v, "young object slot %u flagged root but not in yroots", o->idx);
-	} else if (!(o->flags & F_YROOT) && slot_at(h, o->idx)->roots != 0) {
+	} else if (!(o->flags & F_YROOT) && slot_roots(slot_at(h, o->idx)) != 0) {
 		return fail(v, "young object slot %u rooted but not in yroots", o->idx);
 	}
 	return 0;
@@ -1519,9 +1611,10 @@ static int verify_spaces(struct verify *v)
 	if (free_bytes != h->ofree)
 		return fail(v, "free bytes %zu but accounted %zu", free_bytes, h->ofree);
 	size_t large_bytes = 0;
-	for (struct large *l = h->large; l != NULL; l = l->next) {
-		struct hdr *o = (struct hdr *)(l + 1);
-		if (!(o->flags & F_LARGE) || l->size != obj_size(o))
+	for (size_t i = 0; i < h->nlarge; i++) {
+		struct large *l = h->ltab[i];
+		struct hdr *o = large_hdr(l);
+		if (!(o->flags & F_LARGE) || l->size != obj_size(o) || l->lix != i)
 			return fail(v, "large object %p: bad header", (void *)o);
 		if ((rc = verify_object(v, o, "large")) < 0)
 			return rc;
@@ -1532,10 +1625,24 @@ static int verify_spaces(struct verify *v)
 	if (v->objects != h->live_slots)
 		return fail(v, "%zu objects but %zu live handles", v->objects, h->live_slots);
 	size_t free_slots = 0;
-	for (uint32_t f = h->free_slot; f != 0; f = slot_at(h, f - 1)->roots) {
-		if (f - 1 >= h->used_slots || slot_at(h, f - 1)->obj != NULL ||
-		    ++free_slots > h->used_slots)
+	for (uint32_t f = h->free_slot; f != 0; f = slot_at(h, f - 1)->loc) {
+		if (f - 1 >= h->used_slots || slot_roots(slot_at(h, f - 1)) != ROOTS_FREE ||
+		    slot_gen(slot_at(h, f - 1)) == 0 || ++free_slots > h->used_slots)
 			return fail(v, "handle free list broken at slot %u", f - 1);
+	}
+	for (size_t i = 0; i < h->used_slots; i++) {
+		const struct slot *s = slot_at(h, (uint32_t)i);
+		if (slot_gen(s) == 0)
+			return fail(v, "slot %zu: generation 0", i);
+		if (!slot_live(s))
+			continue;
+		if (s->loc > h->span + h->nlarge)
+			return fail(v, "slot %zu: location %u beyond the heap", i, s->loc);
+		const struct hdr *o = slot_obj(h, s);
+		bool young = in_range(o, h->from, (size_t)(h->ytop - h->from));
+		bool old = in_range(o, h->obase, (size_t)(h->otop - h->obase));
+		if ((s->loc <= h->span && !young && !old) || o->idx != i)
+			return fail(v, "slot %zu: location %u is not its object", i, s->loc);
 	}
 	if (free_slots + h->live_slots > h->used_slots)
 		return fail(v, "handle table: %zu free + %zu live > %zu", free_slots, h->live_slots,

@@ -104,7 +104,7 @@ struct heap_stats {
 	uint64_t heap_total; /* committed (resident) bytes: the committed parts of both
 				semi-spaces, of the old arena and of the handle table, plus
 				large objects; it grows with use, a few pages when idle */
-	uint64_t heap_used;  /* young used + old used + 16 bytes per live handle */
+	uint64_t heap_used;  /* young used + old used + 8 bytes per live handle */
 };
 
 enum heap_collect_kind {

@@ -275,6 +275,66 @@ static void large_objects_stay_put(void **state)
 	heap_free(h);
 }
 
+/* Large objects are listed in a table their handles index; when one in the middle dies, the
+ * last one takes its place and its handle follows it: every survivor stays where it was,
+ * intact, and the dead ones go stale. */
+static void large_objects_die_in_any_order(void **state)
+{
+	(void)state;
+	struct heap *h = new_heap(64 << 10, 1 << 20, NULL);
+	enum { N = 9 };
+	uint64_t big[N];
+	void *at[N];
+	for (unsigned i = 0; i < N; i++) {
+		big[i] = heap_alloc(h, 4, i % 3, 5000 + 8 * i);
+		assert_true(big[i] != 0);
+		fill(h, big[i], i);
+		at[i] = heap_deref(h, big[i]);
+	}
+	for (unsigned round = 0; round < 3; round++) {
+		for (unsigned i = round; i < N; i += 3) /* the middle first, then the last ones */
+			assert_int_equal(heap_root_dec(h, big[(i * 4) % N]), 0);
+		assert_int_equal(heap_collect(h, HEAP_FULL), 0);
+		check(h);
+		for (unsigned i = 0; i < N; i++) {
+			unsigned dead_round =
+			    ((i * 7) % N) % 3; /* (i * 4) % N = j <=> i = 7 j % N */
+			if (dead_round <= round) {
+				assert_null(heap_deref(h, big[i]));
+			} else {
+				assert_ptr_equal(heap_deref(h, big[i]), at[i]);
+				assert_true(intact(h, big[i], i));
+			}
+		}
+	}
+	heap_free(h);
+}
+
+/* A root count has room for thousands of roots (the daemon holds one per record); past its
+ * cap heap_root_inc says -EOVERFLOW and changes nothing. */
+static void root_count_saturates(void **state)
+{
+	(void)state;
+	struct heap *h = new_heap(0, 0, NULL);
+	uint64_t a = heap_alloc(h, 1, 0, 8);
+	assert_true(a != 0);
+	long n = 1;
+	int rc;
+	while ((rc = heap_root_inc(h, a)) == 0)
+		n++;
+	assert_int_equal(rc, -EOVERFLOW);
+	assert_true(n >= 4000);
+	assert_int_equal(heap_root_count(h, a), n);
+	check(h);
+	for (long i = 0; i < n; i++)
+		assert_int_equal(heap_root_dec(h, a), 0);
+	assert_int_equal(heap_root_dec(h, a), -EINVAL);
+	assert_int_equal(heap_collect(h, HEAP_MINOR), 0);
+	assert_null(heap_deref(h, a));
+	check(h);
+	heap_free(h);
+}
+
 /* The semi-space limit is a limit: the heap uses HEAP_SEMI_SPACE_USED of a bigger one. When
  * every young object survives (a burst of lookups), a scavenge promotes early rather than
  * fill to-space, so allocation goes on with scavenges alone, never a full collection. */
@@ -567,7 +627,7 @@ static void stats_follow_injected_clock(void **state)
 	assert_true(st.objects == 1);
 	assert_true(st.young.size == 64 << 10 && st.old.size == 1 << 20);
 	assert_true(st.young.used == 16 + 104);
-	assert_true(st.heap_used == st.young.used + 16);
+	assert_true(st.heap_used == st.young.used + 8); /* one 8-byte handle slot */
 	assert_int_equal(heap_collect(h, HEAP_MINOR), 0);
 	heap_stats(h, &st);
 	assert_true(st.pause_us.last == 250 && st.pause_us.max == 250 && st.pause_us.total == 250);
@@ -816,6 +876,8 @@ int main(void)
 	    cmocka_unit_test(roots_keep_chains_alive),
 	    cmocka_unit_test(enomem_keeps_records),
 	    cmocka_unit_test(large_objects_stay_put),
+	    cmocka_unit_test(large_objects_die_in_any_order),
+	    cmocka_unit_test(root_count_saturates),
 	    cmocka_unit_test(young_generation_stays_small),
 	    cmocka_unit_test(memory_follows_use),
 	    cmocka_unit_test(fragmentation_triggers_compaction),

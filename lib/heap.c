@@ -1,8 +1,7 @@
 /*
  * heap.c - a generational, moving collector for the daemon's metadata records.
  *
- * Why handles everywhere. Every object owns one slot of the handle table (struct slot: the
- * object's current address, the slot's generation, the root count). A handle is
+ * Why handles everywhere. Every object owns one slot of the handle table. A handle is
  * (generation << 32) | (slot index + 1), so it is never 0 and a reused slot yields a new
  * value. Reference slots inside objects hold handles too, not addresses. That choice makes
  * every move cheap and local: copying or sliding an object updates exactly one table entry,
@@ -12,16 +11,45 @@
  * lookup is one indexed load: a two-level table cost heap_root_dec a third of its time in
  * dependent loads.
  *
+ * A slot is 8 bytes (there is one per record, so it counts like the record itself): a 32-bit
+ * location, a 20-bit generation and a 12-bit root count. The location is not an address but
+ * a word offset (+1, so 0 means "no object yet") into the heap's single reservation, which
+ * holds both semi-spaces and the old arena; locations past that span name large objects,
+ * which are malloc'd and listed in ltab, by their ltab index. Both fit 32 bits: the span is
+ * at most (2 * 64 KiB + 16 GiB) / 8 words, just over 2^31, and heap_alloc refuses a large
+ * object that would push span + 1 + ltab length past 2^32. A free slot has the all-ones root
+ * count and chains the free list through its location. The split is a trade: the daemon
+ * holds one root per record (and briefly two or three), so 4094 roots is plenty, while the
+ * generation is only a safety net: the kernel never sends a node id it has been told to
+ * forget (FUSE FORGET), so a stale handle reaching the heap is a bug, and the generation
+ * catches it unless the slot was reused exactly a multiple of 2^20 - 1 times in between (it
+ * wraps from 2^20 - 1 to 1, never 0; a 16-bit one would wrap 16 times as often). Retiring a
+ * slot on wrap instead would leak table entries in a long-lived daemon: a busy slot (the
+ * free list is LIFO) is reused at every scavenge. Before, a slot was 16 bytes (address,
+ * 32-bit generation, 32-bit root count).
+ *
  * The allocation fast path. heap_alloc's common case (small object, semi-space room, a slot
  * on the free list, no old-generation cycle to pace) is a straight line of a dozen stores
  * and a memset; everything else goes through alloc_slow, kept out of line so the common
  * case does not pay its register saves. With it, allocation plus root_dec runs at
  * calloc+free speed or better, scavenges included (bench_heap).
  *
- * Object layout (all 8-byte aligned): a 16-byte struct hdr {type, flags, age, nbytes, slot
- * index, nrefs}, then nrefs uint64_t handles, then nbytes raw bytes rounded up to 8. The
- * first 8 bytes alone give the size of a free chunk (type T_FREE, nbytes = chunk size), so an
- * 8-byte filler is a valid chunk and the old arena can always be walked from bottom to top.
+ * Object layout (all 8-byte aligned): an 8-byte header, then nrefs uint64_t handles, then
+ * nbytes raw bytes rounded up to 8. The header is one word of bit-fields: type (6 bits, so
+ * HEAP_TYPE_MAX is 62 and T_FREE 63), flags (5), age (2: promote_age is at most 3), nbytes
+ * % 8 (3), nrefs (8), the whole size in words (12) and the slot index (28). The raw byte
+ * count is derived: (words - 1 - nrefs) * 8 less the padding the low bits imply, so
+ * heap_shape still returns exactly what the caller asked for. 12 bits of words cover every
+ * small object (at most large_object <= HEAP_SEMI_SPACE_USED / 4 = 2048 words); an object
+ * with more than 255 references or above large_object is a large one, whose header leaves
+ * nrefs and words 0 and whose struct large prefix holds size, nrefs and nbytes in full. 28
+ * index bits cap a heap at 2^28 - 1 objects (max_slots), which only a >= 2 GiB old space of
+ * minimal objects could reach; a heap_alloc beyond says ENOMEM. A free chunk's header is
+ * type T_FREE with its size in words over words and idx (40 bits), and a chunk of 16 bytes
+ * or more keeps its free-list link in the word after, so an 8-byte filler is still a valid
+ * chunk and the old arena can always be walked from bottom to top. Before, the header was
+ * 16 bytes (8-bit fields, 32-bit nbytes, idx and nrefs): with the 8-byte slot, a record
+ * costs 16 bytes less (bench_heap: 72 -> 56 B + name per inode).
  *
  * Young generation: a semi-space pair. Allocation bumps a pointer in `from`. A scavenge
  * (Cheney) copies what is reachable from the young roots (rooted young objects, kept in the
@@ -94,16 +122,25 @@
 #include <unistd.h>
 
 enum {
-	F_MARK = 1,	       /* old: reached by the current marking (or kept by the sweeper) */
-	F_REMEMBERED = 2,      /* old: its index is in rset */
-	F_YROOT = 4,	       /* young: its index is in yroots */
-	F_FORWARDED = 8,       /* young, from-space copy: the object survived this scavenge */
-	F_LARGE = 16,	       /* lives in the large-object list */
-	T_FREE = 0xff,	       /* type of a free chunk in the old arena */
-	NCLASS = 63,	       /* exact free lists for chunks of 2..NCLASS words */
-	PACE_BYTES = 16384,    /* allocation between two paced slices of old-generation work */
-	SLOT_COMMIT_MIN = 256, /* handle slots committed first (one 4 KiB page) */
-	SLOT_COMMIT = 4096     /* most handle slots committed at a time (64 KiB) */
+	GEN_BITS = 20,		       /* slot generation; the rest of a word is the root count */
+	GEN_MAX = (1 << GEN_BITS) - 1, /* wraps to 1, never 0 */
+	ROOTS_FREE = (1 << (32 - GEN_BITS)) - 1, /* root count of a free slot */
+	ROOTS_MAX = ROOTS_FREE - 1,		 /* heap_root_inc says -EOVERFLOW beyond */
+	ROOT_ONE = 1 << GEN_BITS,		 /* one root, in slot.tag */
+	F_MARK = 1,	  /* old: reached by the current marking (or kept by the sweeper) */
+	F_REMEMBERED = 2, /* old: its index is in rset */
+	F_YROOT = 4,	  /* young: its index is in yroots */
+	F_FORWARDED = 8,  /* young, from-space copy: the object survived this scavenge */
+	F_LARGE = 16,	  /* lives in the large-object list */
+	T_FREE = HEAP_TYPE_MAX + 1, /* type of a free chunk in the old arena */
+	AGE_MAX = 3,		    /* the age field saturates here: promote_age <= 3 */
+	NREFS_SMALL = 255,	    /* more reference slots: a large object */
+	WORDS_SMALL = 4095,	    /* a bigger small object could not say its size */
+	IDX_BITS = 28,		    /* slot index bits in a header: 2^28 - 1 objects at most */
+	NCLASS = 63,		    /* exact free lists for chunks of 2..NCLASS words */
+	PACE_BYTES = 16384,	    /* allocation between two paced slices of old-generation work */
+	SLOT_COMMIT_MIN = 256,	    /* handle slots committed first (one 4 KiB page) */
+	SLOT_COMMIT = 4096	    /* most handle slots committed at a time (64 KiB) */
 };
 #define PACE_WORK ((size_t)128 << 10) /* bytes of marking, sweeping or compaction per slice */
 /* The old arena is committed this far ahead of its bump pointer, this much at a time. */
@@ -113,23 +150,38 @@ enum {
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
 
+/* An object header, one 64-bit word (see the top comment). A free chunk has type T_FREE and
+ * its size in words split over words (low 12 bits) and idx (the rest). */
 struct hdr {
-	uint8_t type, flags, age, pad;
-	uint32_t nbytes; /* raw bytes; T_FREE: size of the whole chunk */
-	uint32_t idx;	 /* handle slot; T_FREE: next chunk as (offset / 8) + 1, 0 ends */
-	uint32_t nrefs;
+	uint64_t type : 6;
+	uint64_t flags : 5;
+	uint64_t age : 2;
+	uint64_t tail : 3;   /* nbytes % 8: the raw byte count is words - 1 - nrefs words, less */
+	uint64_t nrefs : 8;  /* large objects: 0, see struct large */
+	uint64_t words : 12; /* the whole object's size in words; large objects: 0 */
+	uint64_t idx : IDX_BITS; /* handle slot */
 };
+_Static_assert(sizeof(struct hdr) == 8, "an object header is one word");
+_Static_assert(HEAP_TYPE_MAX + 1 < 64, "types and T_FREE fit 6 bits");
+_Static_assert(HEAP_SEMI_SPACE_USED / 4 / 8 <= WORDS_SMALL, "a small object's size fits");
 
+/* A large object: malloc'd with this prefix, listed in h->ltab at index lix. */
 struct large {
-	struct large *prev, *next;
-	size_t size;
-	size_t pad; /* keeps the header 16-byte aligned */
+	size_t size;	 /* the whole object, header included */
+	uint32_t lix;	 /* its index in h->ltab */
+	uint32_t nrefs;	 /* what a small object's header holds */
+	uint32_t nbytes; /* ... */
+	uint32_t pad;	 /* keeps the header 8-byte aligned */
 };
 
+/* A handle slot, 8 bytes. loc says where the object is: 0 none (a slot reserved while its
+ * object is being allocated), 1..span the word (8 bytes) at loc - 1 of the heap's one
+ * reservation (young and old spaces), above span the large object ltab[loc - span - 1].
+ * A free slot has roots == ROOTS_FREE and chains the free list through loc (next free
+ * index + 1, 0 ends). */
 struct slot {
-	struct hdr *obj; /* NULL when free */
-	uint32_t gen;
-	uint32_t roots; /* root count; free slot: next free index + 1 */
+	uint32_t loc;
+	uint32_t tag; /* generation in the low GEN_BITS, root count above (ROOT_ONE each) */
 };
 
 struct vec {
@@ -141,8 +193,9 @@ enum state { IDLE, MARKING, SWEEPING };
 
 struct heap {
 	struct heap_config cfg;
-	char *ymem;   /* both semi-spaces, 2 * semi bytes reserved */
-	size_t semi;  /* reserved bytes per semi-space: config.semi_space, the user's limit */
+	char *mem;    /* the one reservation: both semi-spaces, then the old arena */
+	size_t span;  /* its length in words: slot locations 1..span are addresses in it */
+	char *ymem;   /* both semi-spaces, 2 * ysize bytes at mem */
 	size_t ysize; /* bytes per semi-space in use: min(semi, HEAP_SEMI_SPACE_USED) */
 	char *from, *to, *ytop;
 	char *ylimit;		 /* allocation stops here: from + min(ysize, fcommit) */
@@ -156,7 +209,8 @@ struct heap {
 	size_t ofree;		    /* bytes in free chunks below otop */
 	uint32_t flist[NCLASS + 1]; /* [w]: chunks of w words; [0]: bigger ones, first fit */
 	uint64_t fmask;		    /* bit w set: flist[w] non-empty */
-	struct large *large;
+	struct large **ltab;	    /* every large object; ltab[i]->lix == i */
+	size_t nlarge, large_cap;
 	size_t large_bytes;
 
 	struct slot *slots; /* the handle table: one reservation, never moved */
@@ -191,15 +245,54 @@ static size_t align8(size_t n)
 	return (n + 7) & ~(size_t)7;
 }
 
-/* The size of an object (never a free chunk: the young generation has none). */
-static size_t live_size(const struct hdr *o)
+static struct large *large_of(const struct hdr *o)
 {
-	return sizeof(struct hdr) + 8 * (size_t)o->nrefs + align8(o->nbytes);
+	return (struct large *)o - 1;
+}
+
+static inline size_t hdr_nrefs(const struct hdr *o)
+{
+	return o->flags & F_LARGE ? large_of(o)->nrefs : o->nrefs;
+}
+
+static size_t hdr_nbytes(const struct hdr *o)
+{
+	if (o->flags & F_LARGE)
+		return large_of(o)->nbytes;
+	return 8 * ((size_t)o->words - 1 - o->nrefs) - ((8 - o->tail) & 7);
+}
+
+/* The size of an object (never a free chunk: the young generation has none). */
+static inline size_t live_size(const struct hdr *o)
+{
+	return o->flags & F_LARGE ? large_of(o)->size : 8 * (size_t)o->words;
+}
+
+/* Writes a whole header in one 8-byte store. Assigning the bit-fields one by one (or a
+ * compound literal) compiles to narrow stores, and the next read of the word then stalls on
+ * store forwarding: that cost heap_alloc half its time. The shifts follow GCC's
+ * little-endian bit-field layout, which heap_new checks once. */
+static inline void hdr_set(struct hdr *o, uint64_t type, uint64_t flags, uint64_t tail,
+			   uint64_t nrefs, uint64_t words, uint64_t idx)
+{
+	uint64_t w = type | flags << 6 | tail << 13 | nrefs << 16 | words << 24 | idx << 36;
+	memcpy(o, &w, sizeof(w));
+}
+
+static size_t chunk_size(const struct hdr *c)
+{
+	return 8 * ((size_t)c->idx << 12 | c->words);
+}
+
+/* Turns the memory at c into the header of a free chunk of len bytes (len % 8 == 0). */
+static void chunk_init(struct hdr *c, size_t len)
+{
+	hdr_set(c, T_FREE, 0, 0, 0, (len / 8) & 4095, len / 8 >> 12);
 }
 
 static size_t obj_size(const struct hdr *o)
 {
-	return o->type == T_FREE ? o->nbytes : live_size(o);
+	return o->type == T_FREE ? chunk_size(o) : live_size(o);
 }
 
 static uint64_t *refs(struct hdr *o)
@@ -212,9 +305,50 @@ static struct slot *slot_at(const struct heap *h, uint32_t idx)
 	return &h->slots[idx];
 }
 
+static struct hdr *large_hdr(struct large *l)
+{
+	return (struct hdr *)(l + 1);
+}
+
+/* The object of a slot that has one (slot_live). */
+static inline struct hdr *slot_obj(const struct heap *h, const struct slot *s)
+{
+	if (s->loc <= h->span)
+		return (struct hdr *)(h->mem + (size_t)(s->loc - 1) * 8);
+	return large_hdr(h->ltab[s->loc - h->span - 1]);
+}
+
+/* A slot's tag is one 32-bit word, always written whole: a narrower store (a bit-field)
+ * followed by a load of the word stalls store forwarding, and that doubled heap_alloc. */
+static inline uint32_t slot_gen(const struct slot *s)
+{
+	return s->tag & GEN_MAX;
+}
+
+static inline uint32_t slot_roots(const struct slot *s)
+{
+	return s->tag >> GEN_BITS;
+}
+
+static inline void slot_set_roots(struct slot *s, uint32_t roots)
+{
+	s->tag = slot_gen(s) | roots << GEN_BITS;
+}
+
+static inline bool slot_live(const struct slot *s)
+{
+	return slot_roots(s) != ROOTS_FREE && s->loc != 0;
+}
+
+/* Points slot idx at o, an object in the reservation. */
+static inline void slot_place(struct heap *h, uint32_t idx, const struct hdr *o)
+{
+	slot_at(h, idx)->loc = (uint32_t)(((const char *)o - h->mem) / 8 + 1);
+}
+
 static uint64_t handle_of(const struct heap *h, uint32_t idx)
 {
-	return ((uint64_t)slot_at(h, idx)->gen << 32) | ((uint64_t)idx + 1);
+	return ((uint64_t)slot_gen(slot_at(h, idx)) << 32) | ((uint64_t)idx + 1);
 }
 
 /* True when o is old garbage the sweeper has not reached yet. */
@@ -233,7 +367,7 @@ static struct slot *lookup(const struct heap *h, uint64_t handle)
 	if (low == 0 || low - 1 >= h->used_slots)
 		return NULL;
 	struct slot *s = slot_at(h, low - 1);
-	if (s->obj == NULL || s->gen != (uint32_t)(handle >> 32) || known_dead(h, s->obj))
+	if (!slot_live(s) || slot_gen(s) != handle >> 32 || known_dead(h, slot_obj(h, s)))
 		return NULL;
 	return s;
 }
@@ -245,17 +379,17 @@ static bool in_range(const void *p, const char *base, size_t len)
 
 static bool is_young(const struct heap *h, const struct hdr *o)
 {
-	return in_range(o, h->ymem, 2 * h->semi);
+	return in_range(o, h->ymem, 2 * h->ysize);
 }
 
 static bool in_from(const struct heap *h, const struct hdr *o)
 {
-	return in_range(o, h->from, h->semi);
+	return in_range(o, h->from, h->ysize);
 }
 
 static bool in_to(const struct heap *h, const struct hdr *o)
 {
-	return in_range(o, h->to, h->semi);
+	return in_range(o, h->to, h->ysize);
 }
 
 static bool is_old(const struct heap *h, const struct hdr *o)
@@ -403,7 +537,10 @@ static int slot_alloc(struct heap *h, uint32_t *idx)
 {
 	if (h->free_slot != 0) {
 		*idx = h->free_slot - 1;
-		h->free_slot = slot_at(h, *idx)->roots;
+		struct slot *s = slot_at(h, *idx);
+		h->free_slot = s->loc;
+		s->loc = 0;
+		slot_set_roots(s, 0);
 		h->live_slots++;
 		return 0;
 	}
@@ -420,29 +557,27 @@ static int slot_alloc(struct heap *h, uint32_t *idx)
 		h->slot_commit += n;
 	}
 	*idx = (uint32_t)h->used_slots++;
-	slot_at(h, *idx)->gen = 1;
+	slot_at(h, *idx)->tag = 1; /* generation 1, no root */
+	slot_at(h, *idx)->loc = 0;
 	h->live_slots++;
 	return 0;
 }
 
-/* The object in slot idx is gone: bump the generation so old handles go stale. A slot
- * whose generation would wrap is retired instead of reused. */
+/* The object in slot idx is gone: bump the generation so old handles go stale (it wraps
+ * from GEN_MAX to 1; see the top comment) and push the slot on the free list. */
 static inline void slot_release(struct heap *h, uint32_t idx)
 {
 	struct slot *s = slot_at(h, idx);
-	s->obj = NULL;
-	s->roots = 0;
 	h->live_slots--;
-	if (s->gen == UINT32_MAX)
-		return;
-	s->gen++;
-	s->roots = h->free_slot;
+	uint32_t gen = slot_gen(s);
+	s->tag = (gen == GEN_MAX ? 1 : gen + 1) | (uint32_t)ROOTS_FREE << GEN_BITS;
+	s->loc = h->free_slot;
 	h->free_slot = idx + 1;
 }
 
 static void *payload(struct hdr *o)
 {
-	return (char *)(o + 1) + 8 * (size_t)o->nrefs;
+	return (char *)(o + 1) + 8 * hdr_nrefs(o);
 }
 
 /* Object o is garbage and its memory is about to be reused: tell the embedder (its weak
@@ -477,14 +612,12 @@ static void flist_reset(struct heap *h)
 static void chunk_add(struct heap *h, char *p, size_t len)
 {
 	struct hdr *c = (struct hdr *)p;
-	c->type = T_FREE;
-	c->flags = 0;
-	c->nbytes = (uint32_t)len;
+	chunk_init(c, len);
 	h->ofree += len;
-	if (len < sizeof(struct hdr))
+	if (len < 16) /* room for the header only: an unlisted filler */
 		return;
 	size_t w = len / 8 <= NCLASS ? len / 8 : 0;
-	c->idx = h->flist[w];
+	refs(c)[0] = h->flist[w];
 	h->flist[w] = chunk_link(h, c);
 	h->fmask |= (uint64_t)1 << w;
 }
@@ -492,8 +625,8 @@ static void chunk_add(struct heap *h, char *p, size_t len)
 static struct hdr *chunk_pop(struct heap *h, size_t w)
 {
 	struct hdr *c = chunk_at(h, h->flist[w]);
-	h->flist[w] = c->idx;
-	if (c->idx == 0)
+	h->flist[w] = (uint32_t)refs(c)[0];
+	if (h->flist[w] == 0)
 		h->fmask &= ~((uint64_t)1 << w);
 	return c;
 }
@@ -510,17 +643,23 @@ static struct hdr *flist_take(struct heap *h, size_t size)
 			c = chunk_pop(h, (size_t)__builtin_ctzll(m));
 	}
 	if (c == NULL) {
-		uint32_t *link = &h->flist[0];
-		while (*link != 0 && chunk_at(h, *link)->nbytes < size)
-			link = &chunk_at(h, *link)->idx;
-		if (*link == 0)
+		uint64_t *link = NULL; /* the link naming c; NULL: flist[0] */
+		uint32_t next = h->flist[0];
+		while (next != 0 && chunk_size(chunk_at(h, next)) < size) {
+			link = refs(chunk_at(h, next));
+			next = (uint32_t)*link;
+		}
+		if (next == 0)
 			return NULL;
-		c = chunk_at(h, *link);
-		*link = c->idx;
+		c = chunk_at(h, next);
+		if (link == NULL)
+			h->flist[0] = (uint32_t)refs(c)[0];
+		else
+			*link = refs(c)[0];
 		if (h->flist[0] == 0)
 			h->fmask &= ~(uint64_t)1;
 	}
-	size_t csize = c->nbytes;
+	size_t csize = chunk_size(c);
 	h->ofree -= csize;
 	if (csize > size)
 		chunk_add(h, (char *)c + size, csize - size);
@@ -594,7 +733,7 @@ static void compact_step(struct heap *h, size_t budget)
 			o->flags &= (uint8_t)~F_MARK;
 			if (dst != p) {
 				memmove(dst, p, sz);
-				slot_at(h, ((struct hdr *)dst)->idx)->obj = (struct hdr *)dst;
+				slot_place(h, ((struct hdr *)dst)->idx, (struct hdr *)dst);
 			}
 			dst += sz;
 		} else if (o->type != T_FREE) {
@@ -612,10 +751,7 @@ static void compact_step(struct heap *h, size_t budget)
 		h->compacting = false;
 		sweep_done(h);
 	} else if (p > dst) {
-		struct hdr *gap = (struct hdr *)dst;
-		gap->type = T_FREE;
-		gap->flags = 0;
-		gap->nbytes = (uint32_t)(p - dst);
+		chunk_init((struct hdr *)dst, (size_t)(p - dst));
 	}
 }
 
@@ -679,7 +815,7 @@ static void shade(struct heap *h, struct hdr *o)
 	o->flags |= F_MARK;
 	if (!(o->flags & F_LARGE) && is_old(h, o))
 		h->marked_bytes += obj_size(o);
-	if (o->nrefs != 0 && vec_push(&h->mstack, o->idx) < 0)
+	if (hdr_nrefs(o) != 0 && vec_push(&h->mstack, o->idx) < 0)
 		h->mark_overflow = true;
 }
 
@@ -688,13 +824,13 @@ static void shade(struct heap *h, struct hdr *o)
 static struct hdr *ref_obj(const struct heap *h, uint64_t r)
 {
 	struct slot *s = lookup(h, r);
-	return s ? s->obj : NULL;
+	return s ? slot_obj(h, s) : NULL;
 }
 
 static size_t scan_for_mark(struct heap *h, struct hdr *o)
 {
 	uint64_t *r = refs(o);
-	for (uint32_t i = 0; i < o->nrefs; i++) {
+	for (size_t i = 0, n = hdr_nrefs(o); i < n; i++) {
 		struct hdr *t = r[i] ? ref_obj(h, r[i]) : NULL;
 		if (t != NULL && (h->full_mark || is_old(h, t)))
 			shade(h, t);
@@ -714,8 +850,8 @@ static void mark_rescan(struct heap *h)
 		if (o->type != T_FREE && (o->flags & F_MARK))
 			scan_for_mark(h, o);
 	}
-	for (struct large *l = h->large; l != NULL; l = l->next) {
-		struct hdr *o = (struct hdr *)(l + 1);
+	for (size_t i = 0; i < h->nlarge; i++) {
+		struct hdr *o = large_hdr(h->ltab[i]);
 		if (o->flags & F_MARK)
 			scan_for_mark(h, o);
 	}
@@ -733,9 +869,9 @@ static bool mark_step(struct heap *h, size_t budget)
 			for (size_t end = h->root_cursor + n; h->root_cursor < end;
 			     h->root_cursor++) {
 				struct slot *s = slot_at(h, (uint32_t)h->root_cursor);
-				if (s->obj != NULL && s->roots != 0 &&
-				    (h->full_mark || is_old(h, s->obj)))
-					shade(h, s->obj);
+				if (slot_live(s) && slot_roots(s) != 0 &&
+				    (h->full_mark || is_old(h, slot_obj(h, s))))
+					shade(h, slot_obj(h, s));
 			}
 			budget =
 			    budget > n * sizeof(struct slot) ? budget - n * sizeof(struct slot) : 0;
@@ -747,7 +883,7 @@ static bool mark_step(struct heap *h, size_t budget)
 			mark_rescan(h);
 			continue;
 		}
-		struct hdr *o = slot_at(h, h->mstack.v[--h->mstack.len])->obj;
+		struct hdr *o = slot_obj(h, slot_at(h, h->mstack.v[--h->mstack.len]));
 		size_t sz = scan_for_mark(h, o);
 		budget = budget > sz ? budget - sz : 0;
 	}
@@ -777,7 +913,7 @@ static void mark_start(struct heap *h)
 static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char **to_top)
 {
 	struct slot *s = slot_at(h, idx);
-	struct hdr *o = s->obj;
+	struct hdr *o = slot_obj(h, s);
 	if (!in_from(h, o))
 		return o;
 	size_t size = obj_size(o);
@@ -795,7 +931,7 @@ static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char
 			if (h->state == MARKING) {
 				n->flags |= F_MARK;
 				h->marked_bytes += size;
-				if (n->nrefs != 0)
+				if (hdr_nrefs(n) != 0)
 					h->mstack.v[h->mstack.len++] = idx;
 			}
 		}
@@ -805,10 +941,10 @@ static struct hdr *evacuate(struct heap *h, uint32_t idx, bool promote_all, char
 		*to_top += size;
 		memcpy(n, o, size);
 		n->flags &= (uint8_t) ~(F_YROOT | F_FORWARDED | F_MARK);
-		n->age = age > 255 ? 255 : (uint8_t)age;
+		n->age = age > AGE_MAX ? AGE_MAX : age;
 	}
 	o->flags |= F_FORWARDED;
-	s->obj = n;
+	slot_place(h, idx, n);
 	return n;
 }
 
@@ -818,7 +954,7 @@ static bool scavenge_refs(struct heap *h, struct hdr *o, bool promote_all, char 
 {
 	bool young = false;
 	uint64_t *r = refs(o);
-	for (uint32_t i = 0; i < o->nrefs; i++) {
+	for (size_t i = 0, n = hdr_nrefs(o); i < n; i++) {
 		struct slot *s = r[i] ? lookup(h, r[i]) : NULL;
 		if (s == NULL)
 			continue;
@@ -851,14 +987,15 @@ static int scavenge(struct heap *h, bool promote_all)
 
 	for (size_t i = 0; i < h->yroots.len; i++) {
 		struct slot *s = slot_at(h, h->yroots.v[i]);
-		if (s->obj != NULL && s->roots != 0)
+		if (slot_live(s) && slot_roots(s) != 0)
 			evacuate(h, h->yroots.v[i], promote_all, &to_top);
 	}
 
 	/* Remembered set: drop stale entries and duplicates, then scan each once. */
 	size_t n = 0;
 	for (size_t i = 0; i < h->rset.len; i++) {
-		struct hdr *o = slot_at(h, h->rset.v[i])->obj;
+		struct slot *s = slot_at(h, h->rset.v[i]);
+		struct hdr *o = slot_live(s) ? slot_obj(h, s) : NULL;
 		if (o == NULL || is_young(h, o) || !(o->flags & F_REMEMBERED))
 			continue;
 		o->flags &= (uint8_t)~F_REMEMBERED;
@@ -868,7 +1005,7 @@ static int scavenge(struct heap *h, bool promote_all)
 	h->rset.len = n;
 	n = 0;
 	for (size_t i = 0; i < h->rset.len; i++) {
-		struct hdr *o = slot_at(h, h->rset.v[i])->obj;
+		struct hdr *o = slot_obj(h, slot_at(h, h->rset.v[i]));
 		if (scavenge_refs(h, o, promote_all, &to_top)) {
 			o->flags |= F_REMEMBERED;
 			h->rset.v[n++] = h->rset.v[i];
@@ -884,7 +1021,7 @@ static int scavenge(struct heap *h, bool promote_all)
 			continue;
 		}
 		uint32_t idx = h->pstack.v[--h->pstack.len];
-		struct hdr *o = slot_at(h, idx)->obj;
+		struct hdr *o = slot_obj(h, slot_at(h, idx));
 		if (scavenge_refs(h, o, promote_all, &to_top) && !(o->flags & F_REMEMBERED)) {
 			o->flags |= F_REMEMBERED;
 			h->rset.v[h->rset.len++] = idx;
@@ -910,10 +1047,10 @@ static int scavenge(struct heap *h, bool promote_all)
 	for (size_t i = 0; i < h->yroots.len; i++) {
 		uint32_t idx = h->yroots.v[i];
 		struct slot *s = slot_at(h, idx);
-		if (s->obj == NULL || !in_from(h, s->obj) || s->roots == 0 ||
-		    (s->obj->flags & F_YROOT))
+		struct hdr *o = slot_live(s) ? slot_obj(h, s) : NULL;
+		if (o == NULL || !in_from(h, o) || slot_roots(s) == 0 || (o->flags & F_YROOT))
 			continue;
-		s->obj->flags |= F_YROOT;
+		o->flags |= F_YROOT;
 		h->yroots.v[n++] = idx;
 	}
 	h->yroots.len = n;
@@ -924,26 +1061,32 @@ static int scavenge(struct heap *h, bool promote_all)
 
 /* ---- finishing a cycle ---- */
 
+/* Unlists and frees large object l (its handle is retired already): the last entry of ltab
+ * moves into its place, and that object's slot follows it. */
+static void large_drop(struct heap *h, struct large *l)
+{
+	struct large *last = h->ltab[--h->nlarge];
+	if (last != l) {
+		last->lix = l->lix;
+		h->ltab[l->lix] = last;
+		slot_at(h, large_hdr(last)->idx)->loc = (uint32_t)(h->span + 1 + last->lix);
+	}
+	h->large_bytes -= l->size;
+	free(l);
+}
+
 static void large_sweep(struct heap *h)
 {
-	struct large *l = h->large;
-	while (l != NULL) {
-		struct large *next = l->next;
-		struct hdr *o = (struct hdr *)(l + 1);
+	for (size_t i = 0; i < h->nlarge;) {
+		struct large *l = h->ltab[i];
+		struct hdr *o = large_hdr(l);
 		if (o->flags & F_MARK) {
 			o->flags &= (uint8_t)~F_MARK;
+			i++;
 		} else {
 			reclaim(h, o);
-			if (l->prev != NULL)
-				l->prev->next = next;
-			else
-				h->large = next;
-			if (next != NULL)
-				next->prev = l->prev;
-			h->large_bytes -= l->size;
-			free(l);
+			large_drop(h, l); /* ltab[i] is now another object, or i == nlarge */
 		}
-		l = next;
 	}
 }
 
@@ -1069,33 +1212,40 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	c.semi_space = align8(c.semi_space);
 	c.old_space = align8(c.old_space);
 	if (c.semi_space < HEAP_MIN_SEMI_SPACE || c.semi_space > ((size_t)1 << 32) ||
-	    c.old_space > HEAP_MAX_OLD_SPACE || c.promote_age > 255 ||
+	    c.old_space > HEAP_MAX_OLD_SPACE || c.promote_age > AGE_MAX ||
 	    c.large_object >
 		(c.semi_space < HEAP_SEMI_SPACE_USED ? c.semi_space : HEAP_SEMI_SPACE_USED) / 4 ||
 	    c.large_object < sizeof(struct hdr) ||
 	    !(c.compact_threshold > 0 && c.compact_threshold <= 1))
 		return -EINVAL;
 
+	struct hdr t;
+	hdr_set(&t, 1, 2, 3, 4, 5, 6);
+	if (t.type != 1 || t.flags != 2 || t.age != 0 || t.tail != 3 || t.nrefs != 4 ||
+	    t.words != 5 || t.idx != 6)
+		abort(); /* a compiler laid struct hdr out differently: hdr_set must follow it */
 	struct heap *h = calloc(1, sizeof(*h));
 	if (h == NULL)
 		return -ENOMEM;
 	h->cfg = c;
-	h->semi = c.semi_space;
-	h->ysize = h->semi < HEAP_SEMI_SPACE_USED ? h->semi : HEAP_SEMI_SPACE_USED;
+	h->ysize = c.semi_space < HEAP_SEMI_SPACE_USED ? c.semi_space : HEAP_SEMI_SPACE_USED;
 	h->olimit = c.old_space;
 	/* No object is smaller than a header, so the young and old spaces together can never hold
 	 * more objects than this: the handle table cannot run out before the spaces do. */
 	size_t most = (h->ysize + h->olimit) / sizeof(struct hdr) + 2;
-	h->max_slots = most < (size_t)UINT32_MAX - 1 ? most : (size_t)UINT32_MAX - 1;
-	h->ymem = reserve(2 * h->semi);
-	h->obase = reserve(h->olimit);
+	size_t cap = ((size_t)1 << IDX_BITS) - 1; /* what a header can name */
+	h->max_slots = most < cap ? most : cap;
+	h->span = (2 * h->ysize + h->olimit) / 8;
+	h->mem = reserve(h->span * 8);
 	h->slots = reserve(h->max_slots * sizeof(struct slot));
-	if (h->ymem == NULL || h->obase == NULL || h->slots == NULL) {
+	if (h->mem == NULL || h->slots == NULL) {
 		heap_free(h);
 		return -ENOMEM;
 	}
+	h->ymem = h->mem;
+	h->obase = h->mem + 2 * h->ysize;
 	h->from = h->ytop = h->ylimit = h->ymem;
-	h->to = h->ymem + h->semi;
+	h->to = h->ymem + h->ysize;
 	h->otop = h->ocommit = h->obase;
 	h->oahead = COMMIT_MIN; /* nothing is committed before it is about to be used */
 	sweep_done(h);
@@ -1114,8 +1264,8 @@ static void each_object(struct heap *h, void (*fn)(struct heap *h, struct hdr *o
 	for (char *p = h->obase; p < h->otop; p += obj_size((struct hdr *)p))
 		if (((struct hdr *)p)->type != T_FREE)
 			fn(h, (struct hdr *)p, arg);
-	for (struct large *l = h->large; l != NULL; l = l->next)
-		fn(h, (struct hdr *)(l + 1), arg);
+	for (size_t i = 0; i < h->nlarge; i++)
+		fn(h, large_hdr(h->ltab[i]), arg);
 }
 
 static void reclaim_each(struct heap *h, struct hdr *o, void *arg)
@@ -1151,18 +1301,15 @@ void heap_free(struct heap *h)
 		h->state = IDLE; /* every object is finalized, garbage or not */
 		each_object(h, reclaim_each, NULL);
 	}
-	while (h->large != NULL) {
-		struct large *next = h->large->next;
-		free(h->large);
-		h->large = next;
-	}
+	for (size_t i = 0; i < h->nlarge; i++)
+		free(h->ltab[i]);
+	free(h->ltab);
 	unreserve(h->slots, h->max_slots * sizeof(struct slot));
 	free(h->rset.v);
 	free(h->yroots.v);
 	free(h->mstack.v);
 	free(h->pstack.v);
-	unreserve(h->ymem, 2 * h->semi);
-	unreserve(h->obase, h->olimit);
+	unreserve(h->mem, h->span * 8);
 	free(h);
 }
 
@@ -1173,19 +1320,26 @@ static struct hdr *large_alloc(struct heap *h, size_t size)
 		    (size_t)(h->otop - h->obase) + h->large_bytes + size > h->olimit)
 			return NULL;
 	}
+	/* A slot's loc names a large object as span + 1 + its ltab index, in 32 bits. */
+	if (h->nlarge >= (size_t)UINT32_MAX - h->span)
+		return NULL;
+	if (h->nlarge == h->large_cap) {
+		size_t cap = h->large_cap ? 2 * h->large_cap : 16;
+		struct large **t = realloc(h->ltab, cap * sizeof(*t));
+		if (t == NULL)
+			return NULL;
+		h->ltab = t;
+		h->large_cap = cap;
+	}
 	struct large *l = malloc(sizeof(*l) + size);
 	if (l == NULL)
 		return NULL;
 	l->size = size;
-	l->prev = NULL;
-	l->next = h->large;
-	if (h->large != NULL)
-		h->large->prev = l;
-	h->large = l;
+	l->lix = (uint32_t)h->nlarge;
+	l->pad = 0;
+	h->ltab[h->nlarge++] = l;
 	h->large_bytes += size;
-	struct hdr *o = (struct hdr *)(l + 1);
-	o->flags = F_LARGE | (h->state == MARKING ? F_MARK : 0);
-	return o;
+	return large_hdr(l);
 }
 
 /* Whether `size` more bytes fit in the semi-space; commits them when they do. */
@@ -1209,26 +1363,28 @@ static struct hdr *young_alloc(struct heap *h, size_t size)
 	}
 	struct hdr *o = (struct hdr *)h->ytop;
 	h->ytop += size;
-	o->flags = F_YROOT;
 	return o;
 }
 
 /* Makes the memory at o object `idx`: header, zeroed reference slots and raw bytes, and the
  * slot's one root. Returns its handle. */
-static uint64_t alloc_finish(struct heap *h, struct hdr *o, uint32_t idx, unsigned type,
-			     size_t nrefs, size_t nbytes, size_t size)
+static inline uint64_t alloc_finish(struct heap *h, struct hdr *o, uint32_t idx, unsigned flags,
+				    unsigned type, size_t nrefs, size_t nbytes, size_t size)
 {
-	o->type = (uint8_t)type;
-	o->age = 0;
-	o->pad = 0;
-	o->nbytes = (uint32_t)nbytes;
-	o->idx = idx;
-	o->nrefs = (uint32_t)nrefs;
-	memset(o + 1, 0, size - sizeof(*o));
 	struct slot *s = slot_at(h, idx);
-	s->obj = o;
-	s->roots = 1;
-	return ((uint64_t)s->gen << 32) | ((uint64_t)idx + 1);
+	if (flags & F_LARGE) { /* the header cannot say its size: struct large does */
+		hdr_set(o, type, flags, 0, 0, 0, idx);
+		large_of(o)->nrefs = (uint32_t)nrefs;
+		large_of(o)->nbytes = (uint32_t)nbytes;
+		s->loc = (uint32_t)(h->span + 1 + large_of(o)->lix);
+	} else { /* one store: the fields are bits of one word */
+		hdr_set(o, type, flags, nbytes & 7, nrefs, size / 8, idx);
+		slot_place(h, idx, o);
+	}
+	memset(o + 1, 0, size - sizeof(*o));
+	uint32_t gen = slot_gen(s);
+	s->tag = gen | ROOT_ONE;
+	return ((uint64_t)gen << 32) | ((uint64_t)idx + 1);
 }
 
 /* Every allocation heap_alloc's straight line does not take: a large object, a full (or not
@@ -1237,7 +1393,7 @@ static uint64_t alloc_finish(struct heap *h, struct hdr *o, uint32_t idx, unsign
 static __attribute__((noinline)) uint64_t alloc_slow(struct heap *h, unsigned type, size_t nrefs,
 						     size_t nbytes, size_t size)
 {
-	bool large = size > h->cfg.large_object;
+	bool large = size > h->cfg.large_object || nrefs > NREFS_SMALL;
 	uint32_t idx;
 	if ((!large && vec_reserve(&h->yroots, h->yroots.len + 1) < 0) || slot_alloc(h, &idx) < 0) {
 		errno = ENOMEM;
@@ -1250,7 +1406,8 @@ static __attribute__((noinline)) uint64_t alloc_slow(struct heap *h, unsigned ty
 		errno = ENOMEM;
 		return 0;
 	}
-	uint64_t handle = alloc_finish(h, o, idx, type, nrefs, nbytes, size);
+	unsigned flags = !large ? F_YROOT : F_LARGE | (h->state == MARKING ? F_MARK : 0);
+	uint64_t handle = alloc_finish(h, o, idx, flags, type, nrefs, nbytes, size);
 	if (!large)
 		h->yroots.v[h->yroots.len++] = idx;
 	if (h->state != IDLE) {
@@ -1272,23 +1429,23 @@ uint64_t heap_alloc(struct heap *h, unsigned type, size_t nrefs, size_t nbytes)
 		return 0;
 	}
 	size_t size = sizeof(struct hdr) + 8 * nrefs + align8(nbytes);
-	if (size > h->cfg.large_object || size > (size_t)(h->ylimit - h->ytop) ||
-	    h->free_slot == 0 || h->yroots.len == h->yroots.cap || h->state != IDLE)
+	if (size > h->cfg.large_object || nrefs > NREFS_SMALL ||
+	    size > (size_t)(h->ylimit - h->ytop) || h->free_slot == 0 ||
+	    h->yroots.len == h->yroots.cap || h->state != IDLE)
 		return alloc_slow(h, type, nrefs, nbytes, size);
 	uint32_t idx = h->free_slot - 1;
-	h->free_slot = slot_at(h, idx)->roots;
+	h->free_slot = slot_at(h, idx)->loc;
 	h->live_slots++;
 	struct hdr *o = (struct hdr *)h->ytop;
 	h->ytop += size;
-	o->flags = F_YROOT;
 	h->yroots.v[h->yroots.len++] = idx;
-	return alloc_finish(h, o, idx, type, nrefs, nbytes, size);
+	return alloc_finish(h, o, idx, F_YROOT, type, nrefs, nbytes, size);
 }
 
 void *heap_deref(struct heap *h, uint64_t handle)
 {
 	struct slot *s = lookup(h, handle);
-	return s != NULL ? payload(s->obj) : NULL;
+	return s != NULL ? payload(slot_obj(h, s)) : NULL;
 }
 
 uint64_t heap_handle_at(struct heap *h, uint32_t index)
@@ -1302,7 +1459,7 @@ uint64_t heap_handle_at(struct heap *h, uint32_t index)
 int heap_type(struct heap *h, uint64_t handle)
 {
 	struct slot *s = lookup(h, handle);
-	return s ? s->obj->type : -ESTALE;
+	return s ? slot_obj(h, s)->type : -ESTALE;
 }
 
 int heap_shape(struct heap *h, uint64_t handle, size_t *nrefs, size_t *nbytes)
@@ -1310,10 +1467,11 @@ int heap_shape(struct heap *h, uint64_t handle, size_t *nrefs, size_t *nbytes)
 	struct slot *s = lookup(h, handle);
 	if (s == NULL)
 		return -ESTALE;
+	struct hdr *o = slot_obj(h, s);
 	if (nrefs != NULL)
-		*nrefs = s->obj->nrefs;
+		*nrefs = hdr_nrefs(o);
 	if (nbytes != NULL)
-		*nbytes = s->obj->nbytes;
+		*nbytes = hdr_nbytes(o);
 	return 0;
 }
 
@@ -1323,17 +1481,18 @@ int heap_set_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t target)
 	struct slot *t = target ? lookup(h, target) : NULL;
 	if (s == NULL || (target != 0 && t == NULL))
 		return -ESTALE;
-	struct hdr *o = s->obj;
-	if (slot >= o->nrefs)
+	struct hdr *o = slot_obj(h, s);
+	if (slot >= hdr_nrefs(o))
 		return -EINVAL;
 	if (t != NULL) {
-		if (is_old(h, o) && is_young(h, t->obj) && !(o->flags & F_REMEMBERED)) {
+		struct hdr *to = slot_obj(h, t);
+		if (is_old(h, o) && is_young(h, to) && !(o->flags & F_REMEMBERED)) {
 			if (vec_push(&h->rset, o->idx) < 0)
 				return -ENOMEM;
 			o->flags |= F_REMEMBERED;
 		}
-		if (h->state == MARKING && is_old(h, t->obj))
-			shade(h, t->obj);
+		if (h->state == MARKING && is_old(h, to))
+			shade(h, to);
 	}
 	refs(o)[slot] = target;
 	return 0;
@@ -1344,9 +1503,10 @@ int heap_get_ref(struct heap *h, uint64_t obj, size_t slot, uint64_t *target)
 	struct slot *s = lookup(h, obj);
 	if (s == NULL)
 		return -ESTALE;
-	if (slot >= s->obj->nrefs)
+	struct hdr *o = slot_obj(h, s);
+	if (slot >= hdr_nrefs(o))
 		return -EINVAL;
-	*target = refs(s->obj)[slot];
+	*target = refs(o)[slot];
 	return 0;
 }
 
@@ -1355,9 +1515,9 @@ int heap_root_inc(struct heap *h, uint64_t handle)
 	struct slot *s = lookup(h, handle);
 	if (s == NULL)
 		return -ESTALE;
-	if (s->roots == UINT32_MAX)
+	if (slot_roots(s) == ROOTS_MAX)
 		return -EOVERFLOW;
-	struct hdr *o = s->obj;
+	struct hdr *o = slot_obj(h, s);
 	if (is_young(h, o) && !(o->flags & F_YROOT)) {
 		if (vec_push(&h->yroots, o->idx) < 0)
 			return -ENOMEM;
@@ -1365,7 +1525,7 @@ int heap_root_inc(struct heap *h, uint64_t handle)
 	}
 	if (h->state == MARKING && is_old(h, o))
 		shade(h, o);
-	s->roots++;
+	s->tag += ROOT_ONE;
 	return 0;
 }
 
@@ -1374,16 +1534,16 @@ int heap_root_dec(struct heap *h, uint64_t handle)
 	struct slot *s = lookup(h, handle);
 	if (s == NULL)
 		return -ESTALE;
-	if (s->roots == 0)
+	if (slot_roots(s) == 0)
 		return -EINVAL;
-	s->roots--;
+	s->tag -= ROOT_ONE;
 	return 0;
 }
 
 long heap_root_count(struct heap *h, uint64_t handle)
 {
 	struct slot *s = lookup(h, handle);
-	return s != NULL ? (long)s->roots : -ESTALE;
+	return s != NULL ? (long)slot_roots(s) : -ESTALE;
 }
 
 int heap_collect(struct heap *h, enum heap_collect_kind kind)
@@ -1439,9 +1599,13 @@ static int fail(struct verify *v, const char *fmt, ...)
 static int verify_object(struct verify *v, struct hdr *o, const char *space)
 {
 	struct heap *h = v->h;
-	if (o->type > HEAP_TYPE_MAX || o->nrefs > HEAP_REFS_MAX || o->nbytes > HEAP_BYTES_MAX)
+	if (o->type > HEAP_TYPE_MAX || hdr_nrefs(o) > HEAP_REFS_MAX ||
+	    hdr_nbytes(o) > HEAP_BYTES_MAX ||
+	    live_size(o) != align8(hdr_nbytes(o)) + 8 * (hdr_nrefs(o) + 1) ||
+	    (!(o->flags & F_LARGE) && live_size(o) > v->h->cfg.large_object) || o->age > AGE_MAX)
 		return fail(v, "%s object %p: bad header", space, (void *)o);
-	if (o->idx >= h->used_slots || slot_at(h, o->idx)->obj != o)
+	if (o->idx >= h->used_slots || !slot_live(slot_at(h, o->idx)) ||
+	    slot_obj(h, slot_at(h, o->idx)) != o)
 		return fail(v, "%s object %p: slot %u does not point back", space, (void *)o,
 			    o->idx);
 	v->objects++;
@@ -1449,7 +1613,7 @@ static int verify_object(struct verify *v, struct hdr *o, const char *space)
 		return fail(v, "%s object %p: forwarded outside a scavenge", space, (void *)o);
 	bool garbage = known_dead(h, o);
 	bool young_ref = false;
-	for (uint32_t i = 0; i < o->nrefs; i++) {
+	for (size_t i = 0, n = hdr_nrefs(o); i < n; i++) {
 		uint64_t r = refs(o)[i];
 		if (r == 0)
 			continue;
@@ -1460,7 +1624,7 @@ static int verify_object(struct verify *v, struct hdr *o, const char *space)
 			return fail(v, "%s object slot %u: ref %u is stale (%#llx)", space, o->idx,
 				    i, (unsigned long long)r);
 		}
-		young_ref |= is_young(h, s->obj);
+		young_ref |= is_young(h, slot_obj(h, s));
 	}
 	bool listed = (v->listed[o->idx / 8] >> (o->idx % 8)) & 1;
 	if (is_old(h, o)) {
@@ -1475,7 +1639,7 @@ static int verify_object(struct verify *v, struct hdr *o, const char *space)
 		return fail(v, "young object slot %u has old flags %#x", o->idx, o->flags);
 	} else if ((o->flags & F_YROOT) && !listed) {
 		return fail(v, "young object slot %u flagged root but not in yroots", o->idx);
-	} else if (!(o->flags & F_YROOT) && slot_at(h, o->idx)->roots != 0) {
+	} else if (!(o->flags & F_YROOT) && slot_roots(slot_at(h, o->idx)) != 0) {
 		return fail(v, "young object slot %u rooted but not in yroots", o->idx);
 	}
 	return 0;
@@ -1519,9 +1683,10 @@ static int verify_spaces(struct verify *v)
 	if (free_bytes != h->ofree)
 		return fail(v, "free bytes %zu but accounted %zu", free_bytes, h->ofree);
 	size_t large_bytes = 0;
-	for (struct large *l = h->large; l != NULL; l = l->next) {
-		struct hdr *o = (struct hdr *)(l + 1);
-		if (!(o->flags & F_LARGE) || l->size != obj_size(o))
+	for (size_t i = 0; i < h->nlarge; i++) {
+		struct large *l = h->ltab[i];
+		struct hdr *o = large_hdr(l);
+		if (!(o->flags & F_LARGE) || l->size != obj_size(o) || l->lix != i)
 			return fail(v, "large object %p: bad header", (void *)o);
 		if ((rc = verify_object(v, o, "large")) < 0)
 			return rc;
@@ -1532,10 +1697,24 @@ static int verify_spaces(struct verify *v)
 	if (v->objects != h->live_slots)
 		return fail(v, "%zu objects but %zu live handles", v->objects, h->live_slots);
 	size_t free_slots = 0;
-	for (uint32_t f = h->free_slot; f != 0; f = slot_at(h, f - 1)->roots) {
-		if (f - 1 >= h->used_slots || slot_at(h, f - 1)->obj != NULL ||
-		    ++free_slots > h->used_slots)
+	for (uint32_t f = h->free_slot; f != 0; f = slot_at(h, f - 1)->loc) {
+		if (f - 1 >= h->used_slots || slot_roots(slot_at(h, f - 1)) != ROOTS_FREE ||
+		    slot_gen(slot_at(h, f - 1)) == 0 || ++free_slots > h->used_slots)
 			return fail(v, "handle free list broken at slot %u", f - 1);
+	}
+	for (size_t i = 0; i < h->used_slots; i++) {
+		const struct slot *s = slot_at(h, (uint32_t)i);
+		if (slot_gen(s) == 0)
+			return fail(v, "slot %zu: generation 0", i);
+		if (!slot_live(s))
+			continue;
+		if (s->loc > h->span + h->nlarge)
+			return fail(v, "slot %zu: location %u beyond the heap", i, s->loc);
+		const struct hdr *o = slot_obj(h, s);
+		bool young = in_range(o, h->from, (size_t)(h->ytop - h->from));
+		bool old = in_range(o, h->obase, (size_t)(h->otop - h->obase));
+		if ((s->loc <= h->span && !young && !old) || o->idx != i)
+			return fail(v, "slot %zu: location %u is not its object", i, s->loc);
 	}
 	if (free_slots + h->live_slots > h->used_slots)
 		return fail(v, "handle table: %zu free + %zu live > %zu", free_slots, h->live_slots,

@@ -2,10 +2,10 @@
  * heap.h - the metadata heap: a small generational, moving garbage collector for inode-like
  * records, addressed only through stable handles.
  *
- * Objects. heap_alloc(type, nrefs, nbytes) makes an object of a caller-chosen type (0..254)
- * with nrefs reference slots followed by nbytes raw bytes. Reference slots are precise: they
- * hold handles (or 0) and are written only through heap_set_ref, which runs the write barrier.
- * heap_deref returns a pointer to the raw bytes only, so a reference can never be stored
+ * Objects. heap_alloc(type, nrefs, nbytes) makes an object of a caller-chosen type
+ * (0..HEAP_TYPE_MAX) with nrefs reference slots followed by nbytes raw bytes. Reference slots are
+ * precise: they hold handles (or 0) and are written only through heap_set_ref, which runs the write
+ * barrier. heap_deref returns a pointer to the raw bytes only, so a reference can never be stored
  * behind the collector's back. Raw bytes and reference slots start zeroed.
  *
  * Handles. Objects move (young objects are copied, the old space may be compacted), so the
@@ -56,7 +56,7 @@
 #define HEAP_DEFAULT_COMPACT	  0.5		      /* fragmentation that triggers compaction */
 #define HEAP_MIN_SEMI_SPACE	  ((size_t)4 << 10)   /* tiny heaps are for tests */
 #define HEAP_MAX_OLD_SPACE	  ((size_t)16 << 30)
-#define HEAP_TYPE_MAX		  254
+#define HEAP_TYPE_MAX		  62
 #define HEAP_REFS_MAX		  65535
 #define HEAP_BYTES_MAX		  ((size_t)1 << 30)
 
@@ -65,7 +65,7 @@ struct heap;
 struct heap_config {
 	size_t semi_space;	  /* bytes per semi-space; 0: default; >= HEAP_MIN_SEMI_SPACE */
 	size_t old_space;	  /* max old generation bytes incl. large objects; 0: default */
-	unsigned promote_age;	  /* scavenges survived before promotion (1 or 2); 0: default */
+	unsigned promote_age;	  /* scavenges survived before promotion (1..3); 0: default */
 	size_t large_object;	  /* objects above this many bytes live in the large space and
 				     are never copied; 0: default; at most semi_space / 4 */
 	double compact_threshold; /* old-space fragmentation (0..1) above which a full
@@ -104,7 +104,7 @@ struct heap_stats {
 	uint64_t heap_total; /* committed (resident) bytes: the committed parts of both
 				semi-spaces, of the old arena and of the handle table, plus
 				large objects; it grows with use, a few pages when idle */
-	uint64_t heap_used;  /* young used + old used + 16 bytes per live handle */
+	uint64_t heap_used;  /* young used + old used + 8 bytes per live handle */
 };
 
 enum heap_collect_kind {

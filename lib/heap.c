@@ -1223,7 +1223,7 @@ int heap_new(const struct heap_config *config, struct heap **out)
 	hdr_set(&t, 1, 2, 3, 4, 5, 6);
 	if (t.type != 1 || t.flags != 2 || t.age != 0 || t.tail != 3 || t.nrefs != 4 ||
 	    t.words != 5 || t.idx != 6)
-		abort(); /* a compiler laid struct hdr out differently: hdr_set must follow it */
+		return -ENOTSUP; /* a compiler laid struct hdr out otherwise: hdr_set must follow */
 	struct heap *h = calloc(1, sizeof(*h));
 	if (h == NULL)
 		return -ENOMEM;

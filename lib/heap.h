@@ -113,7 +113,8 @@ enum heap_collect_kind {
 };
 
 /* Creates a heap. config may be NULL for all defaults. Returns 0, -EINVAL for an impossible
- * configuration or -ENOMEM. */
+ * configuration, -ENOMEM, or -ENOTSUP when built by a compiler whose bit-field layout the
+ * heap's one-store header writes do not follow (never with GCC or Clang on x86-64). */
 int heap_new(const struct heap_config *config, struct heap **out);
 void heap_free(struct heap *h);
 

@@ -95,6 +95,8 @@ struct heap_stats {
 		uint64_t fulls;	      /* stop-the-world full collections: heap_collect(HEAP_FULL)
 					 or the last resort before ENOMEM; never in normal operation */
 		double fragmentation; /* free bytes inside the old arena / arena extent, 0..1 */
+		uint64_t marked; /* bytes of old objects marking shaded (its work), all cycles */
+		uint64_t swept;	 /* arena bytes the sweeper passed, all cycles */
 	} old;
 	struct {
 		uint64_t last, max,

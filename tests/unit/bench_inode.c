@@ -40,6 +40,9 @@ static void trace(void *arg, const char *line)
 	double ms = bench_trace_pause(line, &scavenge);
 	if (ms < 0)
 		return;
+	/* SLOW_TRACE=1: the collections that took over 1 ms and every old-generation event */
+	if (getenv("SLOW_TRACE") && (ms > 1.0 || !scavenge))
+		fprintf(stderr, "trace: %s\n", line);
 	if (scavenge) {
 		bench_hist_add(&scavenge_hist, (uint64_t)(ms * 1000));
 	} else {

@@ -623,6 +623,59 @@ static void incremental_marking_with_mutation(void **state)
 	heap_free(h);
 }
 
+/* Old-generation work is bounded per pause whatever the heap holds. A marking slice of
+ * budget B marks at most about B bytes: every root it shades is charged, not only the slot it
+ * read (it shaded B / 8 roots, 1.5 ms a slice at a million records). And a scavenge whose
+ * promotions find no free chunk while a sweep is pending sweeps at most 128 KiB on their
+ * behalf (each promotion swept 64 KiB: the whole arena in one pause when nothing had died). */
+static void old_work_is_bounded_per_pause(void **state)
+{
+	(void)state;
+	enum { N = 500000, B = 16 << 10 };
+	struct heap *h = new_heap(64 << 10, 64 << 20, NULL);
+	static uint64_t obj[N];
+	struct heap_stats a, b;
+	/* Rooted records of 40 bytes until a second marking cycle starts (the first one's
+	 * trigger: twice the old space it left); checked every 100, so that allocation's own
+	 * pacing has done at most one slice of it. */
+	unsigned n = 0;
+	uint64_t first = 0; /* bytes the first cycle marked: more means the second one marks */
+	do {
+		for (unsigned k = 0; k < 100 && n < N; k++, n++)
+			assert_true((obj[n] = heap_alloc(h, 2, 1, 24)) != 0);
+		heap_stats(h, &a);
+		if (first == 0 && a.old.mark_sweeps + a.old.mark_compacts != 0)
+			first = a.old.marked;
+	} while ((first == 0 || a.old.marked == first) && n < N);
+	assert_true(n < N);
+	assert_int_equal(heap_step(h, B), 1);
+	heap_stats(h, &b);
+	assert_true(b.old.marked > a.old.marked);	    /* the slice did mark */
+	assert_true(b.old.marked - a.old.marked <= B + 64); /* and no more than its budget */
+	/* Finish marking by slices; the sweep is then pending over the whole arena. */
+	while (b.old.mark_sweeps + b.old.mark_compacts == a.old.mark_sweeps + a.old.mark_compacts) {
+		assert_int_equal(heap_step(h, B), 1);
+		heap_stats(h, &b);
+	}
+	check(h);
+	uint64_t young[200];
+	for (unsigned i = 0; i < 200; i++) /* promoted at the next scavenge (promote_age 1) */
+		young[i] = heap_alloc(h, 3, 0, 40);
+	heap_stats(h, &a);
+	assert_int_equal(heap_collect(h, HEAP_MINOR), 0);
+	heap_stats(h, &b);
+	assert_true(b.young.promoted_bytes - a.young.promoted_bytes >= 200 * 48);
+	/* 128 KiB, in steps that may each end one object past their budget */
+	assert_true(b.old.swept - a.old.swept <= (128 << 10) + 1024);
+	assert_true(b.old.swept - a.old.swept < b.old.used / 4); /* not the arena: 14 MB */
+	check(h);
+	for (unsigned i = 0; i < 200; i++)
+		assert_non_null(heap_deref(h, young[i]));
+	for (unsigned i = 0; i < n; i++)
+		assert_non_null(heap_deref(h, obj[i]));
+	heap_free(h);
+}
+
 /* The insertion barrier: during marking, a scanned (black) object B takes over the only
  * reference to an unscanned (white) W from a not yet scanned (grey) G. heap_step with
  * budget 1 does exactly one unit of work (one root slot or one object), which lets the test
@@ -926,6 +979,7 @@ int main(void)
 	    cmocka_unit_test(fragmentation_triggers_compaction),
 	    cmocka_unit_test(compaction_runs_in_slices),
 	    cmocka_unit_test(incremental_marking_with_mutation),
+	    cmocka_unit_test(old_work_is_bounded_per_pause),
 	    cmocka_unit_test(insertion_barrier_saves_moved_referent),
 	    cmocka_unit_test(stats_follow_injected_clock),
 	    cmocka_unit_test(property_random_programs),

@@ -15,7 +15,8 @@
  * The explicit full collection (heap_collect HEAP_FULL: tests, and the last resort before
  * ENOMEM) is timed last, as what it is. Built, not run as a test:
  * `build/tests/unit/bench_inode [N]`; SEMI_KIB=n sets the semi-space limit, RUNS=n the
- * throughput runs (5; medians compared), QUICK=1 stops after throughput and bytes.
+ * throughput runs (5; medians compared), QUICK=1 stops after throughput and bytes,
+ * SLOW_TRACE=1 prints every collection over 1 ms and every old-generation event.
  */
 #include <errno.h>
 #include <stdint.h>

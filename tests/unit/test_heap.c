@@ -623,6 +623,36 @@ static void incremental_marking_with_mutation(void **state)
 	heap_free(h);
 }
 
+/* New objects start zeroed, refs and bytes, also where dead objects lay in the semi-space
+ * before a scavenge (allocation no longer clears each object: the scavenge clears the space). */
+static void new_objects_start_zeroed(void **state)
+{
+	(void)state;
+	struct heap *h = new_heap(16 << 10, 1 << 20, NULL);
+	for (unsigned round = 0; round < 8; round++) {
+		uint64_t o[64];
+		for (unsigned i = 0; i < 64; i++) {
+			o[i] = heap_alloc(h, 1, 2, 40 + i % 5);
+			assert_true(o[i] != 0);
+			unsigned char *p = heap_deref(h, o[i]);
+			for (size_t k = 0; k < 40 + i % 5; k++)
+				assert_int_equal(p[k], 0);
+			uint64_t r0 = 1, r1 = 1;
+			assert_int_equal(heap_get_ref(h, o[i], 0, &r0), 0);
+			assert_int_equal(heap_get_ref(h, o[i], 1, &r1), 0);
+			assert_true(r0 == 0 && r1 == 0);
+			fill(h, o[i], i); /* garbage for the next round to find */
+			if (i > 0)
+				assert_int_equal(heap_set_ref(h, o[i], 1, o[i - 1]), 0);
+		}
+		for (unsigned i = 0; i < 64; i++)
+			assert_int_equal(heap_root_dec(h, o[i]), 0);
+		assert_int_equal(heap_collect(h, HEAP_MINOR), 0);
+		check(h); /* heap_verify: the free young space is zero */
+	}
+	heap_free(h);
+}
+
 /* Old-generation work is bounded per pause whatever the heap holds. A marking slice of
  * budget B marks at most about B bytes: every root it shades is charged, not only the slot it
  * read (it shaded B / 8 roots, 1.5 ms a slice at a million records). And a scavenge whose
@@ -979,6 +1009,7 @@ int main(void)
 	    cmocka_unit_test(fragmentation_triggers_compaction),
 	    cmocka_unit_test(compaction_runs_in_slices),
 	    cmocka_unit_test(incremental_marking_with_mutation),
+	    cmocka_unit_test(new_objects_start_zeroed),
 	    cmocka_unit_test(old_work_is_bounded_per_pause),
 	    cmocka_unit_test(insertion_barrier_saves_moved_referent),
 	    cmocka_unit_test(stats_follow_injected_clock),

@@ -188,7 +188,12 @@ int main(int argc, char **argv)
 	 * first large block freed), and a freed one stays resident there behind any small
 	 * block allocated after it: measured in the soak test, the arenas of a dozen worker
 	 * threads held 15-20 MiB of free memory, more than the whole buffer budget. */
-	if (mallopt(M_MMAP_THRESHOLD, 32 << 10) != 1) {
+	/* And one arena for all threads: glibc gives each thread that allocates an arena of its
+	 * own (up to 8 per core), and each kept 70-100 KiB resident for a few small blocks; the
+	 * daemon's small allocations (requests, segments) are short-lived and mostly served by
+	 * the per-thread cache without taking the arena's lock. RSS after find over 100,000
+	 * files: 8.6 -> 8.2 MiB. */
+	if (mallopt(M_MMAP_THRESHOLD, 32 << 10) != 1 || mallopt(M_ARENA_MAX, 1) != 1) {
 		/* Only a replacement allocator (ASan's, valgrind's) refuses: it has no arenas
 		 * to tune, and a warning would break the one-line errors of bad command lines. */
 	}

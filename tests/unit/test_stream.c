@@ -270,6 +270,21 @@ static struct stream_engine *engine(uint64_t hw, uint64_t max, unsigned threads,
 	return e;
 }
 
+/* An engine as the daemon runs it: no rate, writers' threads lent (STREAM_HELP), and one
+ * drain thread for what they leave. */
+static struct stream_engine *lending_engine(uint64_t hw)
+{
+	struct stream_config cfg = {.high_water = hw,
+				    .max_buffer = 8 * MiB,
+				    .drain_threads = 1,
+				    .clock = &fake_clock_if,
+				    .sink = &fake_sink_if};
+	struct stream_engine *e = NULL;
+	sink_reset();
+	assert_int_equal(stream_engine_new(&cfg, &e), 0);
+	return e;
+}
+
 /* Opens a stream on a fresh memfd; *check gets another descriptor of the same file. */
 static struct stream *open_stream_fd(struct stream_engine *e, int *check, int *own)
 {
@@ -671,14 +686,7 @@ static void small_writes_coalesce(void **state)
 static void idle_writes_lend_the_writer_thread(void **state)
 {
 	(void)state;
-	struct stream_config cfg = {.high_water = 64 * KiB,
-				    .max_buffer = 8 * MiB,
-				    .drain_threads = 1,
-				    .clock = &fake_clock_if,
-				    .sink = &fake_sink_if};
-	struct stream_engine *e = NULL;
-	sink_reset();
-	assert_int_equal(stream_engine_new(&cfg, &e), 0);
+	struct stream_engine *e = lending_engine(64 * KiB);
 	static unsigned char data[256 * KiB];
 	fill(data, sizeof(data), 9);
 	int check[STREAM_MAX_HELPERS + 1];
@@ -740,14 +748,7 @@ static void *helper_main(void *arg)
 static void helper_keeps_writing_what_arrives(void **state)
 {
 	(void)state;
-	struct stream_config cfg = {.high_water = 4 * MiB,
-				    .max_buffer = 8 * MiB,
-				    .drain_threads = 1,
-				    .clock = &fake_clock_if,
-				    .sink = &fake_sink_if};
-	struct stream_engine *e = NULL;
-	sink_reset();
-	assert_int_equal(stream_engine_new(&cfg, &e), 0);
+	struct stream_engine *e = lending_engine(4 * MiB);
 	static unsigned char data[64 * KiB];
 	fill(data, sizeof(data), 11);
 	int check;

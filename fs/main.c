@@ -275,6 +275,7 @@ int main(int argc, char **argv)
 	    .max_buffer = fs.opt.max_buffer,
 	    .rate = fs.opt.rate,
 	    .file_rate = fs.opt.file_rate,
+	    .keep_cache = (int)fs.opt.keep_cache,
 	};
 	err = stream_engine_new(&sc, &fs.streams);
 	if (err != 0) {

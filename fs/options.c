@@ -51,6 +51,8 @@ static const struct opt_row rows[] = {
      64 * GiB, "metadata heap: size limit of the old space"},
     {"trace_gc", OPT_FLAG, offsetof(struct tfs_options, trace_gc), 0, 0, 1,
      "log one line per heap collection"},
+    {"keep_cache", OPT_FLAG, offsetof(struct tfs_options, keep_cache), 0, 0, 1,
+     "leave written data in the store's page cache (default: drop it once on the device)"},
 };
 
 #define NROWS (sizeof(rows) / sizeof(rows[0]))

@@ -19,6 +19,7 @@ struct tfs_options {
 	uint64_t max_semi_space; /* metadata heap: young semi-space */
 	uint64_t max_old_space;	 /* metadata heap: old space */
 	uint64_t trace_gc;	 /* flag: one log line per collection */
+	uint64_t keep_cache;	 /* flag: no write-behind (stream_config.keep_cache) */
 	char *backing;		 /* as given */
 	char *backing_real;	 /* realpath of backing */
 	int show_help, show_version;

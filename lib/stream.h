@@ -70,11 +70,22 @@
 #define STREAM_PARKED 1
 
 /* Where drained data goes. NULL in the config means pwritev(2). The function may return a
- * short count (the rest is retried) or -1 with errno set (EINTR is retried). */
+ * short count (the rest is retried) or -1 with errno set (EINTR is retried).
+ * writeback (NULL: the real one) is the write-behind after each written slice unless the
+ * engine keeps the cache (see stream_config.keep_cache): start write-back of [off, off+len)
+ * and wait for [drop_off, drop_off+drop_len) to be on the device, then drop it from the page
+ * cache. Returns 0 or a negative errno (a failed write-back fails the stream like a failed
+ * write). */
 struct stream_sink {
 	ssize_t (*pwritev)(void *ctx, int fd, const struct iovec *iov, int cnt, off_t off);
 	void *ctx;
+	int (*writeback)(void *ctx, int fd, uint64_t off, uint64_t len, uint64_t drop_off,
+			 uint64_t drop_len);
 };
+
+/* Write-behind keeps at most this much of a file's most recently written data in the store's
+ * page cache: what lies further back is written to the device and dropped from the cache. */
+#define STREAM_CACHE_BEHIND (8ull << 20)
 
 /* Who a stream's data is written as. The library knows nothing of credentials: a stream may
  * have an owner (stream_set_owner), and every slice of it is written between owner->enter(owner)
@@ -96,7 +107,8 @@ struct stream_config {
 	unsigned drain_threads;		/* 0 = STREAM_DEFAULT_DRAINS; at most STREAM_MAX_DRAINS */
 	const struct clock *clock;	/* NULL = &clock_monotonic */
 	const struct stream_sink *sink; /* NULL = pwritev(2); copied, must outlive the engine */
-	int no_help; /* 1: stream_write never returns STREAM_HELP (drain threads do it all) */
+	int no_help;	/* 1: stream_write never returns STREAM_HELP (drain threads do it all) */
+	int keep_cache; /* 1: no write-behind; written data stays in the store's page cache */
 };
 
 struct stream_engine;

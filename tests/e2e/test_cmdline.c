@@ -155,7 +155,7 @@ struct bad_row {
 static const struct bad_row bad_rows[] = {
     {"rate", false, false},	 {"file_rate", false, false},	  {"buffer", true, false},
     {"max_buffer", true, false}, {"max_semi_space", true, false}, {"max_old_space", true, false},
-    {"trace_gc", false, true},
+    {"trace_gc", false, true},	 {"keep_cache", false, true},
 };
 
 /* Values after "name=" that no size or rate row accepts (nor the flag, which takes none). */

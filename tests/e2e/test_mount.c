@@ -236,15 +236,16 @@ static void config_escapes_backing_path(void **state)
 static void help_and_version(void **state)
 {
 	struct h_fs *fs = *state;
-	const char *opts[] = {"rate=",		 "file_rate=",	   "buffer=",  "max_buffer=",
-			      "max_semi_space=", "max_old_space=", "trace_gc", "allow_other"};
+	const char *opts[] = {
+	    "rate=",	      "file_rate=", "buffer=",	  "max_buffer=", "max_semi_space=",
+	    "max_old_space=", "trace_gc",   "keep_cache", "allow_other"};
 	char out[PATH_MAX];
 	h_path(out, "%s/help.txt", fs->root);
 	assert_int_equal(h_run("%s --help >%s 2>&1", h_daemon_bin(), out), 0);
 	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
 		assert_int_equal(h_run("grep -q -- '%s' %s", opts[i], out), 0);
 	/* every throttlefs option line names its default */
-	assert_int_equal(h_run("test $(grep -c 'default: ' %s) -ge 7", out), 0);
+	assert_int_equal(h_run("test $(grep -c 'default: ' %s) -ge 8", out), 0);
 	assert_int_equal(h_run("%s --version | grep -q '^throttlefs [0-9]'", h_daemon_bin()), 0);
 }
 

@@ -41,7 +41,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -162,6 +165,28 @@ static off_t size_of(const char *path)
 	struct stat st;
 	assert_int_equal(stat(path, &st), 0);
 	return st.st_size;
+}
+
+/* Bytes of path's data in the page cache (mincore over a mapping of the whole file). */
+static uint64_t cached_bytes(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	struct stat st;
+	assert_int_equal(fstat(fd, &st), 0);
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), pages = ((size_t)st.st_size + page - 1) / page;
+	void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(map != MAP_FAILED);
+	unsigned char *vec = malloc(pages);
+	assert_non_null(vec);
+	assert_int_equal(mincore(map, (size_t)st.st_size, vec), 0);
+	uint64_t n = 0;
+	for (size_t i = 0; i < pages; i++)
+		n += vec[i] & 1;
+	free(vec);
+	assert_int_equal(munmap(map, (size_t)st.st_size), 0);
+	close(fd);
+	return n * page;
 }
 
 /* ---- fixtures: the view over a faultfs store, a tmpfs, or a plain directory ---- */
@@ -552,6 +577,34 @@ static void test_close_waits_for_store(void **state)
 	note_pending(fs, 8 * MiB);
 	assert_int_equal(close(fd), 0);
 	expect_pattern(H_AT(fs->store, "f"), 8 * MiB, 3);
+}
+
+/* Write-behind: a copy through the view leaves about its last 8 MiB in the store's page
+ * cache, not the whole file (the rest is on the device and dropped); -o keep_cache leaves it
+ * all. Needs a store with a device behind it: tmpfs pages cannot be dropped. */
+static void test_copy_leaves_little_cache(void **state)
+{
+	for (int keep = 0; keep <= 1; keep++) {
+		struct h_fs *fs = over_plain(state, keep ? "keep_cache" : NULL);
+		struct statfs sf;
+		assert_int_equal(statfs(fs->backing, &sf), 0);
+		if (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC) {
+			fprintf(stderr, "skipped: the store (%s) is in memory, nothing to drop\n",
+				fs->backing);
+			skip();
+		}
+		int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+		write_pattern(fd, 0, 48 * MiB, MiB, 5);
+		assert_int_equal(close(fd), 0);
+		uint64_t cached = cached_bytes(H_AT(fs->store, "f"));
+		if (keep)
+			assert_true(cached >= 24 * MiB);
+		else
+			assert_true(cached <= 12 * MiB);
+		expect_pattern(H_AT(fs->store, "f"), 48 * MiB, 5);
+		assert_int_equal(h_fs_free(fs), 0);
+		*state = NULL;
+	}
 }
 
 static void test_fsync_waits_for_store(void **state)
@@ -1213,6 +1266,7 @@ int main(void)
 	    T(test_rate),
 	    T(test_file_rate),
 	    T(test_close_waits_for_store),
+	    T(test_copy_leaves_little_cache),
 	    T(test_fsync_waits_for_store),
 	    T(test_enospc),
 	    T(test_eio_on_write),

@@ -141,7 +141,30 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 	return r;
 }
 
-static const struct stream_sink fake_sink_if = {fake_pwritev, &fsink};
+/* Write-behind calls, recorded (writeback_calls, wb_log) instead of made; wb_fail fails the
+ * next one. */
+struct wb_call {
+	uint64_t off, len, drop_off, drop_len;
+};
+static struct wb_call wb_log[LOG_MAX];
+static unsigned wb_calls;
+static int wb_fail;
+
+static int fake_writeback(void *ctx, int fd, uint64_t off, uint64_t len, uint64_t drop_off,
+			  uint64_t drop_len)
+{
+	struct fake_sink *k = ctx;
+	(void)fd;
+	pthread_mutex_lock(&k->lock);
+	int err = wb_fail;
+	wb_fail = 0;
+	if (wb_calls < LOG_MAX)
+		wb_log[wb_calls++] = (struct wb_call){off, len, drop_off, drop_len};
+	pthread_mutex_unlock(&k->lock);
+	return -err;
+}
+
+static const struct stream_sink fake_sink_if = {fake_pwritev, &fsink, fake_writeback};
 
 static void sink_reset(void)
 {
@@ -152,6 +175,8 @@ static void sink_reset(void)
 	fsink.ncalls = 0;
 	fsink.owned = 0;
 	fsink.lent = 0;
+	wb_calls = 0;
+	wb_fail = 0;
 	pthread_mutex_unlock(&fsink.lock);
 	fake_sleep_until(&fclock, 0);
 }
@@ -781,6 +806,67 @@ static void helper_keeps_writing_what_arrives(void **state)
 	stream_engine_free(e);
 }
 
+/* Write-behind: a sequential copy's chunks are started in order as they complete, and each is
+ * waited for and dropped STREAM_CACHE_BEHIND later, so only the last STREAM_CACHE_BEHIND bytes
+ * stay cached; a failed write-back fails the stream; keep_cache turns it all off. */
+static void write_behind_follows_a_copy(void **state)
+{
+	(void)state;
+	static unsigned char data[256 * KiB];
+	fill(data, sizeof(data), 13);
+	for (int keep = 0; keep <= 1; keep++) {
+		struct stream_config cfg = {.max_buffer = 8 * MiB,
+					    .drain_threads = 1,
+					    .clock = &fake_clock_if,
+					    .sink = &fake_sink_if,
+					    .keep_cache = keep};
+		struct stream_engine *e = NULL;
+		sink_reset();
+		assert_int_equal(stream_engine_new(&cfg, &e), 0);
+		int check;
+		struct stream *s = open_stream(e, &check);
+		uint64_t total = 12 * MiB + 100 * KiB; /* the last, partial chunk is not started */
+		for (uint64_t off = 0; off < total; off += sizeof(data)) {
+			size_t n = total - off < sizeof(data) ? total - off : sizeof(data);
+			int rc = stream_write(s, data, n, off, NULL, NULL);
+			assert_true(rc >= 0);
+			if (rc == STREAM_HELP)
+				stream_help(s);
+		}
+		assert_int_equal(stream_sync(s), 0);
+		pthread_mutex_lock(&fsink.lock);
+		if (keep) {
+			assert_int_equal(wb_calls, 0);
+		} else {
+			uint64_t started = 0, dropped = 0;
+			for (unsigned i = 0; i < wb_calls; i++) {
+				assert_int_equal(wb_log[i].off, started); /* in order, no gap */
+				assert_int_equal(wb_log[i].off % MiB, 0);
+				started += wb_log[i].len;
+				assert_int_equal(wb_log[i].drop_off, dropped);
+				dropped += wb_log[i].drop_len;
+			}
+			assert_int_equal(started, 12 * MiB);
+			assert_int_equal(dropped, 12 * MiB - STREAM_CACHE_BEHIND);
+		}
+		pthread_mutex_unlock(&fsink.lock);
+		if (!keep) { /* a write-back that fails fails the stream */
+			pthread_mutex_lock(&fsink.lock);
+			wb_fail = EIO;
+			pthread_mutex_unlock(&fsink.lock);
+			for (uint64_t off = total; off < total + MiB; off += sizeof(data)) {
+				int rc = stream_write(s, data, sizeof(data), off, NULL, NULL);
+				if (rc == STREAM_HELP)
+					stream_help(s);
+			} /* crosses into the next chunk: its write-back is asked for, and fails */
+			assert_int_equal(stream_sync(s), -EIO);
+		}
+		assert_int_equal(stream_close(s), keep ? 0 : -EIO);
+		close(check);
+		stream_engine_free(e);
+	}
+}
+
 /* Writers that ignore parking (more of them than the budget allows) are stopped by the pool's
  * hard cap: blocks in use never exceed STREAM_POOL_CAP(max_buffer). */
 enum { CAP_WRITERS = 4, CAP_WRITES = 24 };
@@ -1070,6 +1156,7 @@ int main(void)
 	    cmocka_unit_test(small_writes_coalesce),
 	    cmocka_unit_test(idle_writes_lend_the_writer_thread),
 	    cmocka_unit_test(helper_keeps_writing_what_arrives),
+	    cmocka_unit_test(write_behind_follows_a_copy),
 	    cmocka_unit_test(pool_never_exceeds_cap),
 	    cmocka_unit_test(close_waits_for_data),
 	};

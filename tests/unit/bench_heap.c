@@ -68,10 +68,9 @@ static uint64_t rnd(void)
 	return rnd_state >> 33;
 }
 
-static struct heap *make(unsigned promote_age)
+/* A heap of cfg, with the semi-space SEMI_KIB asks for; exits when it cannot be made. */
+static struct heap *heap_of(struct heap_config cfg)
 {
-	struct heap_config cfg = {
-	    .promote_age = promote_age, .trace = trace, .clock_ns = bench_cpu_ns};
 	const char *semi = getenv("SEMI_KIB");
 	if (semi != NULL)
 		cfg.semi_space = strtoul(semi, NULL, 10) << 10;
@@ -81,6 +80,12 @@ static struct heap *make(unsigned promote_age)
 		exit(1);
 	}
 	return h;
+}
+
+static struct heap *make(unsigned promote_age)
+{
+	return heap_of((struct heap_config){
+	    .promote_age = promote_age, .trace = trace, .clock_ns = bench_cpu_ns});
 }
 
 static uint64_t new_inode(struct heap *h, uint64_t parent, uint64_t ino, int separate_name)
@@ -206,15 +211,7 @@ static int cmp_double(const void *a, const void *b)
  * that alone was ~10 ns per allocation, as much as calloc + free in all. */
 static double heap_round(size_t n)
 {
-	struct heap_config cfg = {0};
-	const char *semi = getenv("SEMI_KIB");
-	if (semi != NULL)
-		cfg.semi_space = strtoul(semi, NULL, 10) << 10;
-	struct heap *h;
-	if (heap_new(&cfg, &h) != 0) {
-		fprintf(stderr, "heap_new failed\n");
-		exit(1);
-	}
+	struct heap *h = heap_of((struct heap_config){0});
 	double t0 = now_s();
 	for (size_t i = 0; i < n; i++) {
 		uint64_t t = heap_alloc(h, T_TEMP, 1, 48);

@@ -488,6 +488,15 @@ static void ready_push(struct stream_engine *e, struct stream *s)
 	pthread_cond_signal(&e->work);
 }
 
+/* [e] Whether a writer's thread may be lent to write s (STREAM_HELP), and whether a lent one
+ * that finished a slice writes the next one too instead of queueing s for a drain thread:
+ * while writes keep arriving, waking a drain thread for each slice cost more context switches
+ * than the writes themselves. Not once a rate is set (the helper would sleep for it). */
+static bool help_allowed(struct stream_engine *e, struct stream *s)
+{
+	return !e->no_help && throttle_rate(&e->throttle) == 0 && throttle_rate(&s->throttle) == 0;
+}
+
 /* [s] Blocks a write of len bytes needs beyond the tail block's free space. */
 static uint64_t log_need(struct stream *s, uint64_t len)
 {
@@ -613,8 +622,7 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
 		 * waking a drain thread for every write costs more than the write, when the
 		 * store keeps up. Not when parked, nor when a rate must be kept (a helper would
 		 * sleep for it), nor when enough threads are lent already. */
-		if (rc == 0 && !e->no_help && e->helpers < STREAM_MAX_HELPERS &&
-		    throttle_rate(&e->throttle) == 0 && throttle_rate(&s->throttle) == 0) {
+		if (rc == 0 && e->helpers < STREAM_MAX_HELPERS && help_allowed(e, s)) {
 			s->scheduled = true;
 			e->helpers++;
 			rc = STREAM_HELP;
@@ -735,18 +743,9 @@ static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov,
 	return n;
 }
 
-/* [e] A lent writer thread (stream_help) that finished a slice may write the next one too,
- * instead of queueing the stream for a drain thread: while writes keep arriving faster than
- * one slice at a time, waking a drain thread for each of them cost more context switches than
- * the writes themselves. Not once a rate is set (the helper would sleep for it). */
-static bool help_continues(struct stream_engine *e, struct stream *s)
-{
-	return !e->no_help && throttle_rate(&e->throttle) == 0 && throttle_rate(&s->throttle) == 0;
-}
-
 /* Finishes a slice of n bytes with result rc: consumes or (on error) drops the pending data,
  * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. A
- * helper's stream with more pending stays scheduled to it when help_continues: returns true
+ * helper's stream with more pending stays scheduled to it when help_allowed: returns true
  * then (the caller must drain s again), else false. */
 static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int rc, bool helping)
 {
@@ -790,7 +789,7 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	pool_put(e, freed);
 	s->scheduled = false;
 	if (s->head && !s->error) {
-		if (helping && help_continues(e, s))
+		if (helping && help_allowed(e, s))
 			s->scheduled = again = true;
 		else
 			ready_push(e, s);
@@ -833,15 +832,12 @@ static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *
 		       uint64_t off, uint64_t n)
 {
 	const struct stream_owner *o = __atomic_load_n(&s->owner, __ATOMIC_ACQUIRE);
-	if (o == NULL) {
-		int rc = sink_write_all(e, s->fd, iov, cnt, off, n);
-		return rc != 0 ? rc : write_behind(e, s->fd, off, n);
-	}
-	int rc = o->enter(o);
+	int rc = o != NULL ? o->enter(o) : 0;
 	if (rc != 0)
 		return rc;
 	rc = sink_write_all(e, s->fd, iov, cnt, off, n);
-	o->leave(o);
+	if (o != NULL)
+		o->leave(o);
 	return rc != 0 ? rc : write_behind(e, s->fd, off, n);
 }
 

@@ -240,6 +240,8 @@ int main(int argc, char **argv)
 							 .trace_gc = (int)fs.opt.trace_gc},
 				  &fs.inodes);
 	if (err == 0)
+		err = collector_new(fs.inodes, &fs.collector);
+	if (err == 0)
 		err = fdcache_new(TFS_DIR_CACHE, &fs.dirs);
 	if (err != 0) {
 		fprintf(stderr, "throttlefs: cannot make the inode table: %s\n", strerror(-err));
@@ -314,6 +316,7 @@ out_session:
 	fuse_session_destroy(fs.se);
 out:
 	fdcache_free(fs.dirs);
+	collector_free(fs.collector); /* its thread uses the table: it goes first */
 	inode_table_free(fs.inodes);
 	if (fs.root_fd >= 0)
 		close(fs.root_fd);

@@ -161,17 +161,24 @@ static void tfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_entry(req, &e);
 }
 
+/* What the kernel forgets is collected by the idle collector once enough of it has died
+ * (collector.h): an idle daemon gives back a scanned tree without waiting for a lookup. */
 static void tfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	inode_forget(tfs_of(req)->inodes, ino, nlookup);
+	struct tfs *fs = tfs_of(req);
+	if (inode_forget(fs->inodes, ino, nlookup))
+		collector_kick(fs->collector);
 	fuse_reply_none(req);
 }
 
 static void tfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
 	struct tfs *fs = tfs_of(req);
+	bool kick = false;
 	for (size_t i = 0; i < count; i++)
-		inode_forget(fs->inodes, forgets[i].ino, forgets[i].nlookup);
+		kick |= inode_forget(fs->inodes, forgets[i].ino, forgets[i].nlookup);
+	if (kick)
+		collector_kick(fs->collector);
 	fuse_reply_none(req);
 }
 

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include "collector.h"
 #include "fdcache.h"
 #include "inode.h"
 #include "stream.h"
@@ -37,6 +38,7 @@ struct tfs {
 	struct tfs_options opt;
 	int root_fd; /* O_PATH descriptor of the backing root, held for the daemon's life */
 	struct inode_table *inodes;
+	struct collector *collector;   /* gives back what the kernel forgot while we are idle */
 	struct fdcache *dirs;	       /* recently used directory descriptors */
 	struct stream_engine *streams; /* write buffers, drain threads, rate limits */
 	struct node *active;	       /* nodes open for writing (under the inode lock) */

@@ -1192,6 +1192,18 @@ static int collect_minor(struct heap *h)
 	return rc;
 }
 
+/* HEAP_CYCLE: a scavenge, then marking begins unless a cycle is under way. A cycle still
+ * sweeping is left to finish in slices (mark_start would sweep the rest in this pause). */
+static int collect_cycle(struct heap *h)
+{
+	uint64_t t0 = now_ns(h);
+	int rc = scavenge(h, false);
+	if (rc == 0 && h->state == IDLE)
+		mark_start(h);
+	pause_end(h, t0, "scavenge");
+	return rc;
+}
+
 /* One slice of old-generation work. Returns 1 while a cycle is in progress. */
 static int step(struct heap *h, size_t budget)
 {
@@ -1572,6 +1584,8 @@ int heap_collect(struct heap *h, enum heap_collect_kind kind)
 		return collect_minor(h);
 	if (kind == HEAP_FULL)
 		return collect_full(h, false);
+	if (kind == HEAP_CYCLE)
+		return collect_cycle(h);
 	return -EINVAL;
 }
 

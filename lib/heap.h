@@ -112,6 +112,11 @@ struct heap_stats {
 enum heap_collect_kind {
 	HEAP_MINOR = 1, /* scavenge the young generation */
 	HEAP_FULL = 2,	/* scavenge, promote everything, mark the whole heap, sweep or compact */
+	/* scavenge, and begin an incremental marking cycle of the old generation now, below its
+	 * trigger (unless a cycle is already under way); heap_step does the rest in slices. For
+	 * an embedder that knows much has just died, e.g. when the kernel forgot many inodes,
+	 * and wants it back without waiting for allocation to drive the collector. */
+	HEAP_CYCLE = 3,
 };
 
 /* Creates a heap. config may be NULL for all defaults. Returns 0, -EINVAL for an impossible

@@ -39,7 +39,7 @@
  * generation is at least 1, so handles are above 2^32).
  *
  * Locking: one mutex around every heap call. Collections happen only inside allocation (and
- * inode_table_step/collect), on the caller's thread, under that mutex; on_free therefore runs
+ * inode_table_step/idle/collect), on the caller's thread, under that mutex; on_free therefore runs
  * under it too, which is why free_data must not call back into the table.
  */
 #include "inode.h"
@@ -140,8 +140,9 @@ struct inode_table {
 	size_t dead_len; /* ... from its end; 0: none */
 	void (*free_data)(void *data);
 	struct inode_config cfg;
-	bool closing;	 /* inode_table_free: on_free only finalizes */
-	uint64_t errors; /* root count updates that failed where no caller could be told */
+	bool closing;	   /* inode_table_free: on_free only finalizes */
+	uint64_t errors;   /* root count updates that failed where no caller could be told */
+	uint64_t unrooted; /* records that lost their last root since the last idle cycle began */
 	struct inode_stats st;
 };
 
@@ -387,7 +388,10 @@ static int root_follow(struct inode_table *t, uint64_t handle, bool was, bool no
 {
 	if (was == now || handle == t->root)
 		return 0;
-	return now ? heap_root_inc(t->heap, handle) : heap_root_dec(t->heap, handle);
+	if (now)
+		return heap_root_inc(t->heap, handle);
+	t->unrooted++;
+	return heap_root_dec(t->heap, handle);
 }
 
 /* The parent handle and name of a non-root record. */
@@ -890,7 +894,14 @@ out:
 	return err;
 }
 
-void inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup)
+/* Whether enough records lost their last root since the last idle cycle began for another
+ * (inode_table_idle): INODE_IDLE_MIN of them, and an eighth of the live records. */
+static bool idle_wanted(const struct inode_table *t)
+{
+	return t->unrooted >= INODE_IDLE_MIN && t->unrooted >= t->st.inodes / 8;
+}
+
+bool inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup)
 {
 	pthread_mutex_lock(&t->lock);
 	uint64_t handle = handle_of_id(t, id);
@@ -903,7 +914,9 @@ void inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup)
 		    root_follow(t, handle, was, rooted(t, handle, r)) != 0)
 			t->errors++;
 	}
+	bool wanted = idle_wanted(t);
 	pthread_mutex_unlock(&t->lock);
+	return wanted;
 }
 
 int inode_pin(struct inode_table *t, uint64_t id)
@@ -1131,6 +1144,21 @@ int inode_table_step(struct inode_table *t, size_t budget)
 {
 	pthread_mutex_lock(&t->lock);
 	int rc = heap_step(t->heap, budget);
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+int inode_table_idle(struct inode_table *t, size_t budget)
+{
+	pthread_mutex_lock(&t->lock);
+	int rc = heap_step(t->heap, budget);
+	if (rc == 0 && idle_wanted(t)) {
+		rc = heap_collect(t->heap, HEAP_CYCLE);
+		if (rc == 0) {
+			t->unrooted = 0;
+			rc = 1;
+		}
+	}
 	pthread_mutex_unlock(&t->lock);
 	return rc;
 }

@@ -24,14 +24,16 @@
  *    later collection frees it (and its data, through free_data, exactly once).
  *  - one live record per (dev, ino): hard links share one node id, as the kernel expects.
  *  - a node id is never reused with the same generation, so a stale id is detected.
- *  - collections run only inside inode_link, inode_move, inode_table_step and
- *    inode_table_collect, under the table lock; the lock hold time is the pause.
+ *  - collections run only inside inode_link, inode_move, inode_table_step,
+ *    inode_table_idle and inode_table_collect, under the table lock; the lock hold time is
+ *    the pause.
  * The table is internally locked; data slots are only touched under inode_lock().
  */
 #ifndef THROTTLEFS_INODE_H
 #define THROTTLEFS_INODE_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "heap.h"
@@ -73,8 +75,9 @@ int inode_link(struct inode_table *t, uint64_t parent, const char *name, uint64_
 	       uint64_t *id, uint64_t *gen);
 
 /* The kernel drops nlookup references (FORGET). What nothing holds any more becomes garbage
- * for a later collection. */
-void inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup);
+ * for a later collection. Returns true when enough has become garbage for an idle cycle
+ * (inode_table_idle) to be worth running. */
+bool inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup);
 
 /* Pins a record while a file or directory is open on it, so it outlives FORGET. */
 int inode_pin(struct inode_table *t, uint64_t id);
@@ -126,7 +129,17 @@ void inode_heap_stats(struct inode_table *t, struct heap_stats *st);
  * paces this work by itself. Returns 1 while a cycle is in progress, 0 when idle. */
 int inode_table_step(struct inode_table *t, size_t budget);
 
-/* Collects now (HEAP_MINOR or HEAP_FULL): 0, -EINVAL or -ENOMEM. */
+/* Work for an idle daemon: gives back what the kernel forgot without waiting for allocation
+ * to drive the collector. Once at least INODE_IDLE_MIN records, and an eighth of the heap's
+ * objects, have lost their last root (lookup and pin counts at zero) since the last such
+ * cycle began, a scavenge begins an old-generation cycle (HEAP_CYCLE); each call then does
+ * about budget bytes of it (heap_step). Returns 1 while there is more to do (call again,
+ * after letting requests in), 0 when there is nothing to do, or -ENOMEM (the scavenge could
+ * not grow its bookkeeping; nothing is lost). Each call is one bounded pause. */
+#define INODE_IDLE_MIN 1024u
+int inode_table_idle(struct inode_table *t, size_t budget);
+
+/* Collects now (HEAP_MINOR, HEAP_FULL or HEAP_CYCLE): 0, -EINVAL or -ENOMEM. */
 int inode_table_collect(struct inode_table *t, enum heap_collect_kind kind);
 
 /* heap_verify plus the table's own invariants (index <-> records, root counts). Returns 0 or

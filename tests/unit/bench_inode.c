@@ -275,6 +275,8 @@ static void pauses_report(const char *target)
 	printf("  scavenges: %s; other pauses %lu, max %.3f ms (%s)\n",
 	       bench_hist_fmt(&scavenge_hist, buf, sizeof(buf)), others, other_max_ms,
 	       other_max_what);
+	/* What the machine alone does to work of a scavenge's size, timed the same way. */
+	bench_noise_print("  ", HEAP_SEMI_SPACE_USED, &scavenge_hist);
 	bench_target_le(target, (double)call_hist.max_us / 1000, 1, "ms");
 }
 

@@ -706,6 +706,71 @@ static void old_work_is_bounded_per_pause(void **state)
 	heap_free(h);
 }
 
+/* HEAP_CYCLE begins an old-generation cycle below the trigger, for an embedder that knows
+ * much has died: heap_step alone does nothing there, and after HEAP_CYCLE it finishes the
+ * cycle in slices, the dead objects gone and the live ones intact. During a sweep it begins
+ * nothing (the sweep would have to finish in that pause). */
+static void cycle_begins_below_the_trigger(void **state)
+{
+	(void)state;
+	enum { N = 2000 };
+	struct heap *h = new_heap(64 << 10, 64 << 20, NULL);
+	static uint64_t obj[N];
+	for (unsigned i = 0; i < N; i++)
+		assert_true((obj[i] = heap_alloc(h, 2, 0, 40)) != 0);
+	assert_int_equal(heap_collect(h, HEAP_MINOR), 0); /* all promoted (promote_age 1) */
+	for (unsigned i = 0; i < N; i += 2)
+		assert_int_equal(heap_root_dec(h, obj[i]), 0);
+	struct heap_stats a, b;
+	heap_stats(h, &a);
+	assert_int_equal(heap_step(h, 1 << 20), 0); /* below the trigger: idle */
+	heap_stats(h, &b);
+	assert_int_equal(b.old.mark_sweeps + b.old.mark_compacts,
+			 a.old.mark_sweeps + a.old.mark_compacts);
+	assert_int_equal(b.objects, N);
+
+	assert_int_equal(heap_collect(h, HEAP_CYCLE), 0);
+	heap_stats(h, &b);
+	assert_int_equal(b.young.scavenges, a.young.scavenges + 1);
+	unsigned slices = 0;
+	while (heap_step(h, 4 << 10) == 1) {
+		check(h);
+		assert_true(++slices < 100000);
+	}
+	assert_true(slices > 1); /* 4 KiB slices: the cycle took several */
+	heap_stats(h, &b);
+	assert_int_equal(b.old.mark_sweeps + b.old.mark_compacts,
+			 a.old.mark_sweeps + a.old.mark_compacts + 1);
+	assert_int_equal(b.objects, N / 2);
+	for (unsigned i = 0; i < N; i++)
+		assert_true((heap_deref(h, obj[i]) != NULL) == (i % 2 == 1));
+	check(h);
+
+	/* Another cycle, stopped while it sweeps: HEAP_CYCLE then only scavenges. */
+	for (unsigned i = 1; i < N; i += 4)
+		assert_int_equal(heap_root_dec(h, obj[i]), 0);
+	assert_int_equal(heap_collect(h, HEAP_CYCLE), 0);
+	heap_stats(h, &a);
+	while (a.old.mark_sweeps + a.old.mark_compacts == b.old.mark_sweeps + b.old.mark_compacts) {
+		assert_int_equal(heap_step(h, 4 << 10), 1);
+		heap_stats(h, &a);
+	}
+	if (heap_step(h, 1) == 1) { /* still sweeping: the arena is larger than one step */
+		heap_stats(h, &a);
+		assert_int_equal(heap_collect(h, HEAP_CYCLE), 0);
+		heap_stats(h, &b);
+		assert_int_equal(b.old.mark_sweeps + b.old.mark_compacts,
+				 a.old.mark_sweeps + a.old.mark_compacts);
+		assert_true(b.old.swept - a.old.swept <= (128 << 10) + 1024);
+		while (heap_step(h, 4 << 10) == 1)
+			;
+	}
+	check(h);
+	heap_stats(h, &b);
+	assert_int_equal(b.objects, N / 4);
+	heap_free(h);
+}
+
 /* The insertion barrier: during marking, a scanned (black) object B takes over the only
  * reference to an unscanned (white) W from a not yet scanned (grey) G. heap_step with
  * budget 1 does exactly one unit of work (one root slot or one object), which lets the test
@@ -1011,6 +1076,7 @@ int main(void)
 	    cmocka_unit_test(incremental_marking_with_mutation),
 	    cmocka_unit_test(new_objects_start_zeroed),
 	    cmocka_unit_test(old_work_is_bounded_per_pause),
+	    cmocka_unit_test(cycle_begins_below_the_trigger),
 	    cmocka_unit_test(insertion_barrier_saves_moved_referent),
 	    cmocka_unit_test(stats_follow_injected_clock),
 	    cmocka_unit_test(property_random_programs),

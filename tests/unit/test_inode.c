@@ -439,6 +439,58 @@ static void many_records(void **state)
 	free(counts);
 }
 
+/* The idle cycle (inode_table_idle): nothing to do until INODE_IDLE_MIN records lost their
+ * last root; inode_forget says when that happens; then bounded calls reclaim what was
+ * forgotten, with no allocation to drive them. */
+static void idle_cycle_reclaims_forgotten(void **state)
+{
+	(void)state;
+	struct inode_table *t;
+	assert_int_equal(inode_table_new(7, 2, NULL, NULL, &t), 0);
+	enum { N = 4000 };
+	static uint64_t ids[N];
+	uint64_t dir = link_one(t, INODE_ROOT, "dir", 3);
+	for (int i = 0; i < N; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "f%d", i);
+		ids[i] = link_one(t, dir, name, 100 + (uint64_t)i);
+	}
+	assert_int_equal(inode_table_collect(t, HEAP_FULL),
+			 0);				/* all old: no scavenge frees them */
+	assert_int_equal(inode_table_idle(t, 4096), 0); /* nothing forgotten: nothing to do */
+	for (unsigned i = 0; i + 1 < INODE_IDLE_MIN; i++)
+		assert_false(inode_forget(t, ids[i], 1));
+	assert_int_equal(inode_table_idle(t, 4096), 0);
+	struct inode_stats st;
+	inode_stats(t, &st);
+	assert_int_equal(st.inodes, N + 2);
+	assert_true(inode_forget(t, ids[INODE_IDLE_MIN - 1], 1)); /* the one that tips it */
+	for (unsigned i = INODE_IDLE_MIN; i < N / 2; i++)
+		inode_forget(t, ids[i], 1);
+	struct heap_stats a, b;
+	inode_heap_stats(t, &a);
+	unsigned calls = 0;
+	int rc;
+	while ((rc = inode_table_idle(t, 4096)) == 1)
+		assert_true(++calls < 100000);
+	assert_int_equal(rc, 0);
+	assert_true(calls > 1);
+	inode_heap_stats(t, &b);
+	assert_int_equal(b.old.mark_sweeps + b.old.mark_compacts, /* one cycle did it */
+			 a.old.mark_sweeps + a.old.mark_compacts + 1);
+	inode_stats(t, &st);
+	assert_int_equal(st.inodes, N / 2 + 2);
+	assert_true(b.heap_used < a.heap_used);
+	char err[200];
+	assert_int_equal(inode_table_verify(t, err, sizeof(err)), 0);
+	for (int i = 0; i < N; i++) {
+		uint64_t dev, ino;
+		assert_int_equal(inode_ident(t, ids[i], &dev, &ino), i < N / 2 ? -ESTALE : 0);
+	}
+	assert_int_equal(inode_table_idle(t, 4096), 0); /* done: nothing more wanted */
+	inode_table_free(t);
+}
+
 /* Records the kernel forgot are reclaimed by a collection, each data slot freed exactly once,
  * and the figures say so. */
 static void forgotten_records_are_collected(void **state)
@@ -792,6 +844,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(many_records, setup, teardown),
 	    cmocka_unit_test_setup_teardown(index_growth_keeps_entries_findable, setup, teardown),
 	    cmocka_unit_test(forgotten_records_are_collected),
+	    cmocka_unit_test(idle_cycle_reclaims_forgotten),
 	    cmocka_unit_test_setup_teardown(long_renames, setup, teardown),
 	    cmocka_unit_test(full_heap_says_enomem),
 	    cmocka_unit_test(property_model),

@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 /* What fi->fh points to for files and directories alike: fd comes first so setattr, which the
@@ -78,6 +79,26 @@ static void attr_fixup(struct stat *st)
 		st->st_blksize = TFS_BLKSIZE;
 }
 
+/* The metadata heap said ENOMEM (max_old_space reached even after a full collection): the
+ * request that needed a record fails with ENOMEM, nothing else changes, and the log says so,
+ * at most once a second (with the count of refusals since), so that a scan of a huge tree
+ * cannot flood it. */
+static void heap_refused(const struct tfs *fs, const char *what, const char *name)
+{
+	static atomic_uint_fast64_t refused, next_s; /* next_s: no line before this second */
+	uint64_t n = atomic_fetch_add_explicit(&refused, 1, memory_order_relaxed) + 1;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	uint_fast64_t next = atomic_load_explicit(&next_s, memory_order_relaxed);
+	if ((uint64_t)now.tv_sec < next ||
+	    !atomic_compare_exchange_strong(&next_s, &next, (uint64_t)now.tv_sec + 1))
+		return; /* logged this second, or another thread logs it */
+	fuse_log(FUSE_LOG_ERR,
+		 "throttlefs: metadata heap full (max_old_space=%llu bytes): %s '%s' refused "
+		 "with ENOMEM (%llu refused so far); forgotten inodes free room\n",
+		 (unsigned long long)fs->opt.max_old_space, what, name, (unsigned long long)n);
+}
+
 /* Fills e for the entry name of directory parent whose attributes are st, adding one lookup.
  * The file was stat'ed before its node could be known: if it is open for writing, it is
  * stat'ed again (by fd when >= 0, else by name in dfd) after the stream's snapshot. */
@@ -86,6 +107,8 @@ static int entry_make(struct tfs *fs, fuse_ino_t parent, const char *name, int d
 {
 	uint64_t id, gen;
 	int err = inode_link(fs->inodes, parent, name, st->st_dev, st->st_ino, &id, &gen);
+	if (err == -ENOMEM)
+		heap_refused(fs, "lookup of", name);
 	if (err != 0)
 		return err;
 	struct node_pending p;
@@ -438,7 +461,10 @@ static int rename_follow(struct tfs *fs, int dfd, fuse_ino_t parent, const char 
 	struct stat st;
 	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
 		return -errno;
-	return inode_move(fs->inodes, st.st_dev, st.st_ino, parent, name);
+	int err = inode_move(fs->inodes, st.st_dev, st.st_ino, parent, name);
+	if (err == -ENOMEM)
+		heap_refused(fs, "rename to", name);
+	return err;
 }
 
 static void do_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,

@@ -808,6 +808,29 @@ static bool log_has(const char *log, const char *what)
 	return strstr(text, what) != NULL;
 }
 
+/* HEAP_DIRS directories of HEAP_FILES / HEAP_DIRS empty files each, made in dir directly. */
+static void make_tree(const char *dir)
+{
+	char path[PATH_MAX];
+	for (int d = 0; d < HEAP_DIRS; d++) {
+		assert_int_equal(mkdir(h_path(path, "%s/d%02d", dir, d), 0755), 0);
+		for (int i = 0; i < HEAP_FILES / HEAP_DIRS; i++)
+			assert_int_equal(
+			    mknod(h_path(path, "%s/d%02d/file-%04d", dir, d, i), S_IFREG | 0644, 0),
+			    0);
+	}
+}
+
+/* Makes the kernel forget every dentry and inode it can (FORGET to the daemon). */
+static void drop_dentries(void)
+{
+	sync();
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "2\n", 2), 2);
+	assert_int_equal(close(fd), 0);
+}
+
 /* What the kernel forgets is collected, with nothing else asked of the daemon: 40,000 files
  * are scanned through the view, the kernel drops its dentries and inodes (and sends FORGET
  * for each), and the idle daemon's live inode records and heap_used then fall far below
@@ -817,14 +840,7 @@ static void heap_collects_forgotten_records(void **state)
 	(void)state;
 	struct h_fs *fs = mount_with("trace_gc");
 	char path[PATH_MAX];
-	for (int d = 0; d < HEAP_DIRS; d++) {
-		assert_int_equal(mkdir(h_path(path, "%s/d%02d", fs->backing, d), 0755), 0);
-		for (int i = 0; i < HEAP_FILES / HEAP_DIRS; i++)
-			assert_int_equal(
-			    mknod(h_path(path, "%s/d%02d/file-%04d", fs->backing, d, i),
-				  S_IFREG | 0644, 0),
-			    0);
-	}
+	make_tree(fs->backing);
 	struct heap_view before = heap_read(fs->mnt);
 	struct stat st;
 	for (int d = 0; d < HEAP_DIRS; d++)
@@ -838,12 +854,7 @@ static void heap_collects_forgotten_records(void **state)
 	assert_true(peak.scavenges > before.scavenges); /* 40,000 records outgrow the young space */
 	assert_true(peak.promoted > 0);
 
-	sync();
-	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, "2\n", 2), 2);
-	assert_int_equal(close(fd), 0);
-
+	drop_dentries();
 	struct heap_view now;
 	double t0 = now_s();
 	for (;;) {
@@ -872,17 +883,80 @@ static void heap_collects_forgotten_records(void **state)
 	unmount(fs);
 }
 
+/* A full heap (max_old_space at its 1 MiB minimum, far too small for 40,000 records):
+ * lookups that need a new record fail with ENOMEM and the log says so, at most a line a
+ * second; the daemon goes on serving, and the records it has stay intact. Once the kernel
+ * forgets, the room comes back and the refused files are found. */
+static void full_heap_refuses_with_enomem(void **state)
+{
+	(void)state;
+	struct h_fs *fs = mount_with("max_old_space=1M");
+	char path[PATH_MAX];
+	make_tree(fs->backing);
+	struct stat st;
+	static ino_t seen[HEAP_FILES]; /* 0: refused */
+	unsigned refused = 0, found = 0, first_refused = HEAP_FILES;
+	for (unsigned k = 0; k < HEAP_FILES; k++) {
+		unsigned d = k / (HEAP_FILES / HEAP_DIRS), i = k % (HEAP_FILES / HEAP_DIRS);
+		if (stat(h_path(path, "%s/d%02u/file-%04u", fs->mnt, d, i), &st) == 0) {
+			seen[k] = st.st_ino;
+			found++;
+			continue;
+		}
+		assert_int_equal(errno, ENOMEM);
+		seen[k] = 0;
+		if (refused++ == 0)
+			first_refused = k;
+	}
+	fprintf(stderr, "max_old_space=1M: %u found, %u refused (first: %u)\n", found, refused,
+		first_refused);
+	assert_true(refused > 0);
+	assert_true(found > 1000);
+	assert_true(log_has(fs->log, "metadata heap full"));
+	/* Still serving, and what it remembers is intact: found files keep their inode. */
+	assert_int_equal(stat(fs->mnt, &st), 0);
+	for (unsigned k = 0; k < first_refused; k += 97) {
+		unsigned d = k / (HEAP_FILES / HEAP_DIRS), i = k % (HEAP_FILES / HEAP_DIRS);
+		assert_int_equal(stat(h_path(path, "%s/d%02u/file-%04u", fs->mnt, d, i), &st), 0);
+		assert_int_equal(st.st_ino, seen[k]);
+	}
+	/* Forgotten records make room: the file refused first is found after the kernel forgets
+	 * (retried while the idle collector works). */
+	drop_dentries();
+	unsigned d = first_refused / (HEAP_FILES / HEAP_DIRS),
+		 i = first_refused % (HEAP_FILES / HEAP_DIRS);
+	h_path(path, "%s/d%02u/file-%04u", fs->mnt, d, i);
+	double t0 = now_s();
+	while (stat(path, &st) != 0) {
+		assert_int_equal(errno, ENOMEM);
+		assert_true((now_s() - t0) * 1000 < WATCHDOG_MS);
+		sleep_ms(POLL_MS);
+	}
+	struct stat sb;
+	assert_int_equal(
+	    stat(h_path((char[PATH_MAX]){0}, "%s/d%02u/file-%04u", fs->backing, d, i), &sb), 0);
+	assert_int_equal(st.st_ino, sb.st_ino);
+	unmount(fs);
+}
+
 #define T(f) cmocka_unit_test_teardown(f, teardown)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    T(progress_during_copy),	  T(progress_with_known_size),
-	    T(expected_settable),	  T(errors_by_name),
-	    T(config_refuses_bad_values), T(memory_agrees_with_proc),
-	    T(rate_change_mid_copy),	  T(listxattr_hides_ours),
-	    T(cp_a_carries_none),	  T(size_probe_then_read),
-	    T(top_shows_transfers),	  T(heap_collects_forgotten_records),
+	    T(progress_during_copy),
+	    T(progress_with_known_size),
+	    T(expected_settable),
+	    T(errors_by_name),
+	    T(config_refuses_bad_values),
+	    T(memory_agrees_with_proc),
+	    T(rate_change_mid_copy),
+	    T(listxattr_hides_ours),
+	    T(cp_a_carries_none),
+	    T(size_probe_then_read),
+	    T(top_shows_transfers),
+	    T(heap_collects_forgotten_records),
+	    T(full_heap_refuses_with_enomem),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -993,9 +994,10 @@ static void run_program(unsigned seed, int steps)
 			what = "root_dec";
 		} else if (op < 93) {
 			settle(w);
-			if (heap_collect(w->h, HEAP_MINOR) != 0)
-				fail_msg("seed %u: minor failed", seed);
-			what = "minor";
+			bool cycle = below(4) == 0; /* sometimes an idle cycle's start instead */
+			if (heap_collect(w->h, cycle ? HEAP_CYCLE : HEAP_MINOR) != 0)
+				fail_msg("seed %u: %s failed", seed, cycle ? "cycle" : "minor");
+			what = cycle ? "cycle" : "minor";
 		} else if (op < 98) {
 			settle(w);
 			heap_step(w->h, 16 + below(below(2) ? 256 : 4096));

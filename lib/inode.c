@@ -895,10 +895,11 @@ out:
 }
 
 /* Whether enough records lost their last root since the last idle cycle began for another
- * (inode_table_idle): INODE_IDLE_MIN of them, and an eighth of the live records. */
+ * (inode_table_idle): idle_min (INODE_IDLE_MIN) of them, and an eighth of the live records. */
 static bool idle_wanted(const struct inode_table *t)
 {
-	return t->unrooted >= INODE_IDLE_MIN && t->unrooted >= t->st.inodes / 8;
+	return t->unrooted >= (t->cfg.idle_min ? t->cfg.idle_min : INODE_IDLE_MIN) &&
+	       t->unrooted >= t->st.inodes / 8;
 }
 
 bool inode_forget(struct inode_table *t, uint64_t id, uint64_t nlookup)

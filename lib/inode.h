@@ -58,6 +58,8 @@ struct inode_config {
 	void (*trace)(void *arg, const char *line); /* ... given to trace; NULL: stderr */
 	void *trace_arg;
 	uint64_t (*clock_ns)(void *arg); /* for pause figures; NULL: CLOCK_MONOTONIC */
+	uint64_t idle_min; /* unrooted records before an idle cycle (inode_table_idle); 0:
+			      INODE_IDLE_MIN. Tests lower it. */
 };
 
 /* free_data, if not NULL, is called (under the table lock, with the record's data) when a
@@ -130,8 +132,8 @@ void inode_heap_stats(struct inode_table *t, struct heap_stats *st);
 int inode_table_step(struct inode_table *t, size_t budget);
 
 /* Work for an idle daemon: gives back what the kernel forgot without waiting for allocation
- * to drive the collector. Once at least INODE_IDLE_MIN records, and an eighth of the heap's
- * objects, have lost their last root (lookup and pin counts at zero) since the last such
+ * to drive the collector. Once at least idle_min (INODE_IDLE_MIN) records, and an eighth of
+ * the live records, have lost their last root (lookup and pin counts at zero) since the last such
  * cycle began, a scavenge begins an old-generation cycle (HEAP_CYCLE); each call then does
  * about budget bytes of it (heap_step). Returns 1 while there is more to do (call again,
  * after letting requests in), 0 when there is nothing to do, or -ENOMEM (the scavenge could

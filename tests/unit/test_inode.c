@@ -789,8 +789,11 @@ static void model_step(struct inode_table *t)
 	case 8:
 		assert_int_equal(inode_table_collect(t, mrnd(4) ? HEAP_MINOR : HEAP_FULL), 0);
 		break;
-	default:
-		inode_table_step(t, 1 + mrnd(4096));
+	default: /* idle work, as the collector thread does it, or a plain step */
+		if (mrnd(2))
+			assert_true(inode_table_idle(t, 1 + mrnd(4096)) >= 0);
+		else
+			inode_table_step(t, 1 + mrnd(4096));
 		break;
 	}
 }
@@ -801,8 +804,11 @@ static void run_model(unsigned seed, int steps)
 	memset(mf, 0, sizeof(mf));
 	memset(tag_frees, 0, sizeof(tag_frees));
 	ntags = 0;
-	struct inode_config cfg = {
-	    .semi_space = 4 << 10, .old_space = 32 << 10, .trace_gc = 1, .trace = count_trace};
+	struct inode_config cfg = {.semi_space = 4 << 10,
+				   .old_space = 32 << 10,
+				   .trace_gc = 1,
+				   .trace = count_trace,
+				   .idle_min = 4}; /* so that idle cycles begin among 64 files */
 	struct inode_table *t;
 	assert_int_equal(inode_table_new(7, 2, tag_free, &cfg, &t), 0);
 	for (int s = 0; s < steps; s++) {

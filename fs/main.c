@@ -78,13 +78,13 @@ static int add_default_opts(struct fuse_args *args, const struct tfs_options *o)
 	opts[n] = '\0';
 	/* libfuse's default of 10 threads is too few when writers wait and others must not;
 	 * TFS_MAX_THREADS bounds what their receive buffers hold (tfs.h). max_read caps reads
-	 * at TFS_MAX_REQUEST as max_write (ops.c) caps writes. With allow_other the kernel checks
+	 * at TFS_MAX_READ as max_write (ops.c) caps writes. With allow_other the kernel checks
 	 * permissions itself (default_permissions), so that nobody reaches through the view what
 	 * the store's modes deny them; without it only the mounting user gets in, and the backing
 	 * store's own checks, made as that user, suffice (and spare a GETATTR of the directory
 	 * after every change in it). */
 	snprintf(opts + n, sizeof(opts) - n, ",subtype=throttlefs,max_threads=%d,max_read=%u%s",
-		 TFS_MAX_THREADS, TFS_MAX_REQUEST,
+		 TFS_MAX_THREADS, TFS_MAX_READ,
 		 has_mount_opt(args, "allow_other") ? ",default_permissions" : "");
 	return fuse_opt_insert_arg(args, 1, opts);
 }
@@ -95,12 +95,12 @@ static unsigned mount_max_read(const struct fuse_args *args)
 {
 	static const struct fuse_opt spec[] = {{"max_read=%u", 0, 0}, FUSE_OPT_END};
 	struct fuse_args copy = FUSE_ARGS_INIT(0, NULL);
-	unsigned v = TFS_MAX_REQUEST;
+	unsigned v = TFS_MAX_READ;
 	for (int i = 0; i < args->argc; i++)
 		if (fuse_opt_add_arg(&copy, args->argv[i]) != 0)
 			goto out;
 	if (fuse_opt_parse(&copy, &v, spec, NULL) != 0)
-		v = TFS_MAX_REQUEST;
+		v = TFS_MAX_READ;
 out:
 	fuse_opt_free_args(&copy);
 	return v;
@@ -125,7 +125,7 @@ static void mountinfo_unescape(char *s)
 /*
  * Raises the view's readahead to TFS_READAHEAD_KB. The kernel gives a new FUSE mount the
  * default window (128 KiB) whatever the daemon offers at INIT; with a 1 MiB window a large
- * sequential read keeps four TFS_MAX_REQUEST reads in flight, and cold reads run about
+ * sequential read keeps four TFS_MAX_READ reads in flight, and cold reads run about
  * half again faster. Done through the mount's backing device in sysfs, found by its device
  * number in mountinfo (no request to the view, which is not served yet). Only root may do
  * it; anyone else keeps the default, which is correct, just slower.

@@ -152,8 +152,8 @@ static void tfs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_MOVE);
 	/* Writes pass through us; the kernel must not cache them behind our back. */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
-	conn->max_write = TFS_MAX_REQUEST;
-	/* As the max_read mount option says (TFS_MAX_REQUEST from main.c, or the user's own):
+	conn->max_write = TFS_MAX_WRITE;
+	/* As the max_read mount option says (TFS_MAX_READ from main.c, or the user's own):
 	 * libfuse refuses an init that states another value. */
 	conn->max_read = fs->max_read;
 	conn->max_readahead = TFS_READAHEAD_KB << 10;
@@ -676,7 +676,7 @@ out:
  * each time, and the unmapping's TLB shootdowns cost more than the copy. Plain reads need no buffer
  * at all: they are spliced from the backing file (tfs_read).
  */
-#define RBUF_SIZE ((size_t)TFS_MAX_REQUEST)
+#define RBUF_SIZE ((size_t)TFS_MAX_READ)
 #define RBUF_KEEP 2
 
 static pthread_mutex_t rbuf_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -810,8 +810,8 @@ static void stream_submit(fuse_req_t req, struct handle *h, struct fuse_bufvec *
 /* The write's data arrives in the worker's receive buffer (libfuse's) and is copied once,
  * into the stream's blocks. Receiving it by splice instead would need a pipe larger than the
  * 1 MiB an unprivileged pipe may hold (libfuse sizes it for its largest possible request),
- * so it is not asked for; what bounds the receive buffers' memory is the request size
- * (TFS_MAX_REQUEST) times the worker threads. */
+ * so it is not asked for; what bounds the receive buffers' memory is TFS_MAX_WRITE times the
+ * worker threads (tfs.h). */
 static void tfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *data, off_t off,
 			  struct fuse_file_info *fi)
 {

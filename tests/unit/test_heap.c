@@ -422,6 +422,7 @@ static void memory_follows_use(void **state)
 	assert_true(st.heap_total == 0);
 	enum { N = 30000 };
 	static uint64_t obj[N];
+	uint64_t scavenges = 0, promoted = 0, most = 0; /* the largest promotion of a scavenge */
 	for (unsigned i = 0; i < N; i++) {
 		obj[i] = heap_alloc(h, 1, 1, 80);
 		assert_true(obj[i] != 0);
@@ -430,10 +431,20 @@ static void memory_follows_use(void **state)
 		assert_true(st.heap_used <= st.heap_total);
 		if (i == 0) /* a few pages of semi-space and one of handle slots */
 			assert_true(st.heap_total <= (20 << 10));
-		/* beyond what is used: the young pair, the arena's commit-ahead (at most 128
-		 * KiB) and one step of handle slots (at most 64 KiB); nothing is garbage here */
-		assert_true(st.heap_total <= st.heap_used + 2 * HEAP_SEMI_SPACE_USED + (192 << 10));
+		if (st.young.scavenges == scavenges + 1) {
+			uint64_t p = st.young.promoted_bytes - promoted;
+			most = p > most ? p : most;
+		}
+		scavenges = st.young.scavenges;
+		promoted = st.young.promoted_bytes;
+		/* beyond what is used: the rest of the young pair, the arena's commit-ahead (the
+		 * largest promotion and a quarter, at least 16 KiB) and one step of handle slots
+		 * (at most 8 KiB); nothing is garbage here */
+		uint64_t ahead = most + most / 4 > (16 << 10) ? most + most / 4 : (16 << 10);
+		assert_true(st.heap_total <= st.heap_used + 2 * HEAP_SEMI_SPACE_USED -
+						 st.young.used + ahead + (8 << 10));
 	}
+	assert_true(most > (16 << 10)); /* the commit-ahead followed the promotions */
 	check(h);
 	assert_true(st.young.scavenges > 0 && st.old.used > (size_t)N * 80);
 	for (unsigned i = 0; i < N; i++)

@@ -1133,7 +1133,7 @@ static size_t ix_bytes(const struct inode_table *t)
 	const struct devs *d = &t->devs;
 	return ix_map_len(t->ix.cap) + ix_map_len(t->old.cap) + t->next.ready +
 	       (ss->cap + ss->oldcap) * sizeof(struct side *) + ss->n * sizeof(struct side) +
-	       d->cap * sizeof(uint64_t) + d->hcap * sizeof(uint32_t);
+	       d->cap * sizeof(struct vol) + d->hcap * sizeof(uint32_t);
 }
 
 void inode_stats(struct inode_table *t, struct inode_stats *st)

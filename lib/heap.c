@@ -40,7 +40,7 @@
  * % 8 (3), nrefs (8), the whole size in words (12) and the slot index (28). The raw byte
  * count is derived: (words - 1 - nrefs) * 8 less the padding the low bits imply, so
  * heap_shape still returns exactly what the caller asked for. 12 bits of words cover every
- * small object (at most large_object <= HEAP_SEMI_SPACE_USED / 4 = 2048 words); an object
+ * small object (at most large_object <= HEAP_SEMI_SPACE_USED / 4 = 1536 words); an object
  * with more than 255 references or above large_object is a large one, whose header leaves
  * nrefs and words 0 and whose struct large prefix holds size, nrefs and nbytes in full. 28
  * index bits cap a heap at 2^28 - 1 objects (max_slots), which only a >= 2 GiB old space of

@@ -509,7 +509,7 @@ static void compaction_runs_in_slices(void **state)
 	struct heap_config cfg = {.semi_space = 64 << 10,
 				  .old_space = 4 << 20,
 				  .promote_age = 1,
-				  .large_object = 16 << 10,
+				  .large_object = 8 << 10,
 				  .compact_threshold = 0.3};
 	struct heap *h = NULL;
 	assert_int_equal(heap_new(&cfg, &h), 0);
@@ -761,7 +761,7 @@ static void stats_follow_injected_clock(void **state)
 	struct heap_stats st;
 	heap_stats(h, &st);
 	assert_true(st.objects == 1);
-	assert_true(st.young.size == 64 << 10 && st.old.size == 1 << 20);
+	assert_true(st.young.size == HEAP_SEMI_SPACE_USED && st.old.size == 1 << 20);
 	assert_true(st.young.used == 8 + 104);		/* an 8-byte header, the bytes rounded up */
 	assert_true(st.heap_used == st.young.used + 8); /* one 8-byte handle slot */
 	assert_int_equal(heap_collect(h, HEAP_MINOR), 0);

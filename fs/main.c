@@ -136,15 +136,20 @@ static void tune_readahead(const char *mountpoint)
 	FILE *f = fopen("/proc/self/mountinfo", "re");
 	if (f == NULL)
 		return;
-	char line[3 * PATH_MAX], dev[32] = "", mnt[2 * PATH_MAX];
-	while (fgets(line, sizeof(line), f) != NULL) {
-		char d[32];
-		if (sscanf(line, "%*d %*d %31s %*s %8191s", d, mnt) != 2)
-			continue;
-		mountinfo_unescape(mnt);
-		if (strcmp(mnt, mountpoint) == 0)
-			strcpy(dev, d); /* the last one is the topmost: ours */
+	/* Lines and fields are malloc'd, not 20 KiB of PATH_MAX arrays on the main thread's
+	 * stack: pages a stack touches once stay resident for the daemon's life. */
+	char *line = NULL, dev[32] = "";
+	size_t cap = 0;
+	while (getline(&line, &cap, f) > 0) {
+		char d[32], *mnt = NULL;
+		if (sscanf(line, "%*d %*d %31s %*s %ms", d, &mnt) == 2) {
+			mountinfo_unescape(mnt);
+			if (strcmp(mnt, mountpoint) == 0)
+				strcpy(dev, d); /* the last one is the topmost: ours */
+		}
+		free(mnt);
 	}
+	free(line);
 	fclose(f);
 	if (dev[0] == '\0')
 		return;

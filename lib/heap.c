@@ -40,7 +40,7 @@
  * % 8 (3), nrefs (8), the whole size in words (12) and the slot index (28). The raw byte
  * count is derived: (words - 1 - nrefs) * 8 less the padding the low bits imply, so
  * heap_shape still returns exactly what the caller asked for. 12 bits of words cover every
- * small object (at most large_object <= HEAP_SEMI_SPACE_USED / 4 = 2048 words); an object
+ * small object (at most large_object <= HEAP_SEMI_SPACE_USED / 4 = 1536 words); an object
  * with more than 255 references or above large_object is a large one, whose header leaves
  * nrefs and words 0 and whose struct large prefix holds size, nrefs and nbytes in full. 28
  * index bits cap a heap at 2^28 - 1 objects (max_slots), which only a >= 2 GiB old space of
@@ -77,7 +77,7 @@
  * steps from COMMIT_MIN as allocation reaches its end (outside pauses); the to-space, at the
  * start of a scavenge, up to what from holds, the most the survivors can take; the arena is
  * kept committed oahead bytes beyond its bump pointer, and oahead follows the promotion rate
- * (twice the largest promotion of a scavenge, COMMIT_MIN..COMMIT_MAX), so that in steady
+ * (the largest promotion of a scavenge and a quarter, COMMIT_MIN..COMMIT_MAX), so that in steady
  * state a scavenge's promotions land on committed pages; handle slots a page at first,
  * doubling up to SLOT_COMMIT. Pages once committed stay: compaction lowers otop but never
  * gives its pages back.
@@ -141,7 +141,8 @@ enum {
 	NCLASS = 63,		    /* exact free lists for chunks of 2..NCLASS words */
 	PACE_BYTES = 16384,	    /* allocation between two paced slices of old-generation work */
 	SLOT_COMMIT_MIN = 256,	    /* handle slots committed first (one 4 KiB page) */
-	SLOT_COMMIT = 4096	    /* most handle slots committed at a time (64 KiB) */
+	SLOT_COMMIT = 1024	    /* most handle slots committed at a time (8 KiB): a
+				       table holds at most 8 KiB it does not use (was 32) */
 };
 #define PACE_WORK ((size_t)128 << 10) /* bytes of marking, sweeping or compaction per slice */
 /* A promotion that finds no free chunk while a sweep is pending sweeps this much further
@@ -481,11 +482,14 @@ static void old_commit(struct heap *h)
 }
 
 /* A scavenge promoted `promoted` bytes: the arena's commit-ahead follows the promotion rate,
- * twice the largest promotion seen, from COMMIT_MIN up to COMMIT_MAX (a scavenge promotes at
- * most ysize), so the next scavenge's promotions land on committed pages. */
+ * the largest promotion seen and a quarter more, from COMMIT_MIN up to COMMIT_MAX (a
+ * scavenge promotes at most ysize), so the next scavenge's promotions land on committed
+ * pages. Each scavenge ends here, so the arena is committed this far ahead when the next one
+ * starts: a promotion no bigger than the largest so far needs no page it has not. (Twice the
+ * largest held 32 KiB more than that at the usual 32 KiB promotions, for nothing.) */
 static void old_ahead(struct heap *h, size_t promoted)
 {
-	size_t want = 2 * promoted;
+	size_t want = promoted + promoted / 4;
 	if (want > COMMIT_MAX)
 		want = COMMIT_MAX;
 	if (want > h->oahead)

@@ -151,7 +151,8 @@ struct stream_engine {
 	uint64_t nstreams;
 	bool stop;
 
-	unsigned nthreads;
+	unsigned want;	   /* drain threads to run (config.drain_threads) */
+	unsigned nthreads; /* [e] started so far: 0 until the first stream opens */
 	pthread_t threads[];
 };
 
@@ -1072,6 +1073,24 @@ void stream_stats(struct stream *s, struct stream_stats *st)
 
 /* ---- lifetime ----------------------------------------------------------------------- */
 
+/* [e] Starts the drain threads not yet running. They start with the first stream, not with
+ * the engine: until something is opened for writing there is nothing to drain, and a daemon
+ * that only serves lookups and reads (a find, a backup read) then keeps no idle thread
+ * stacks and thread state (about 10 KiB resident each). Returns 0 when at least one thread
+ * runs (a later stream_open tries again for the rest), else the error. */
+static int engine_start(struct stream_engine *e)
+{
+	int rc = 0;
+
+	while (e->nthreads < e->want) {
+		rc = -pthread_create(&e->threads[e->nthreads], NULL, drain_main, e);
+		if (rc != 0)
+			break;
+		e->nthreads++;
+	}
+	return e->nthreads != 0 ? 0 : rc;
+}
+
 int stream_open(struct stream_engine *e, int fd, struct stream **out)
 {
 	struct stream *s = calloc(1, sizeof(*s));
@@ -1088,7 +1107,9 @@ int stream_open(struct stream_engine *e, int fd, struct stream **out)
 	if (rc != 0)
 		goto fail_mutex;
 	pthread_mutex_lock(&e->lock);
-	rc = throttle_init(&s->throttle, e->file_rate, stream_now(e));
+	rc = engine_start(e);
+	if (rc == 0)
+		rc = throttle_init(&s->throttle, e->file_rate, stream_now(e));
 	if (rc == 0) {
 		s->next = e->streams;
 		if (e->streams)
@@ -1180,15 +1201,17 @@ void stream_engine_stats(struct stream_engine *e, struct stream_engine_stats *st
 	    .throughput = ring_rate(&e->ring, now, e->start_ns),
 	    .parked = e->nparked,
 	    .streams = e->nstreams,
+	    .threads = e->nthreads,
 	};
 	pthread_mutex_unlock(&e->lock);
 }
 
-/* Stops and joins the first n drain threads. */
-static void engine_stop(struct stream_engine *e, unsigned n)
+/* Stops and joins the drain threads. */
+static void engine_stop(struct stream_engine *e)
 {
 	pthread_mutex_lock(&e->lock);
 	e->stop = true;
+	unsigned n = e->nthreads;
 	pthread_cond_broadcast(&e->work);
 	pthread_mutex_unlock(&e->lock);
 	for (unsigned i = 0; i < n; i++) {
@@ -1258,14 +1281,7 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 	rc = throttle_init(&e->throttle, cfg->rate, e->start_ns);
 	if (rc != 0)
 		goto fail_room;
-	for (e->nthreads = 0; e->nthreads < n; e->nthreads++) {
-		rc = -pthread_create(&e->threads[e->nthreads], NULL, drain_main, e);
-		if (rc != 0) {
-			engine_stop(e, e->nthreads);
-			engine_release(e);
-			return rc;
-		}
-	}
+	e->want = n; /* started by the first stream_open (engine_start) */
 	*out = e;
 	return 0;
 fail_room:
@@ -1292,6 +1308,6 @@ void stream_engine_free(struct stream_engine *e)
 		int rc = stream_close(s);
 		(void)rc;
 	}
-	engine_stop(e, e->nthreads);
+	engine_stop(e);
 	engine_release(e);
 }

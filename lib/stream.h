@@ -132,6 +132,7 @@ struct stream_engine_stats {
 	uint64_t throughput;	  /* bytes/s committed over the last few seconds */
 	uint64_t parked;	  /* writes waiting for their callback */
 	uint64_t streams;	  /* open streams */
+	uint64_t threads;	  /* drain threads running: 0 until the first stream_open */
 };
 
 enum stream_state {
@@ -153,8 +154,9 @@ struct stream_stats {
 	int error; /* positive errno when state == STREAM_ERROR, else 0 */
 };
 
-/* Creates an engine and starts its drain threads. Returns 0 or -errno (-EINVAL when
- * high_water > max_buffer or drain_threads > STREAM_MAX_DRAINS). */
+/* Creates an engine. Its drain threads start with the first stream_open, so an engine nobody
+ * writes through holds no threads. Returns 0 or -errno (-EINVAL when high_water > max_buffer
+ * or drain_threads > STREAM_MAX_DRAINS). */
 int stream_engine_new(const struct stream_config *cfg, struct stream_engine **out);
 
 /* Closes every stream still open (waiting for its data, as stream_close), stops and joins
@@ -167,8 +169,9 @@ void stream_engine_set_rate(struct stream_engine *e, uint64_t rate, uint64_t fil
 
 void stream_engine_stats(struct stream_engine *e, struct stream_engine_stats *st);
 
-/* Opens a stream writing to fd. The stream owns fd from now on, also on failure (it is then
- * closed). Returns 0 or -errno. */
+/* Opens a stream writing to fd, first starting the engine's drain threads that are not
+ * running yet. The stream owns fd from now on, also on failure (it is then closed). Returns 0
+ * or -errno (-EAGAIN and the like when not even one drain thread could be started). */
 int stream_open(struct stream_engine *e, int fd, struct stream **out);
 
 /* Sets who the data of s is written as from the next slice on (NULL: nobody, plain pwritev).

@@ -328,6 +328,78 @@ static void devices_are_told_apart(void **state)
 	assert_int_equal(live(t), 1);
 }
 
+/* 64-bit inode numbers: a record keeps the low half, its volume the high half. Numbers that
+ * share a low half but not a high one (or a high half but not the device) are different
+ * files, each found again under its own id, and each gives back its whole number. */
+static void wide_inode_numbers_are_told_apart(void **state)
+{
+	struct inode_table *t = *state;
+	static const uint64_t inos[] = {
+	    5,		(1ull << 32) | 5, (7ull << 32) | 5,	      (0xffffffffull << 32) | 5,
+	    1ull << 32, UINT64_MAX,	  (7ull << 32) | 0xffffffffu, 0xffffffffu,
+	};
+	enum { N = sizeof(inos) / sizeof(inos[0]) };
+	uint64_t ids[2][N], id, gen, dev, ino;
+	char name[16], err[200];
+	for (int d = 0; d < 2; d++)
+		for (int i = 0; i < N; i++) {
+			snprintf(name, sizeof(name), "w%d.%d", d, i);
+			assert_int_equal(inode_link(t, INODE_ROOT, name, 7 + (uint64_t)d, inos[i],
+						    &ids[d][i], &gen),
+					 0);
+			for (int k = 0; k < d * N + i; k++)
+				assert_true(ids[k / N][k % N] != ids[d][i]);
+		}
+	for (int d = 0; d < 2; d++)
+		for (int i = 0; i < N; i++) {
+			snprintf(name, sizeof(name), "w%d.%d", d, i);
+			assert_int_equal(
+			    inode_link(t, INODE_ROOT, name, 7 + (uint64_t)d, inos[i], &id, &gen),
+			    0);
+			assert_true(id == ids[d][i]);
+			assert_int_equal(inode_ident(t, id, &dev, &ino), 0);
+			assert_int_equal(dev, 7 + (uint64_t)d);
+			assert_int_equal(ino, inos[i]);
+		}
+	assert_int_equal(inode_unhash(t, 7, (3ull << 32) | 5), 0); /* a high half never seen */
+	assert_int_equal(inode_unhash(t, 8, (7ull << 32) | 5), 1);
+	assert_int_equal(inode_link(t, INODE_ROOT, "w1.2", 8, (7ull << 32) | 5, &id, &gen), 0);
+	assert_true(id != ids[1][2]); /* unhashed: a new file */
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	for (int d = 0; d < 2; d++)
+		for (int i = 0; i < N; i++)
+			inode_forget(t, ids[d][i], 2);
+	inode_forget(t, id, 1);
+	assert_int_equal(live(t), 1);
+}
+
+/* What a record of a short name costs in the heap: 32 bytes up to 6 name bytes (header,
+ * parent slot, 10 fixed bytes and the name), 40 up to 14, plus its 8-byte handle slot. */
+static void short_names_make_small_records(void **state)
+{
+	struct inode_table *t = *state;
+	static const struct {
+		const char *name;
+		uint64_t bytes;
+	} cases[] = {{"a", 32},
+		     {"f00001", 32},
+		     {"f000001", 40},
+		     {"abcdefghijklmn", 40},
+		     {"abcdefghijklmno", 48}};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct heap_stats before, after;
+		inode_heap_stats(t, &before);
+		uint64_t id = link_one(t, INODE_ROOT, cases[i].name, 500 + i);
+		inode_heap_stats(t, &after);
+		assert_int_equal(after.heap_used - before.heap_used, cases[i].bytes + 8);
+		char name[32];
+		uint64_t parent;
+		assert_int_equal(inode_parent(t, id, &parent, name, sizeof(name)), 0);
+		assert_string_equal(name, cases[i].name);
+	}
+}
+
 /* A count of many lookups (in the narrow build, mostly in the side entry) with a pin: the
  * record lives exactly until the last lookup is forgotten and the pin dropped. */
 static void many_lookups_and_pins(void **state)
@@ -846,6 +918,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(data_slot, setup, teardown),
 	    cmocka_unit_test_setup_teardown(looks_leave_no_side_entry, setup, teardown),
 	    cmocka_unit_test_setup_teardown(devices_are_told_apart, setup, teardown),
+	    cmocka_unit_test_setup_teardown(wide_inode_numbers_are_told_apart, setup, teardown),
+	    cmocka_unit_test_setup_teardown(short_names_make_small_records, setup, teardown),
 	    cmocka_unit_test_setup_teardown(many_lookups_and_pins, setup, teardown),
 	    cmocka_unit_test_setup_teardown(many_records, setup, teardown),
 	    cmocka_unit_test_setup_teardown(index_growth_keeps_entries_findable, setup, teardown),

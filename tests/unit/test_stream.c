@@ -7,6 +7,7 @@
  * shrinks and no parked writer can be woken, and a test may assert that a callback has NOT
  * run yet. The fake clock's sleeps only advance the fake time, so rate tests take no time.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -1142,6 +1143,54 @@ static void owner_brackets_every_slice(void **state)
 	stream_engine_free(e);
 }
 
+/* Threads of this process, as the kernel lists them. */
+static unsigned task_count(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	assert_non_null(d);
+	unsigned n = 0;
+	for (struct dirent *de; (de = readdir(d)) != NULL;)
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* An engine holds no drain thread until the first stream opens; then all of them run (and
+ * drain: no_help leaves the writing to them), and freeing the engine joins them. */
+static void drain_threads_start_with_first_stream(void **state)
+{
+	(void)state;
+	unsigned before = task_count();
+	struct stream_engine *e = engine(1 * MiB, 4 * MiB, 3, 0, 0);
+	struct stream_engine_stats es;
+	stream_engine_stats(e, &es);
+	assert_int_equal(es.threads, 0);
+	assert_int_equal(task_count(), before);
+
+	static unsigned char data[64 * KiB];
+	fill(data, sizeof(data), 7);
+	int check;
+	struct stream *s = open_stream(e, &check);
+	stream_engine_stats(e, &es);
+	assert_int_equal(es.threads, 3);
+	assert_int_equal(task_count(), before + 3);
+	int check2;
+	struct stream *s2 = open_stream(e, &check2); /* a second stream starts no more */
+	stream_engine_stats(e, &es);
+	assert_int_equal(es.threads, 3);
+	assert_int_equal(task_count(), before + 3);
+	assert_int_equal(stream_close(s2), 0);
+	close(check2);
+
+	assert_int_equal(stream_write(s, data, sizeof(data), 0, NULL, NULL), 0);
+	assert_int_equal(stream_sync(s), 0);
+	assert_file(check, data, sizeof(data));
+	assert_int_equal(stream_close(s), 0);
+	close(check);
+	stream_engine_free(e);
+	assert_int_equal(task_count(), before);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1159,6 +1208,7 @@ int main(void)
 	    cmocka_unit_test(write_behind_follows_a_copy),
 	    cmocka_unit_test(pool_never_exceeds_cap),
 	    cmocka_unit_test(close_waits_for_data),
+	    cmocka_unit_test(drain_threads_start_with_first_stream),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

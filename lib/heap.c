@@ -79,8 +79,12 @@
  * kept committed oahead bytes beyond its bump pointer, and oahead follows the promotion rate
  * (the largest promotion of a scavenge and a quarter, COMMIT_MIN..COMMIT_MAX), so that in steady
  * state a scavenge's promotions land on committed pages; handle slots a page at first,
- * doubling up to SLOT_COMMIT. Pages once committed stay: compaction lowers otop but never
- * gives its pages back.
+ * doubling up to SLOT_COMMIT. When a cycle leaves the arena's top far below what is committed
+ * (a compaction after the kernel forgot a tree, or a sweep that freed the arena's tail), the
+ * pages beyond otop + oahead are given back (old_trim, MADV_DONTNEED), at most TRIM_STEP per
+ * pause and only once they reach TRIM_MIN, so that a heap that shrinks and regrows a little
+ * does not pay first touches again and again. Handle slots stay committed: freed ones hold
+ * their generation, which must survive (see slot_release).
  *
  * Old generation: one reserved arena allocated by segregated free lists with a bump pointer at the
  * top, plus a list of large objects (bigger than config.large_object) that are malloc'd
@@ -154,6 +158,8 @@ enum {
 /* The old arena is committed this far ahead of its bump pointer, this much at a time. */
 #define COMMIT_MIN ((size_t)16 << 10)  /* the first commit of a space: four pages */
 #define COMMIT_MAX ((size_t)128 << 10) /* the most the arena is committed ahead */
+#define TRIM_MIN   ((size_t)256 << 10) /* arena pages beyond the ahead worth giving back */
+#define TRIM_STEP  ((size_t)1 << 20)   /* the most given back in one pause */
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
@@ -238,6 +244,7 @@ struct heap {
 	char *sweep;	 /* sweeping: next arena address to sweep */
 	char *dst;	 /* compacting: where the next live object slides to */
 	bool compacting; /* this sweep slides live objects down instead of freeing */
+	bool trim;	 /* committed arena pages remain to give back (old_trim) */
 	size_t trigger;
 	size_t debt;
 	size_t alloc_sweep; /* arena bytes old_alloc may still sweep in this pause (scavenge) */
@@ -481,6 +488,27 @@ static void old_commit(struct heap *h)
 	h->ocommit = h->obase + want;
 }
 
+/* Gives back up to TRIM_STEP bytes of committed arena pages beyond otop + oahead, from the
+ * top down, once there are at least TRIM_MIN of them. Returns true when some remain to give
+ * back (another call will). A failed madvise leaves them committed: nothing is lost. */
+static bool old_trim(struct heap *h)
+{
+	uintptr_t page = (uintptr_t)getpagesize();
+	char *keep = (char *)(((uintptr_t)h->otop + h->oahead + page - 1) & ~(page - 1));
+	/* commit() populates whole pages: the one ocommit falls in is resident too */
+	char *top = (char *)(((uintptr_t)h->ocommit + page - 1) & ~(page - 1));
+	if (keep >= top || (size_t)(top - keep) < TRIM_MIN)
+		return false;
+	size_t n = (size_t)(top - keep);
+	if (n > TRIM_STEP)
+		n = TRIM_STEP;
+	if (madvise(top - n, n, MADV_DONTNEED) != 0)
+		return false;
+	h->ocommit = top - n;
+	h->st.old.trimmed += n;
+	return h->ocommit > keep;
+}
+
 /* A scavenge promoted `promoted` bytes: the arena's commit-ahead follows the promotion rate,
  * the largest promotion seen and a quarter more, from COMMIT_MIN up to COMMIT_MAX (a
  * scavenge promotes at most ysize), so the next scavenge's promotions land on committed
@@ -680,9 +708,12 @@ static struct hdr *flist_take(struct heap *h, size_t size)
 
 /* ---- lazy sweeping ---- */
 
+static bool old_trim(struct heap *h);
+
 static void sweep_done(struct heap *h)
 {
 	h->state = IDLE;
+	h->trim = old_trim(h);
 	size_t used = old_used(h);
 	size_t room = h->olimit - used;
 	h->trigger = used + (used < room / 2 ? used : room / 2);
@@ -1213,6 +1244,12 @@ static int step(struct heap *h, size_t budget)
 {
 	if (h->state == IDLE && old_used(h) >= h->trigger)
 		mark_start(h);
+	if (h->state == IDLE && h->trim) { /* the last cycle left pages to give back */
+		uint64_t t0 = now_ns(h);
+		h->trim = old_trim(h);
+		pause_end(h, t0, NULL);
+		return h->trim;
+	}
 	if (h->state == IDLE)
 		return 0;
 	uint64_t t0 = now_ns(h);
@@ -1224,7 +1261,7 @@ static int step(struct heap *h, size_t budget)
 		sweep_slice(h, budget);
 	}
 	pause_end(h, t0, what);
-	return h->state != IDLE;
+	return h->state != IDLE || h->trim;
 }
 
 /* ---- public API ---- */

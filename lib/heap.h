@@ -99,8 +99,9 @@ struct heap_stats {
 		uint64_t fulls;	      /* stop-the-world full collections: heap_collect(HEAP_FULL)
 					 or the last resort before ENOMEM; never in normal operation */
 		double fragmentation; /* free bytes inside the old arena / arena extent, 0..1 */
-		uint64_t marked; /* bytes of old objects marking shaded (its work), all cycles */
-		uint64_t swept;	 /* arena bytes the sweeper passed, all cycles */
+		uint64_t marked;  /* bytes of old objects marking shaded (its work), all cycles */
+		uint64_t swept;	  /* arena bytes the sweeper passed, all cycles */
+		uint64_t trimmed; /* committed arena bytes given back to the system, all cycles */
 	} old;
 	struct {
 		uint64_t last, max,
@@ -163,8 +164,9 @@ long heap_root_count(struct heap *h, uint64_t handle);
 int heap_collect(struct heap *h, enum heap_collect_kind kind);
 
 /* Does about budget bytes of incremental old-generation work (marking, then lazy sweeping),
- * e.g. from an idle loop. Starts a marking cycle when the old space passed its trigger.
- * Returns 1 while a cycle is in progress, 0 when the old generation is idle. */
+ * e.g. from an idle loop. Starts a marking cycle when the old space passed its trigger; after
+ * a cycle that shrank the arena, gives back its surplus pages, a step a call. Returns 1
+ * while a cycle is in progress or pages remain to give back, 0 when there is nothing to do. */
 int heap_step(struct heap *h, size_t budget);
 
 void heap_stats(const struct heap *h, struct heap_stats *out);

@@ -453,6 +453,58 @@ static void memory_follows_use(void **state)
 	heap_free(h);
 }
 
+/* Memory follows use down too: once the kernel's records die (all but one in 1000), the
+ * cycle that collects them compacts the arena and gives its pages back, at most a step per
+ * call (each call one bounded pause), until what is committed is near what is used. The
+ * survivors are intact. */
+static void memory_given_back_after_a_cycle(void **state)
+{
+	(void)state;
+	enum { N = 200000 };
+	struct heap *h = new_heap(64 << 10, 64 << 20, NULL);
+	static uint64_t obj[N];
+	for (unsigned i = 0; i < N; i++) {
+		assert_true((obj[i] = heap_alloc(h, 1, 0, 40)) != 0);
+		fill(h, obj[i], i);
+	}
+	assert_int_equal(heap_collect(h, HEAP_MINOR), 0);
+	struct heap_stats full, st;
+	heap_stats(h, &full);
+	assert_true(full.heap_total > (size_t)N * 40);
+	for (unsigned i = 0; i < N; i++)
+		if (i % 1000 != 0)
+			assert_int_equal(heap_root_dec(h, obj[i]), 0);
+	assert_int_equal(heap_collect(h, HEAP_CYCLE), 0);
+	uint64_t trimmed = full.old.trimmed;
+	unsigned calls = 0;
+	while (heap_step(h, 64 << 10) == 1) {
+		heap_stats(h, &st);
+		assert_true(st.old.trimmed - trimmed <= (1 << 20)); /* TRIM_STEP a pause */
+		trimmed = st.old.trimmed;
+		assert_true(++calls < 100000);
+	}
+	heap_stats(h, &st);
+	check(h);
+	assert_true(st.old.trimmed - full.old.trimmed > (size_t)N * 40 / 2);
+	/* left committed: the used bytes, the young pair, the ahead, a trim's worth below
+	 * TRIM_MIN, and the handle table (its slots keep their generations) */
+	assert_true(st.heap_total <= st.heap_used + (size_t)N * 8 + 2 * HEAP_SEMI_SPACE_USED +
+					 (128 << 10) + (256 << 10) + 4096);
+	assert_true(st.heap_total < full.heap_total / 3);
+	for (unsigned i = 0; i < N; i += 1000)
+		assert_true(intact(h, obj[i], i));
+	/* and it grows again as before */
+	for (unsigned i = 1; i < N; i += 2) {
+		assert_true((obj[i] = heap_alloc(h, 1, 0, 40)) != 0);
+		fill(h, obj[i], i);
+	}
+	assert_int_equal(heap_collect(h, HEAP_MINOR), 0);
+	for (unsigned i = 1; i < N; i += 2)
+		assert_true(intact(h, obj[i], i));
+	check(h);
+	heap_free(h);
+}
+
 /* Dropping most of a full old space fragments it; the next full cycle compacts. */
 static void fragmentation_triggers_compaction(void **state)
 {
@@ -1084,6 +1136,7 @@ int main(void)
 	    cmocka_unit_test(shapes_survive_moves),
 	    cmocka_unit_test(young_generation_stays_small),
 	    cmocka_unit_test(memory_follows_use),
+	    cmocka_unit_test(memory_given_back_after_a_cycle),
 	    cmocka_unit_test(fragmentation_triggers_compaction),
 	    cmocka_unit_test(compaction_runs_in_slices),
 	    cmocka_unit_test(incremental_marking_with_mutation),

@@ -326,6 +326,11 @@ static void progress_of(struct node *n, struct node_progress *p)
 		stream_stats(s, &p->st);
 	else
 		p->st = n->final;
+	/* A stream that has written all it received while its file is still open is between
+	 * two writes, not done: "done" means the transfer ended (the last writer closed) with
+	 * everything on the store, and never turns back into "writing". */
+	if (s != NULL && p->st.state == STREAM_DONE)
+		p->st.state = STREAM_WRITING;
 	p->started_rt = __atomic_load_n(&n->started_rt, __ATOMIC_RELAXED);
 	p->last_rt = __atomic_load_n(&n->last_write_rt, __ATOMIC_RELAXED);
 	p->ended_rt = s != NULL ? 0 : n->ended_rt;

@@ -761,6 +761,31 @@ static void top_shows_transfers(void **state)
 	unmount(fs);
 }
 
+/* "done" means the transfer ended: while the file is open it stays "writing" even when all
+ * it received is on the store (after an fsync, or between two slow writes), and "done"
+ * comes at close and stays. */
+static void done_only_after_close(void **state)
+{
+	(void)state;
+	struct h_fs *fs = mount_with(NULL);
+	const char *path = H_AT(fs->mnt, "open.bin");
+	char buf[64];
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	static char data[4096];
+	assert_int_equal(write(fd, data, sizeof(data)), (ssize_t)sizeof(data));
+	assert_int_equal(fsync(fd), 0); /* everything received is on the store */
+	assert_true(vget(path, "state", buf, sizeof(buf)) > 0);
+	assert_string_equal(buf, "writing");
+	assert_true(vget(path, "committed", buf, sizeof(buf)) > 0);
+	assert_string_equal(buf, "4096");
+	assert_int_equal(close(fd), 0);
+	wait_state_done(path);
+	assert_true(vget(path, "state", buf, sizeof(buf)) > 0);
+	assert_string_equal(buf, "done");
+	unmount(fs);
+}
+
 /* ---- the metadata heap (issue 5) ---- */
 
 #define HEAP_FILES 40000
@@ -961,6 +986,7 @@ int main(void)
 	    T(cp_a_carries_none),
 	    T(size_probe_then_read),
 	    T(top_shows_transfers),
+	    T(done_only_after_close),
 	    T(heap_collects_forgotten_records),
 	    T(full_heap_refuses_with_enomem),
 	};

@@ -1,7 +1,8 @@
-/* test_inode.c - the inode table: lookup counting, paths, renames, stale ids, devices, data
- * slots, and that every record is freed once nothing holds it. Built twice: unit_inode_narrow
- * compiles lib/inode.c with 2 bits of lookup count in the record, so that every test (the
- * property test too) also runs the counts' side-entry half. */
+/* test_inode.c - the inode table: lookup counting, paths, renames, stale ids, devices,
+ * scattered 64-bit inode numbers, data slots, and that every record is freed once nothing
+ * holds it. Built twice: unit_inode_narrow compiles lib/inode.c with 2 bits of lookup count in
+ * the record and a volume list of 64 volumes, 3 a device, so that every test (the property
+ * test too) also runs the counts' side-entry half and the wide records. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>

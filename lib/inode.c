@@ -16,6 +16,19 @@
  * (it was 90 with the device, the data pointer and the pin count in every record, 60 with
  * the whole inode number and 32 lookup-count bits).
  *
+ * A volume list pays when many records share a volume: ext4, tmpfs and btrfs hand out inode
+ * numbers from the bottom up, XFS keeps a few high bits for an allocation group. A store with
+ * scattered 64-bit numbers (NFS or CIFS servers reporting hashed file ids, overlayfs with
+ * xino, some FUSE stores) would add a volume for nearly every file, and the list holds at
+ * most 65,535. So a device lists at most INODE_VOL_PER_DEV high halves and the table at most
+ * INODE_VOL_MAX volumes; a record whose volume is not listed is "wide": its vol is VOL_WIDE
+ * and its device and high half (12 bytes, WIDE_BYTES) sit inline before its name, so that it
+ * costs 8 or 16 heap bytes more and nothing beside it (a listed volume used by one record
+ * costs 24-40 bytes: the vol, its hash buckets, the array's slack). Which form a (dev, ino)
+ * takes never changes: a volume once listed stays listed, and one refused stays refused (the
+ * list and every device's count only grow), so a probe knows the form from the volume list
+ * alone. Everything that reads a record's identity goes through rec_ident.
+ *
  * Liveness is the heap's. A record holds exactly one heap root while its lookup count or pin
  * count is above zero (root_inc/dec on the transitions), and its parent slot keeps the chain
  * to the root alive by reachability, so nothing here counts children. A record nothing holds
@@ -67,13 +80,27 @@ enum {
 #define MIGRATE_STEP 64			/* old index buckets moved per insertion */
 #define IX_PAGE_STEP ((size_t)64 << 10) /* index bytes committed or unmapped per insertion */
 #define NAME_MAX_IN  4095		/* namelen's 12 bits; NAME_MAX is 255 */
-#define DEV_MAX	     65536
-#define SIDE_STEP    8 /* side-table buckets moved per insertion while it grows */
+#define SIDE_STEP    8			/* side-table buckets moved per insertion while it grows */
 /* Bits of the lookup count kept in the record; the rest goes to the side entry. Tests build
  * the table with 2 (unit_inode_narrow), so that the side half is exercised at small counts. */
 #ifndef INODE_LOOKUP_LOW_BITS
 #define INODE_LOOKUP_LOW_BITS 16
 #endif
+/* The volume list's bounds, INODE_VOL_MAX and INODE_VOL_PER_DEV, are in inode.h. A listed
+ * volume costs 24-40 bytes and saves 8-16 on each of its records, so a device with a thousand
+ * high halves is a scattered store whose further volumes would mostly hold one record each.
+ * 100,000 files named s0..s99999 (scratch count, inode_stats after a full collection): with
+ * numbers from 100 up, 49.8 bytes a record; with scattered 64-bit numbers on one device, 65.9
+ * with the device bound at 1024 (65.8 at 16, 66.2 at 4096), 71.1 without it (65,535 volumes
+ * of one record each); on 100 such devices 71.1 (the table's bound), 66.1 at 16 a device. A
+ * thousand leaves room for XFS's allocation groups (a petabyte in 1 TiB groups: 512 high
+ * halves), and the waste is bounded either way: at most 65,535 volumes, 2.6 MB. VOL_WIDE,
+ * the 16-bit index's last value, is no volume. */
+#define VOL_WIDE   0xffff
+#define WIDE_BYTES 12 /* a wide record's device (8 bytes) and high half (4), before its name */
+_Static_assert(INODE_VOL_MAX >= 1 && INODE_VOL_MAX <= VOL_WIDE, "volume indices are 16 bits");
+_Static_assert(INODE_VOL_PER_DEV >= 1, "the backing root's volume is always listed");
+_Static_assert(WIDE_BYTES == sizeof(uint64_t) + sizeof(uint32_t), "device and high half");
 #define LOOKUP_LOW_MASK (UINT64_MAX >> (64 - INODE_LOOKUP_LOW_BITS))
 #define LOOKUP_MAX	(UINT64_MAX >> (32 - INODE_LOOKUP_LOW_BITS))
 
@@ -85,10 +112,11 @@ enum {
 struct rec {
 	uint32_t ino_lo;       /* the inode number's low half; the volume holds the high half */
 	uint16_t nlookup;      /* the kernel's lookup count, low bits (the rest: side entry) */
-	uint16_t vol;	       /* index into the table's volumes (struct devs) */
+	uint16_t vol;	       /* index into the table's volumes (struct devs), or VOL_WIDE */
 	uint16_t namelen : 12; /* inline name bytes, no NUL; 0 while R_LINKED */
 	uint16_t flags : 4;
-	char name[]; /* inline room: the object's raw bytes minus REC_FIXED */
+	char name[]; /* inline room: the object's raw bytes minus REC_FIXED; a wide record's
+			first WIDE_BYTES are its identity (rec_skip), its name follows */
 };
 
 #define REC_FIXED offsetof(struct rec, name)
@@ -122,14 +150,24 @@ struct vol {
 	uint64_t hi; /* ino >> 32 */
 };
 
-/* The distinct volumes seen, in order of appearance: a record holds a 16-bit index (nearly
+/* A device's count of listed volumes, for INODE_VOL_PER_DEV. */
+struct devn {
+	uint64_t dev;
+	uint32_t nvol; /* 0: an empty bucket */
+};
+
+/* The distinct volumes listed, in order of appearance: a record holds a 16-bit index (nearly
  * every record has the backing root's device, and file systems hand out inode numbers from
  * the bottom up or keep a few high bits for an allocation group or a shard: a handful of
- * high halves per device). Never shrinks; at most DEV_MAX. */
+ * high halves per device). Never shrinks; at most INODE_VOL_MAX, INODE_VOL_PER_DEV a device.
+ * Beside it, the listed devices' counts: open addressing keyed by device, consulted only
+ * when a volume is new. */
 struct devs {
 	struct vol *v;
 	uint32_t *hash; /* open addressing: 0 empty, else index + 1 */
 	size_t n, cap, hcap;
+	struct devn *per; /* per device: pcap buckets, nper of them used */
+	size_t nper, pcap;
 };
 
 struct index {
@@ -322,17 +360,48 @@ static int dev_find(const struct devs *d, uint64_t dev, uint64_t ino)
 	return -ENOENT;
 }
 
-/* The index of the volume of (dev, ino), added when new: the index, -EOVERFLOW past DEV_MAX
- * volumes, or -ENOMEM. The hash is rebuilt in one go as it doubles: a few hundred volumes is
- * already rare. */
+/* The count bucket of dev in per (pcap buckets, a power of two): its own or the empty one
+ * where it would go. */
+static struct devn *dev_count(struct devn *per, size_t pcap, uint64_t dev)
+{
+	size_t i = (size_t)((dev * 0x9e3779b97f4a7c15ull) >> 32) & (pcap - 1);
+	while (per[i].nvol != 0 && per[i].dev != dev)
+		i = (i + 1) & (pcap - 1);
+	return &per[i];
+}
+
+/* Room for one more device count: the buckets at most half full (rebuilt in one go: devices
+ * are few). 0 or -ENOMEM. */
+static int dev_count_reserve(struct devs *d)
+{
+	if ((d->nper + 1) * 2 <= d->pcap)
+		return 0;
+	size_t pcap = d->pcap ? d->pcap * 2 : 4;
+	struct devn *per = calloc(pcap, sizeof(*per));
+	if (per == NULL)
+		return -ENOMEM;
+	for (size_t k = 0; k < d->pcap; k++)
+		if (d->per[k].nvol != 0)
+			*dev_count(per, pcap, d->per[k].dev) = d->per[k];
+	free(d->per);
+	d->per = per;
+	d->pcap = pcap;
+	return 0;
+}
+
+/* The index of the volume of (dev, ino), listed when new: the index, VOL_WIDE when it may not
+ * be listed (INODE_VOL_MAX volumes, or INODE_VOL_PER_DEV of its device's, are: a condition
+ * that never goes away, so a refused volume stays refused), or -ENOMEM (nothing changed). The
+ * hash is rebuilt in one go as it doubles: a few hundred volumes is already rare. */
 static int dev_index(struct devs *d, uint64_t dev, uint64_t ino)
 {
 	int i = dev_find(d, dev, ino);
 	if (i >= 0)
 		return i;
 	struct vol vol = {dev, ino >> 32};
-	if (d->n >= DEV_MAX)
-		return -EOVERFLOW;
+	if (d->n >= INODE_VOL_MAX ||
+	    (d->pcap != 0 && dev_count(d->per, d->pcap, dev)->nvol >= INODE_VOL_PER_DEV))
+		return VOL_WIDE;
 	if (d->n == d->cap) {
 		size_t cap = d->cap ? d->cap * 2 : 4;
 		struct vol *v = realloc(d->v, cap * sizeof(*v));
@@ -356,6 +425,12 @@ static int dev_index(struct devs *d, uint64_t dev, uint64_t ino)
 			h[j] = (uint32_t)k + 1;
 		}
 	}
+	if (dev_count_reserve(d) != 0)
+		return -ENOMEM;
+	struct devn *c = dev_count(d->per, d->pcap, dev);
+	d->nper += c->nvol == 0;
+	c->dev = dev;
+	c->nvol++;
 	size_t j = dev_hash(vol, d->hcap);
 	while (d->hash[j] != 0)
 		j = (j + 1) & (d->hcap - 1);
@@ -368,17 +443,46 @@ static void dev_release(struct devs *d)
 {
 	free(d->v);
 	free(d->hash);
+	free(d->per);
 	memset(d, 0, sizeof(*d));
 }
 
-static uint64_t rec_dev(const struct inode_table *t, const struct rec *r)
+/* ---- identity ---- */
+
+struct ident {
+	uint64_t dev, ino;
+};
+
+/* Bytes before a record's inline name: a wide record's identity. */
+static size_t rec_skip(const struct rec *r)
 {
-	return t->devs.v[r->vol].dev;
+	return r->vol == VOL_WIDE ? WIDE_BYTES : 0;
 }
 
-static uint64_t rec_ino(const struct inode_table *t, const struct rec *r)
+/* The backing file a record stands for, whichever its form: the one reader of a record's
+ * identity (probes of wide records, unhashing, migration, inode_ident, verification). */
+static struct ident rec_ident(const struct inode_table *t, const struct rec *r)
 {
-	return t->devs.v[r->vol].hi << 32 | r->ino_lo;
+	if (r->vol != VOL_WIDE) {
+		const struct vol *v = &t->devs.v[r->vol];
+		return (struct ident){v->dev, v->hi << 32 | r->ino_lo};
+	}
+	uint64_t dev;
+	uint32_t hi;
+	memcpy(&dev, r->name, sizeof(dev)); /* unaligned: after 10 fixed bytes */
+	memcpy(&hi, r->name + sizeof(dev), sizeof(hi));
+	return (struct ident){dev, (uint64_t)hi << 32 | r->ino_lo};
+}
+
+/* Gives a new record (its vol set) the identity (dev, ino). */
+static void rec_set_ident(struct rec *r, uint64_t dev, uint64_t ino)
+{
+	r->ino_lo = (uint32_t)ino;
+	if (r->vol == VOL_WIDE) {
+		uint32_t hi = (uint32_t)(ino >> 32);
+		memcpy(r->name, &dev, sizeof(dev));
+		memcpy(r->name + sizeof(dev), &hi, sizeof(hi));
+	}
 }
 
 /* ---- counts ---- */
@@ -433,7 +537,7 @@ static int rec_name(struct inode_table *t, uint64_t handle, uint64_t *parent, co
 		return rc;
 	if (!(r->flags & R_LINKED)) {
 		*parent = ref;
-		*name = r->name;
+		*name = r->name + rec_skip(r);
 		*len = r->namelen;
 		return 0;
 	}
@@ -446,6 +550,18 @@ static int rec_name(struct inode_table *t, uint64_t handle, uint64_t *parent, co
 
 /* ---- the weak (dev, ino) index ---- */
 
+/* Whether record r is (dev, ino), whose volume index is dix (VOL_WIDE: not listed). A listed
+ * volume's index stands for the device and the high half; only a wide record's identity is
+ * read whole. */
+static bool rec_is(const struct inode_table *t, const struct rec *r, uint16_t dix, uint64_t dev,
+		   uint64_t ino)
+{
+	if (r->ino_lo != (uint32_t)ino || r->vol != dix)
+		return false;
+	struct ident id = dix == VOL_WIDE ? rec_ident(t, r) : (struct ident){dev, ino};
+	return id.dev == dev && id.ino == ino;
+}
+
 static size_t ix_hash(uint64_t dev, uint64_t ino)
 {
 	uint64_t h = (ino ^ (dev << 29) ^ (dev >> 7)) * 0x9e3779b97f4a7c15ull;
@@ -457,8 +573,9 @@ static uint8_t ix_tag(size_t hash)
 	return (uint8_t)(hash >> (8 * sizeof(size_t) - 8));
 }
 
-/* The live record of (dev, ino) in one table, or 0. Only entries whose tag matches are looked
- * at (1 in 256 of the others), so a probe touches the index, not every record on its way. */
+/* The live record of (dev, ino), of volume index dix (VOL_WIDE: not listed), in one table, or
+ * 0. Only entries whose tag matches are looked at (1 in 256 of the others), so a probe touches
+ * the index, not every record on its way. */
 static uint64_t ix_probe(struct inode_table *t, const struct index *ix, uint64_t dev, uint64_t ino,
 			 uint16_t dix)
 {
@@ -470,7 +587,7 @@ static uint64_t ix_probe(struct inode_table *t, const struct index *ix, uint64_t
 			return 0;
 		uint64_t handle = e != TOMB && ix->tag[i] == tag ? heap_handle_at(t->heap, e) : 0;
 		const struct rec *r = handle ? rec_get(t, handle) : NULL;
-		if (r != NULL && r->ino_lo == (uint32_t)ino && r->vol == dix)
+		if (r != NULL && rec_is(t, r, dix, dev, ino))
 			return handle;
 	}
 }
@@ -478,8 +595,8 @@ static uint64_t ix_probe(struct inode_table *t, const struct index *ix, uint64_t
 static uint64_t ix_find(struct inode_table *t, uint64_t dev, uint64_t ino)
 {
 	int dix = dev_find(&t->devs, dev, ino);
-	if (dix < 0) /* a volume never seen: no record has it */
-		return 0;
+	if (dix < 0) /* not listed: only a wide record can have it */
+		dix = VOL_WIDE;
 	uint64_t handle = ix_probe(t, &t->ix, dev, ino, (uint16_t)dix);
 	if (handle == 0 && t->old.v != NULL)
 		handle = ix_probe(t, &t->old, dev, ino, (uint16_t)dix);
@@ -567,8 +684,10 @@ static void ix_migrate(struct inode_table *t, size_t n)
 			continue;
 		uint64_t handle = heap_handle_at(t->heap, e);
 		const struct rec *r = handle ? rec_get(t, handle) : NULL;
-		if (r != NULL)
-			ix_place(&t->ix, e, rec_dev(t, r), rec_ino(t, r));
+		if (r != NULL) {
+			struct ident id = rec_ident(t, r);
+			ix_place(&t->ix, e, id.dev, id.ino);
+		}
 		old->v[t->migrate] = TOMB;
 		old->used--;
 		old->tomb++;
@@ -673,9 +792,9 @@ static void on_free(void *arg, uint64_t handle, unsigned type, void *payload)
 		return;
 	struct rec *r = payload;
 	if (!t->closing) {
-		uint64_t dev = rec_dev(t, r), ino = rec_ino(t, r);
-		if (!ix_remove(&t->ix, (uint32_t)handle, dev, ino) && t->old.v != NULL)
-			ix_remove(&t->old, (uint32_t)handle, dev, ino);
+		struct ident id = rec_ident(t, r);
+		if (!ix_remove(&t->ix, (uint32_t)handle, id.dev, id.ino) && t->old.v != NULL)
+			ix_remove(&t->old, (uint32_t)handle, id.dev, id.ino);
 		t->st.forgotten++;
 	}
 	struct side *s = side_of(t, handle, r);
@@ -739,7 +858,7 @@ int inode_table_new(uint64_t root_dev, uint64_t root_ino, void (*free_data)(void
 	if (err == 0 && (err = ix_alloc(&t->ix, INDEX_MIN)) == 0)
 		ix_commit(&t->ix, SIZE_MAX);
 	if (err == 0 && (err = dev_index(&t->devs, root_dev, root_ino)) > 0)
-		err = 0; /* index 0 */
+		err = 0; /* index 0: the list is empty, so the root is never wide */
 	if (err == 0) {
 		t->root = heap_alloc(t->heap, T_REC, 1, REC_FIXED);
 		if (t->root == 0)
@@ -756,7 +875,7 @@ int inode_table_new(uint64_t root_dev, uint64_t root_ino, void (*free_data)(void
 	/* The root keeps its birth root for ever; its parent slot stays 0. */
 	struct rec *r = rec_get(t, t->root);
 	r->vol = 0;
-	r->ino_lo = (uint32_t)root_ino;
+	rec_set_ident(r, root_dev, root_ino);
 	ix_place(&t->ix, (uint32_t)t->root, root_dev, root_ino);
 	t->st.inodes = t->st.peak = 1;
 	*out = t;
@@ -802,11 +921,11 @@ static int rec_rename(struct inode_table *t, uint64_t handle, uint64_t parent, c
 		return -ENAMETOOLONG;
 	if ((rc = heap_shape(t->heap, handle, NULL, &nbytes)) != 0)
 		return rc;
-	if (len <= nbytes - REC_FIXED) {
+	if (len <= nbytes - REC_FIXED - rec_skip(rec_get(t, handle))) {
 		if ((rc = heap_set_ref(t->heap, handle, 0, parent)) != 0)
 			return rc;
 		struct rec *r = rec_get(t, handle);
-		memcpy(r->name, name, len);
+		memcpy(r->name + rec_skip(r), name, len);
 		r->namelen = (uint16_t)len;
 		r->flags &= (uint16_t)~R_LINKED;
 		return 0;
@@ -850,15 +969,16 @@ static int rec_new(struct inode_table *t, uint64_t parent, const char *name, uin
 	if (rc != 0)
 		return rc;
 	/* born rooted: the root is the lookup about to be counted */
-	uint64_t handle = heap_alloc(t->heap, T_REC, 1, REC_FIXED + len);
+	size_t skip = dix == VOL_WIDE ? WIDE_BYTES : 0;
+	uint64_t handle = heap_alloc(t->heap, T_REC, 1, REC_FIXED + skip + len);
 	if (handle == 0)
 		return -ENOMEM;
 	struct rec *r = rec_get(t, handle);
 	r->vol = (uint16_t)dix;
-	r->ino_lo = (uint32_t)ino;
+	rec_set_ident(r, dev, ino);
 	r->nlookup = 1;
 	r->namelen = (uint16_t)len;
-	memcpy(r->name, name, len);
+	memcpy(r->name + skip, name, len);
 	if (++t->st.inodes > t->st.peak)
 		t->st.peak = t->st.inodes;
 	/* The allocation may have collected an unrooted parent: set_ref then says -ESTALE and
@@ -1087,8 +1207,9 @@ int inode_ident(struct inode_table *t, uint64_t id, uint64_t *dev, uint64_t *ino
 	pthread_mutex_lock(&t->lock);
 	const struct rec *r = rec_get(t, handle_of_id(t, id));
 	if (r != NULL) {
-		*dev = rec_dev(t, r);
-		*ino = rec_ino(t, r);
+		struct ident i = rec_ident(t, r);
+		*dev = i.dev;
+		*ino = i.ino;
 		err = 0;
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -1147,7 +1268,8 @@ static size_t ix_bytes(const struct inode_table *t)
 	const struct devs *d = &t->devs;
 	return ix_map_len(t->ix.cap) + ix_map_len(t->old.cap) + t->next.ready +
 	       (ss->cap + ss->oldcap) * sizeof(struct side *) + ss->n * sizeof(struct side) +
-	       d->cap * sizeof(struct vol) + d->hcap * sizeof(uint32_t);
+	       d->cap * sizeof(struct vol) + d->hcap * sizeof(uint32_t) +
+	       d->pcap * sizeof(struct devn);
 }
 
 void inode_stats(struct inode_table *t, struct inode_stats *st)
@@ -1229,8 +1351,14 @@ static void verify_record(void *arg, uint64_t handle, unsigned type, void *paylo
 	v->nside += (r->flags & R_SIDE) != 0;
 	if (v->bad != 0)
 		return;
-	if (r->vol >= v->t->devs.n)
+	if (r->vol >= v->t->devs.n && r->vol != VOL_WIDE) {
 		v->what = "a record's volume index is out of the volume table";
+		v->bad = handle;
+		return;
+	}
+	struct ident id = rec_ident(v->t, r);
+	if (r->vol == VOL_WIDE && dev_find(&v->t->devs, id.dev, id.ino) >= 0)
+		v->what = "a wide record's volume is listed";
 	else if ((r->flags & R_SIDE) && side_find(&v->t->sides, (uint32_t)handle) == NULL)
 		v->what = "a record's side entry is missing";
 	else if (dead || handle == v->t->root)
@@ -1239,7 +1367,7 @@ static void verify_record(void *arg, uint64_t handle, unsigned type, void *paylo
 		v->what = "root count disagrees with the lookup and pin counts";
 	/* a live record is indexed unless it was never rooted (rec_new's failure path) */
 	else if (rooted(v->t, handle, r) && !(r->flags & R_UNHASHED) &&
-		 ix_find(v->t, rec_dev(v->t, r), rec_ino(v->t, r)) != handle)
+		 ix_find(v->t, id.dev, id.ino) != handle)
 		v->what = "a rooted record is not found through the index";
 	else
 		return;
@@ -1280,10 +1408,10 @@ static int verify_table(struct inode_table *t, char *err, size_t len)
 			entries++;
 			uint64_t handle = heap_handle_at(t->heap, e);
 			const struct rec *r = handle != 0 ? rec_get(t, handle) : NULL;
+			struct ident id = r != NULL ? rec_ident(t, r) : (struct ident){0, 0};
 			if (bsearch(&e, v.recs, v.nrecs, sizeof(uint32_t), cmp_u32) == NULL)
 				rc = verify_fail(err, len, "an index entry names no record", e);
-			else if (r != NULL &&
-				 ix->tag[i] != ix_tag(ix_hash(rec_dev(t, r), rec_ino(t, r))))
+			else if (r != NULL && ix->tag[i] != ix_tag(ix_hash(id.dev, id.ino)))
 				rc = verify_fail(err, len, "an index entry's tag is not its hash's",
 						 e);
 		}

@@ -119,6 +119,18 @@ void **inode_data(struct inode_table *t, uint64_t id, int *err);
  * many calls (a getattr's look for pending data) that only read it. Under inode_lock(). */
 void *inode_data_peek(struct inode_table *t, uint64_t id);
 
+/* A record names its device and the high half of its inode number by a 16-bit index into a
+ * list of such volumes: at most INODE_VOL_MAX of them, at most INODE_VOL_PER_DEV of one
+ * device. A record whose volume cannot be listed (a store with scattered 64-bit inode numbers)
+ * carries its device and high half itself: 8 or 16 bytes more, found and freed alike. Tests
+ * lower both (unit_inode_narrow), so that few records exercise that form. */
+#ifndef INODE_VOL_MAX
+#define INODE_VOL_MAX 65535
+#endif
+#ifndef INODE_VOL_PER_DEV
+#define INODE_VOL_PER_DEV 1024
+#endif
+
 /* inodes counts records in the heap, garbage not yet collected included; forgotten counts
  * records collected; bytes is the heap's used bytes plus the index, the side entries of
  * records with data or pins, and the device table. */

@@ -1,7 +1,8 @@
-/* test_inode.c - the inode table: lookup counting, paths, renames, stale ids, devices, data
- * slots, and that every record is freed once nothing holds it. Built twice: unit_inode_narrow
- * compiles lib/inode.c with 2 bits of lookup count in the record, so that every test (the
- * property test too) also runs the counts' side-entry half. */
+/* test_inode.c - the inode table: lookup counting, paths, renames, stale ids, devices,
+ * scattered 64-bit inode numbers, data slots, and that every record is freed once nothing
+ * holds it. Built twice: unit_inode_narrow compiles lib/inode.c with 2 bits of lookup count in
+ * the record and a volume list of 64 volumes, 3 a device, so that every test (the property
+ * test too) also runs the counts' side-entry half and the wide records. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -400,6 +401,178 @@ static void short_names_make_small_records(void **state)
 	}
 }
 
+/* A bijection of 64-bit numbers (splitmix64's finalizer): distinct inputs give distinct,
+ * scattered inode numbers, as a store reporting hashed file ids does. */
+static uint64_t scatter(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* Links (dev, ino) under the root as name; returns the heap bytes it took (handle slot too). */
+static uint64_t link_cost(struct inode_table *t, const char *name, uint64_t dev, uint64_t ino)
+{
+	struct heap_stats before, after;
+	uint64_t id, gen;
+	inode_heap_stats(t, &before);
+	assert_int_equal(inode_link(t, INODE_ROOT, name, dev, ino, &id, &gen), 0);
+	inode_heap_stats(t, &after);
+	return after.heap_used - before.heap_used;
+}
+
+/* A device lists INODE_VOL_PER_DEV high halves; a file of a further one is a wide record,
+ * which carries its device and high half: 40 heap bytes instead of 32 for a 1-byte name, 48
+ * for a 6-byte one. Its listed high halves, and other devices, keep the 10-byte form. */
+static void wide_records_carry_their_identity(void **state)
+{
+	struct inode_table *t = *state;
+	char name[32], err[200];
+	for (uint64_t hi = 0; hi < INODE_VOL_PER_DEV; hi++) {
+		snprintf(name, sizeof(name), "v%llu", (unsigned long long)hi);
+		link_one(t, INODE_ROOT, name, 1); /* dev 7 */
+		uint64_t id, gen;
+		assert_int_equal(inode_link(t, INODE_ROOT, name, 9, hi << 32 | 1, &id, &gen), 0);
+	}
+	const uint64_t far = (uint64_t)INODE_VOL_PER_DEV << 32;
+	uint64_t id, gen, dev, ino, parent;
+	/* a new volume of another device, after dev 9 took its share: listed */
+	assert_int_equal(inode_link(t, INODE_ROOT, "w", 10, far | 1, &id, &gen), 0);
+	collect(t); /* an empty young generation: the links below collect nothing */
+	assert_int_equal(link_cost(t, "a", 9, far | 1), 40 + 8);
+	assert_int_equal(link_cost(t, "abcdef", 9, far | 2), 48 + 8);
+	assert_int_equal(link_cost(t, "b", 9, 2), 32 + 8);	  /* a listed high half */
+	assert_int_equal(link_cost(t, "c", 10, far | 2), 32 + 8); /* and its volume */
+	assert_int_equal(link_cost(t, "a", 9, far | 1), 0);	  /* found again */
+	assert_int_equal(inode_link(t, INODE_ROOT, "abcdef", 9, far | 2, &id, &gen), 0);
+	assert_int_equal(inode_ident(t, id, &dev, &ino), 0);
+	assert_true(dev == 9 && ino == (far | 2));
+	assert_int_equal(inode_parent(t, id, &parent, name, sizeof(name)), 0);
+	assert_string_equal(name, "abcdef");
+	/* renamed within its inline room, its identity stays; renamed beyond it, too */
+	assert_int_equal(inode_move(t, 9, far | 2, INODE_ROOT, "xyz"), 0);
+	assert_int_equal(inode_parent(t, id, &parent, name, sizeof(name)), 0);
+	assert_string_equal(name, "xyz");
+	assert_int_equal(inode_move(t, 9, far | 2, INODE_ROOT, "abcdefghijklmnopq"), 0);
+	assert_int_equal(inode_parent(t, id, &parent, name, sizeof(name)), 0);
+	assert_string_equal(name, "abcdefghijklmnopq");
+	assert_int_equal(inode_ident(t, id, &dev, &ino), 0);
+	assert_true(dev == 9 && ino == (far | 2));
+	/* wide records that share device and low half are told apart by their high halves */
+	enum { NSAME = 5000 };
+	static uint64_t ids[NSAME];
+	for (int round = 0; round < 2; round++)
+		for (uint64_t k = 0; k < NSAME; k++) {
+			snprintf(name, sizeof(name), "h%llu", (unsigned long long)k);
+			uint64_t same = ((uint64_t)INODE_VOL_PER_DEV + k * 131071) << 32 | 3;
+			assert_int_equal(inode_link(t, INODE_ROOT, name, 9, same, &id, &gen), 0);
+			assert_true(round == 0 || id == ids[k]);
+			ids[k] = id;
+			assert_int_equal(inode_ident(t, id, &dev, &ino), 0);
+			assert_true(dev == 9 && ino == same);
+		}
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+}
+
+/* Files with scattered 64-bit inode numbers on ndev devices, far more volumes (device, high
+ * half) than the table lists: past the bounds, records are wide. Each links, is found again
+ * under its id by (dev, ino), gives back its identity whole, follows renames (short names
+ * inline after its identity, long ones out of line) and unhashing, and is collected once
+ * forgotten; the table verifies and costs a bounded amount per record. */
+enum { NSCAT = 100000 };
+
+static uint64_t scat_dev(int i, uint64_t ndev)
+{
+	return 7 + (uint64_t)i % ndev;
+}
+
+static void scattered(uint64_t ndev)
+{
+	struct inode_table *t;
+	assert_int_equal(inode_table_new(7, 2, NULL, NULL, &t), 0);
+	uint64_t *ids = calloc(NSCAT, sizeof(*ids));
+	assert_non_null(ids);
+	uint64_t dir = link_one(t, INODE_ROOT, "dir", 3), id, gen, dev, ino, parent;
+	char name[300], err[200];
+	for (int i = 0; i < NSCAT; i++) {
+		snprintf(name, sizeof(name), "s%d", i);
+		assert_int_equal(inode_link(t, dir, name, scat_dev(i, ndev), scatter((uint64_t)i),
+					    &ids[i], &gen),
+				 0);
+	}
+	struct inode_stats st;
+	collect(t);
+	inode_stats(t, &st);
+	assert_int_equal(st.inodes, NSCAT + 2);
+	/* a wide record of a 6-byte name: 48 heap bytes, an 8-byte handle slot, 6-12 of index;
+	 * plus the volume list's share, at most 65,535 volumes of 24-40 bytes */
+	print_message("%llu devices: %.1f bytes a record\n", (unsigned long long)ndev,
+		      (double)st.bytes / NSCAT);
+	assert_true(st.bytes <= (uint64_t)NSCAT * (ndev == 1 ? 72 : 96));
+	for (int i = 0; i < NSCAT; i++) {
+		snprintf(name, sizeof(name), "s%d", i);
+		assert_int_equal(
+		    inode_link(t, dir, name, scat_dev(i, ndev), scatter((uint64_t)i), &id, &gen),
+		    0);
+		assert_true(id == ids[i]);
+		assert_int_equal(inode_ident(t, id, &dev, &ino), 0);
+		assert_true(dev == scat_dev(i, ndev) && ino == scatter((uint64_t)i));
+	}
+	for (int i = 0; i < NSCAT; i += 997) {
+		for (int len = 2; len < 300; len *= 3) { /* inline, then out of line */
+			memset(name, 'a' + i % 26, (size_t)len);
+			name[len] = '\0';
+			assert_int_equal(inode_move(t, scat_dev(i, ndev), scatter((uint64_t)i),
+						    INODE_ROOT, name),
+					 0);
+			char got[300];
+			assert_int_equal(inode_parent(t, ids[i], &parent, got, sizeof(got)), 0);
+			assert_true(parent == INODE_ROOT);
+			assert_string_equal(got, name);
+		}
+		assert_int_equal(inode_ident(t, ids[i], &dev, &ino), 0);
+		assert_true(dev == scat_dev(i, ndev) && ino == scatter((uint64_t)i));
+	}
+	/* a gone file's number given to a new one: a new id */
+	assert_int_equal(inode_unhash(t, scat_dev(5, ndev), scatter(5)), 1);
+	assert_int_equal(inode_link(t, dir, "new", scat_dev(5, ndev), scatter(5), &id, &gen), 0);
+	assert_true(id != ids[5]);
+	if (inode_table_verify(t, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	uint64_t forgotten = st.forgotten;
+	for (int i = 0; i < NSCAT; i++)
+		inode_forget(t, ids[i], 2);
+	inode_forget(t, id, 1);
+	inode_forget(t, dir, 1);
+	assert_int_equal(live(t), 1);
+	inode_stats(t, &st);
+	assert_int_equal(st.forgotten - forgotten, NSCAT + 2);
+	for (int i = 0; i < NSCAT; i += 101)
+		assert_int_equal(inode_ident(t, ids[i], &dev, &ino), -ESTALE);
+	/* and found no more: a new file of the same number is a new record */
+	assert_int_equal(inode_link(t, dir, "s1", scat_dev(1, ndev), scatter(1), &id, &gen),
+			 -ESTALE); /* dir is gone too */
+	assert_int_equal(inode_link(t, INODE_ROOT, "s1", scat_dev(1, ndev), scatter(1), &id, &gen),
+			 0);
+	assert_true(id != ids[1]);
+	inode_table_free(t);
+	free(ids);
+}
+
+static void scattered_numbers_one_device(void **state)
+{
+	(void)state;
+	scattered(1);
+}
+
+static void scattered_numbers_many_devices(void **state)
+{
+	(void)state;
+	scattered(100);
+}
+
 /* A count of many lookups (in the narrow build, mostly in the side entry) with a pin: the
  * record lives exactly until the last lookup is forgotten and the pin dropped. */
 static void many_lookups_and_pins(void **state)
@@ -706,6 +879,7 @@ static void full_heap_says_enomem(void **state)
 enum { MFILES = 64, MTAGS = 4096 };
 
 struct mfile {
+	uint64_t dev, ino; /* the backing file: a small number on dev 7, or a scattered one */
 	uint64_t id, nlookup, npin;
 	int parent; /* model index; -1: the root */
 	char name[64];
@@ -778,6 +952,9 @@ static void model_check(struct inode_table *t, int full)
 		int n = model_path(i, exp, sizeof(exp));
 		assert_int_equal(inode_path(t, mf[i].id, buf, sizeof(buf)), n);
 		assert_string_equal(buf, exp);
+		uint64_t dev, ino;
+		assert_int_equal(inode_ident(t, mf[i].id, &dev, &ino), 0);
+		assert_true(dev == mf[i].dev && ino == mf[i].ino);
 	}
 	if (full) {
 		struct inode_stats st;
@@ -807,7 +984,7 @@ static void model_step(struct inode_table *t)
 		char name[64];
 		random_name(name);
 		uint64_t id, gen;
-		int err = inode_link(t, parent_id(p), name, 7, 1000 + (uint64_t)x, &id, &gen);
+		int err = inode_link(t, parent_id(p), name, mf[x].dev, mf[x].ino, &id, &gen);
 		if (err == -ENOMEM)
 			break;
 		assert_int_equal(err, 0);
@@ -850,7 +1027,7 @@ static void model_step(struct inode_table *t)
 			break;
 		char name[64];
 		random_name(name);
-		int err = inode_move(t, 7, 1000 + (uint64_t)x, parent_id(p), name);
+		int err = inode_move(t, mf[x].dev, mf[x].ino, parent_id(p), name);
 		if (err == -ENOMEM)
 			break;
 		assert_int_equal(err, 0);
@@ -874,6 +1051,13 @@ static void run_model(unsigned seed, int steps)
 {
 	mrnd_state = seed;
 	memset(mf, 0, sizeof(mf));
+	/* half the files as ext4 numbers them, half scattered over 64 bits and three devices
+	 * (in the narrow build, past its volume bounds: wide records) */
+	for (int i = 0; i < MFILES; i++) {
+		int wide = mrnd(2);
+		mf[i].dev = wide ? 7 + mrnd(3) : 7;
+		mf[i].ino = wide ? scatter((uint64_t)seed << 8 | (uint64_t)i) : 1000 + (uint64_t)i;
+	}
 	memset(tag_frees, 0, sizeof(tag_frees));
 	ntags = 0;
 	struct inode_config cfg = {.semi_space = 4 << 10,
@@ -920,6 +1104,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(devices_are_told_apart, setup, teardown),
 	    cmocka_unit_test_setup_teardown(wide_inode_numbers_are_told_apart, setup, teardown),
 	    cmocka_unit_test_setup_teardown(short_names_make_small_records, setup, teardown),
+	    cmocka_unit_test_setup_teardown(wide_records_carry_their_identity, setup, teardown),
+	    cmocka_unit_test(scattered_numbers_one_device),
+	    cmocka_unit_test(scattered_numbers_many_devices),
 	    cmocka_unit_test_setup_teardown(many_lookups_and_pins, setup, teardown),
 	    cmocka_unit_test_setup_teardown(many_records, setup, teardown),
 	    cmocka_unit_test_setup_teardown(index_growth_keeps_entries_findable, setup, teardown),

@@ -1180,3 +1180,20 @@ bool h_sanitized(pid_t pid)
 	fclose(f);
 	return found;
 }
+
+int h_drop_dentries(void)
+{
+	sync();
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "2\n", 2) != 2) {
+		fprintf(stderr, "harness: drop_caches: %s\n", strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (close(fd) != 0) {
+		fprintf(stderr, "harness: drop_caches: %s\n", strerror(errno));
+		return -1;
+	}
+	return 0;
+}

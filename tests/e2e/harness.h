@@ -200,4 +200,8 @@ bool h_sanitized(pid_t pid);
  * two samples escapes) in KiB, or -1. */
 long h_hwm_kib(pid_t pid);
 
+/* Syncs, then makes the kernel drop every dentry and inode it can (drop_caches 2), so that
+ * FUSE daemons get FORGET for what they had looked up. 0, or -1 with why on stderr. */
+int h_drop_dentries(void);
+
 #endif

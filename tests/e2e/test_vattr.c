@@ -847,16 +847,6 @@ static void make_tree(const char *dir)
 	}
 }
 
-/* Makes the kernel forget every dentry and inode it can (FORGET to the daemon). */
-static void drop_dentries(void)
-{
-	sync();
-	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, "2\n", 2), 2);
-	assert_int_equal(close(fd), 0);
-}
-
 /* What the kernel forgets is collected, with nothing else asked of the daemon: 40,000 files
  * are scanned through the view, the kernel drops its dentries and inodes (and sends FORGET
  * for each), and the idle daemon's live inode records and heap_used then fall far below
@@ -880,7 +870,7 @@ static void heap_collects_forgotten_records(void **state)
 	assert_true(peak.scavenges > before.scavenges); /* 40,000 records outgrow the young space */
 	assert_true(peak.promoted > 0);
 
-	drop_dentries();
+	assert_int_equal(h_drop_dentries(), 0);
 	struct heap_view now;
 	double t0 = now_s();
 	for (;;) {
@@ -953,7 +943,7 @@ static void full_heap_refuses_with_enomem(void **state)
 	}
 	/* Forgotten records make room: the file refused first is found after the kernel forgets
 	 * (retried while the idle collector works). */
-	drop_dentries();
+	assert_int_equal(h_drop_dentries(), 0);
 	unsigned d = first_refused / (HEAP_FILES / HEAP_DIRS),
 		 i = first_refused % (HEAP_FILES / HEAP_DIRS);
 	h_path(path, "%s/d%02u/file-%04u", fs->mnt, d, i);

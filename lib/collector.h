@@ -40,8 +40,9 @@ void collector_free(struct collector *c);
  * and tried again at the next kick. */
 void collector_kick(struct collector *c);
 
-/* Blocks until the thread has nothing left to do (no kick pending, no cycle under way). For
- * tests and an orderly shutdown; returns at once if no thread ever started. */
+/* Blocks until the thread has nothing left to do (no kick pending, no cycle under way), for
+ * tests; returns at once if no thread ever started. (collector_free does not wait for a
+ * cycle: it stops after the slice in progress.) */
 void collector_wait_idle(struct collector *c);
 
 void collector_stats(struct collector *c, struct collector_stats *st);

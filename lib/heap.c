@@ -711,8 +711,6 @@ static struct hdr *flist_take(struct heap *h, size_t size)
 
 /* ---- lazy sweeping ---- */
 
-static bool old_trim(struct heap *h);
-
 static void sweep_done(struct heap *h)
 {
 	h->state = IDLE;
@@ -1220,23 +1218,14 @@ static int collect_full(struct heap *h, bool force_compact)
 	return what != NULL ? 0 : -ENOMEM;
 }
 
-static int collect_minor(struct heap *h)
+/* A scavenge; then an old-generation cycle begins if the old space passed its trigger or, for
+ * HEAP_CYCLE (begin), in any case, unless a cycle is under way. A cycle still sweeping is
+ * left to finish in slices (mark_start would sweep the rest in this pause). */
+static int collect_minor(struct heap *h, bool begin)
 {
 	uint64_t t0 = now_ns(h);
 	int rc = scavenge(h, false);
-	if (rc == 0 && h->state == IDLE && old_used(h) >= h->trigger)
-		mark_start(h);
-	pause_end(h, t0, "scavenge");
-	return rc;
-}
-
-/* HEAP_CYCLE: a scavenge, then marking begins unless a cycle is under way. A cycle still
- * sweeping is left to finish in slices (mark_start would sweep the rest in this pause). */
-static int collect_cycle(struct heap *h)
-{
-	uint64_t t0 = now_ns(h);
-	int rc = scavenge(h, false);
-	if (rc == 0 && h->state == IDLE)
+	if (rc == 0 && h->state == IDLE && (begin || old_used(h) >= h->trigger))
 		mark_start(h);
 	pause_end(h, t0, "scavenge");
 	return rc;
@@ -1439,7 +1428,7 @@ static bool young_room(struct heap *h, size_t size)
 static struct hdr *young_alloc(struct heap *h, size_t size)
 {
 	if (!young_room(h, size)) {
-		if (collect_minor(h) < 0)
+		if (collect_minor(h, false) < 0)
 			return NULL;
 		if (!young_room(h, size) && (collect_full(h, true) < 0 || !young_room(h, size)))
 			return NULL;
@@ -1633,11 +1622,11 @@ long heap_root_count(struct heap *h, uint64_t handle)
 int heap_collect(struct heap *h, enum heap_collect_kind kind)
 {
 	if (kind == HEAP_MINOR)
-		return collect_minor(h);
+		return collect_minor(h, false);
 	if (kind == HEAP_FULL)
 		return collect_full(h, false);
 	if (kind == HEAP_CYCLE)
-		return collect_cycle(h);
+		return collect_minor(h, true);
 	return -EINVAL;
 }
 

@@ -16,6 +16,14 @@
  * consumes them. Until then they stay in the list, so stream_read (which preads and overlays
  * under the stream lock) always sees either the old pending bytes or the written file.
  *
+ * Direct I/O. A stream given stream_set_direct writes the aligned part of each slice with
+ * O_DIRECT straight from its blocks, and only the unaligned rest through the page cache (with
+ * write-behind). Two habits keep that part nearly all of it: slice_begin cuts slices at 4 KiB
+ * boundaries of the file, and an empty log restarts at the next write's offset within 4 KiB,
+ * so a sequential copy's memory is congruent with its file offsets whatever the writer's
+ * buffer alignment; and slice_map joins pieces that follow each other in memory, so a
+ * segment boundary inside a block (FUSE requests of 256 KiB less a few bytes) splits no piece.
+ *
  * Scheduling. A stream is `scheduled` while it is in the engine's ready queue or being
  * drained by a thread; only then does a thread touch its head. Writers queue an unscheduled
  * stream; a thread that finishes a slice re-queues the stream at the tail when more is
@@ -56,6 +64,10 @@
 #define RING_WINDOW	4	     /* seconds averaged for the current rate */
 #define DRAIN_IOV	256	     /* iovecs per pwritev: 1 MiB of 4 KiB pieces */
 #define STREAM_WB_CHUNK (1ull << 20) /* write-behind granularity (write_behind) */
+/* Direct slices are cut at multiples of this (or of a larger alignment the store asks for):
+ * ext4 and xfs take a direct write that is not aligned to their 4 KiB block on a slow path
+ * that zeroes the partial blocks under the inode's exclusive lock. */
+#define DIO_CUT 4096u
 
 /* Bytes committed per second over the last few seconds. */
 struct rate_ring {
@@ -109,6 +121,14 @@ struct stream {
 	/* [s+e] */
 	uint64_t buffered;
 	int error; /* sticky, positive errno */
+
+	/* direct I/O (stream_set_direct): [s] alignments of address and offset/length and where
+	 * slices are cut, 0 when off (changed only by stream_set_direct and by the one thread
+	 * draining the stream, so that thread may read them without the lock); [drain] whether
+	 * O_DIRECT is set on fd now; [atomic] bytes written with it */
+	unsigned dio_mem, dio_off, dio_cut;
+	bool dio_on;
+	uint64_t direct;
 
 	/* [atomic] who slices are written as (stream_set_owner); NULL: the engine's sink alone */
 	const struct stream_owner *owner;
@@ -503,6 +523,8 @@ static uint64_t log_need(struct stream *s, uint64_t len)
 {
 	uint64_t space = log_space(s);
 
+	if (s->blk_n == 0) /* the log starts afresh at log_tail, not always a block's start */
+		return (s->log_tail % STREAM_BLOCK + len + STREAM_BLOCK - 1) / STREAM_BLOCK;
 	return len > space ? (len - space + STREAM_BLOCK - 1) / STREAM_BLOCK : 0;
 }
 
@@ -564,6 +586,10 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
 		rc = s->error ? -s->error : 0;
 		if (rc != 0 || len == 0)
 			goto out;
+		/* An empty log restarts where a direct stream's slices keep their memory
+		 * aligned: at the write's offset within a dio_cut (slice_begin). */
+		if (s->blk_n == 0 && s->dio_cut != 0)
+			s->log_tail = off % s->dio_cut;
 		need = log_need(s, len);
 		if (need <= nheld)
 			break;
@@ -684,6 +710,17 @@ static int stream_real_writeback(void *ctx, int fd, uint64_t off, uint64_t len, 
 	return 0;
 }
 
+/* Sets or clears O_DIRECT on the stream's own open file description. */
+static int stream_real_direct(void *ctx, int fd, int on)
+{
+	(void)ctx;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	fl = on ? fl | O_DIRECT : fl & ~O_DIRECT;
+	return fcntl(fd, F_SETFL, fl) == 0 ? 0 : -errno;
+}
+
 /* Writes all n bytes of iov at off through the sink, resuming after short writes and EINTR.
  * iov is consumed. Returns 0 or -errno (-EIO for a sink that writes nothing). */
 static int sink_write_all(struct stream_engine *e, int fd, struct iovec *iov, int cnt, uint64_t off,
@@ -715,8 +752,8 @@ static int sink_write_all(struct stream_engine *e, int fd, struct iovec *iov, in
 
 /* [s] Marks the next slice (contiguous in the file, at most `slice` bytes and DRAIN_IOV
  * pieces) in flight and maps it into iov. Returns its length; *off and *cnt describe it. */
-static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov, int *cnt,
-			    uint64_t *off)
+static uint64_t slice_map(struct stream *s, uint64_t slice, struct iovec *iov, int *cnt,
+			  uint64_t *off)
 {
 	uint64_t n = 0;
 
@@ -728,12 +765,20 @@ static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov,
 		uint64_t want = min_u64(g->len, slice - n), got = 0;
 		if (g->off != *off + n)
 			break;
-		while (got < want && *cnt < DRAIN_IOV) {
+		while (got < want) {
 			uint64_t avail;
 			char *p = log_ptr(s, g->pos + got, &avail);
 			avail = min_u64(avail, want - got);
-			iov[*cnt] = (struct iovec){.iov_base = p, .iov_len = avail};
-			(*cnt)++;
+			struct iovec *last = *cnt ? &iov[*cnt - 1] : NULL;
+			if (last && (char *)last->iov_base + last->iov_len == p) {
+				/* Segments that follow each other in the log are one piece: a
+				 * direct write needs every piece a multiple of the block size. */
+				last->iov_len += avail;
+			} else {
+				if (*cnt == DRAIN_IOV)
+					break;
+				iov[(*cnt)++] = (struct iovec){.iov_base = p, .iov_len = avail};
+			}
 			got += avail;
 		}
 		g->inflight = got;
@@ -825,10 +870,70 @@ static int write_behind(struct stream_engine *e, int fd, uint64_t off, uint64_t 
 				 drop_end - drop_off);
 }
 
-/* Writes a slice as the stream's owner (if any). The owner is read after slice_begin took
- * the stream lock: stream_set_owner before a stream_write (which appends under that lock)
- * happens before, so every byte goes out as the owner set before it was written, or a later
- * one. */
+/* Bytes at the start of a slice at off that direct I/O can write: up to the first piece whose
+ * address is not dio_mem-aligned or whose length is not a multiple of dio_off (of that piece,
+ * its whole multiples). 0 when direct I/O is off or off itself is not aligned. */
+static uint64_t direct_prefix(const struct stream *s, const struct iovec *iov, int cnt,
+			      uint64_t off)
+{
+	uint64_t d = 0;
+	if (s->dio_off == 0 || off % s->dio_off != 0)
+		return 0;
+	for (int i = 0; i < cnt; i++) {
+		if ((uintptr_t)iov[i].iov_base % s->dio_mem != 0)
+			break;
+		size_t whole = iov[i].iov_len / s->dio_off * s->dio_off;
+		d += whole;
+		if (whole != iov[i].iov_len)
+			break;
+	}
+	return d;
+}
+
+/* Switches O_DIRECT on s's descriptor to `on` unless it already is. */
+static int direct_switch(struct stream_engine *e, struct stream *s, bool on)
+{
+	if (s->dio_on == on)
+		return 0;
+	int rc = e->sink.direct(e->sink.ctx, s->fd, on);
+	if (rc == 0)
+		s->dio_on = on;
+	return rc;
+}
+
+/* Writes the first d bytes of a slice (direct_prefix) with O_DIRECT, straight from the
+ * blocks to the device: no copy into the page cache, no write-back to start or wait for.
+ * iov is left as it was. Returns 0, a negative errno of the data, or 1 when the store
+ * refused direct I/O after all (EINVAL: an alignment it did not report, or no support):
+ * direct I/O is then off for good and the caller writes the whole slice as buffered data
+ * (rewriting whatever part went out is harmless: same bytes, same place). */
+static int direct_write(struct stream_engine *e, struct stream *s, const struct iovec *iov,
+			uint64_t off, uint64_t d)
+{
+	struct iovec part[DRAIN_IOV];
+	int k = 0;
+	for (uint64_t got = 0; got < d; k++) {
+		part[k] = iov[k];
+		if (part[k].iov_len > d - got)
+			part[k].iov_len = (size_t)(d - got);
+		got += part[k].iov_len;
+	}
+	int rc = direct_switch(e, s, true);
+	if (rc == 0)
+		rc = sink_write_all(e, s->fd, part, k, off, d);
+	if (rc != -EINVAL)
+		return rc;
+	pthread_mutex_lock(&s->lock);
+	s->dio_off = s->dio_cut = 0;
+	pthread_mutex_unlock(&s->lock);
+	return 1;
+}
+
+/* Writes a slice as the stream's owner (if any): its aligned start with direct I/O when the
+ * stream may (stream_set_direct), the rest through the page cache followed by write-behind.
+ * The owner is read after slice_begin took the stream lock: stream_set_owner before a
+ * stream_write (which appends under that lock) happens before, so every byte goes out as the
+ * owner set before it was written, or a later one. */
 static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *iov, int cnt,
 		       uint64_t off, uint64_t n)
 {
@@ -836,10 +941,31 @@ static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *
 	int rc = o != NULL ? o->enter(o) : 0;
 	if (rc != 0)
 		return rc;
-	rc = sink_write_all(e, s->fd, iov, cnt, off, n);
+	uint64_t d = direct_prefix(s, iov, cnt, off);
+	if (d != 0) {
+		rc = direct_write(e, s, iov, off, d);
+		if (rc == 1)
+			d = rc = 0; /* refused: all of it through the page cache */
+		else if (rc == 0)
+			__atomic_add_fetch(&s->direct, d, __ATOMIC_RELAXED);
+	}
+	if (rc == 0 && d < n) {
+		/* Skip the pieces the direct write took whole; trim the one it took part of. */
+		uint64_t skip = d;
+		while (skip >= iov->iov_len && skip != 0) {
+			skip -= iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		iov->iov_base = (char *)iov->iov_base + skip;
+		iov->iov_len -= (size_t)skip;
+		rc = direct_switch(e, s, false);
+		if (rc == 0)
+			rc = sink_write_all(e, s->fd, iov, cnt, off + d, n - d);
+	}
 	if (o != NULL)
 		o->leave(o);
-	return rc != 0 ? rc : write_behind(e, s->fd, off, n);
+	return rc != 0 || d == n ? rc : write_behind(e, s->fd, off + d, n - d);
 }
 
 /* [s] Un-marks a slice that is postponed. */
@@ -847,6 +973,30 @@ static void slice_cancel(struct stream *s)
 {
 	for (struct seg *g = s->head; g && g->inflight; g = g->next)
 		g->inflight = 0;
+}
+
+/* [s] The next slice (slice_map), cut for direct I/O at multiples of the stream's dio_cut where
+ * that keeps it whole: a writer whose buffer is not page-aligned (Python's bytes, a malloc'd
+ * buffer) makes FUSE requests of 256 KiB less a few bytes, at offsets that are not aligned,
+ * and slices following them would never be. So an unaligned start is written alone up to the
+ * next boundary, and a slice from an aligned start ends at the last boundary it reaches; the
+ * rest waits for the next slice. Since the log keeps a write's bytes at positions congruent
+ * to the file offsets of a sequential copy, the memory is then aligned too. */
+static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov, int *cnt,
+			    uint64_t *off)
+{
+	uint64_t n = slice_map(s, slice, iov, cnt, off);
+	if (s->dio_off == 0 || n == 0)
+		return n;
+	uint64_t cut = s->dio_cut, head = *off % cut, want = n;
+	if (head != 0)
+		want = min_u64(n, cut - head);
+	else if (n > cut)
+		want = n - n % cut;
+	if (want == n)
+		return n;
+	slice_cancel(s);
+	return slice_map(s, want, iov, cnt, off);
 }
 
 /* Drains one slice of s: charge the buckets, sleep, write, finish. A slice the file's bucket
@@ -890,6 +1040,15 @@ static bool drain_one(struct stream_engine *e, struct stream *s, bool helping)
 		rc = slice_write(e, s, iov, cnt, off, n);
 	}
 	return slice_end(e, s, n, rc, helping);
+}
+
+void stream_set_direct(struct stream *s, unsigned mem_align, unsigned off_align)
+{
+	pthread_mutex_lock(&s->lock);
+	s->dio_mem = mem_align ? mem_align : 1;
+	s->dio_off = off_align;
+	s->dio_cut = off_align > DIO_CUT ? off_align : DIO_CUT;
+	pthread_mutex_unlock(&s->lock);
 }
 
 void stream_set_owner(struct stream *s, const struct stream_owner *o)
@@ -1056,6 +1215,7 @@ void stream_stats(struct stream *s, struct stream_stats *st)
 	*st = (struct stream_stats){
 	    .received = s->received,
 	    .committed = s->committed,
+	    .direct = __atomic_load_n(&s->direct, __ATOMIC_RELAXED),
 	    .buffered = s->buffered,
 	    .started_ns = s->started_ns,
 	    .last_ns = s->last_ns,
@@ -1242,7 +1402,7 @@ static void engine_release(struct stream_engine *e)
 int stream_engine_new(const struct stream_config *cfg, struct stream_engine **out)
 {
 	static const struct stream_sink real_sink = {stream_real_pwritev, NULL,
-						     stream_real_writeback};
+						     stream_real_writeback, stream_real_direct};
 	unsigned n = cfg->drain_threads ? cfg->drain_threads : STREAM_DEFAULT_DRAINS;
 	uint64_t hw = cfg->high_water ? cfg->high_water : STREAM_DEFAULT_HIGH_WATER;
 	uint64_t max = cfg->max_buffer ? cfg->max_buffer : STREAM_DEFAULT_MAX_BUFFER;
@@ -1266,6 +1426,8 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 	e->sink = cfg->sink ? *cfg->sink : real_sink;
 	if (e->sink.writeback == NULL)
 		e->sink.writeback = stream_real_writeback;
+	if (e->sink.direct == NULL)
+		e->sink.direct = stream_real_direct;
 	e->rate = cfg->rate;
 	e->file_rate = cfg->file_rate;
 	e->start_ns = stream_now(e);

@@ -579,9 +579,21 @@ static void test_close_waits_for_store(void **state)
 	expect_pattern(H_AT(fs->store, "f"), 8 * MiB, 3);
 }
 
-/* Write-behind: a copy through the view leaves about its last 8 MiB in the store's page
- * cache, not the whole file (the rest is on the device and dropped); -o keep_cache leaves it
- * all. Needs a store with a device behind it: tmpfs pages cannot be dropped. */
+/* Whether the store takes direct I/O for the file at path (it reports alignments for it:
+ * ext4 does for regular files only). */
+static bool store_has_direct_io(const char *path)
+{
+	struct statx sx;
+	assert_int_equal(statx(AT_FDCWD, path, 0, STATX_DIOALIGN, &sx), 0);
+	return (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align != 0;
+}
+
+/* A copy through the view does not fill the store's page cache. Where the store takes direct
+ * I/O (ext4, xfs: it reports STATX_DIOALIGN) the data goes to the device with O_DIRECT and
+ * nothing of it stays cached, though the writer's buffer (malloc'd) is not page-aligned, so
+ * every FUSE request starts and ends off the block size; elsewhere write-behind leaves about
+ * the copy's last 8 MiB. -o keep_cache leaves it all. Needs a store with a device behind it:
+ * tmpfs pages cannot be dropped. */
 static void test_copy_leaves_little_cache(void **state)
 {
 	for (int keep = 0; keep <= 1; keep++) {
@@ -596,11 +608,16 @@ static void test_copy_leaves_little_cache(void **state)
 		int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
 		write_pattern(fd, 0, 48 * MiB, MiB, 5);
 		assert_int_equal(close(fd), 0);
+		bool direct = store_has_direct_io(H_AT(fs->store, "f"));
 		uint64_t cached = cached_bytes(H_AT(fs->store, "f"));
 		if (keep)
 			assert_true(cached >= 24 * MiB);
+		else if (direct)
+			assert_true(cached <= 256 * KiB);
 		else
 			assert_true(cached <= 12 * MiB);
+		if (!keep && !direct)
+			fprintf(stderr, "note: the store (%s) has no direct I/O\n", fs->backing);
 		expect_pattern(H_AT(fs->store, "f"), 48 * MiB, 5);
 		assert_int_equal(h_fs_free(fs), 0);
 		*state = NULL;

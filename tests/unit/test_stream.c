@@ -81,6 +81,14 @@ struct fake_sink {
 	unsigned owned; /* calls made while a test owner was entered on the calling thread */
 	unsigned lent;	/* calls made on a thread inside stream_help (helper_main) */
 	struct sink_call log[LOG_MAX];
+	/* O_DIRECT, simulated: direct_fd has it set (-1: none); a write through it must be
+	 * aligned to dio_align in offset, addresses and lengths, as the kernel asks, or it fails
+	 * with EINVAL and counts in misaligned; refuse_dio fails every write through it so. */
+	int direct_fd;
+	unsigned switches; /* calls of the sink's direct() */
+	unsigned dio_align, misaligned;
+	bool refuse_dio;
+	uint64_t direct_bytes, buffered_bytes;
 };
 
 /* Set by the test owner's enter on the thread that will write, cleared by its leave. */
@@ -88,8 +96,18 @@ static _Thread_local bool owner_entered;
 /* Set on the thread running helper_main, a writer's thread lent by stream_help. */
 static _Thread_local bool lent_thread;
 
-static struct fake_sink fsink = {.lock = PTHREAD_MUTEX_INITIALIZER,
-				 .cond = PTHREAD_COND_INITIALIZER};
+static struct fake_sink fsink = {
+    .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .direct_fd = -1};
+
+/* [locked] Whether a write through O_DIRECT of iov at off meets the alignment. */
+static bool dio_aligned(const struct fake_sink *k, const struct iovec *iov, int cnt, off_t off)
+{
+	bool ok = (uint64_t)off % k->dio_align == 0;
+	for (int i = 0; i < cnt; i++)
+		ok = ok && (uintptr_t)iov[i].iov_base % k->dio_align == 0 &&
+		     iov[i].iov_len % k->dio_align == 0;
+	return ok;
+}
 
 /* [locked] Blocks while the sink is held. */
 static void sink_gate(struct fake_sink *k)
@@ -110,6 +128,13 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 	pthread_mutex_lock(&k->lock);
 	if (!k->hold_after)
 		sink_gate(k);
+	bool direct = fd == k->direct_fd;
+	if (direct && (k->refuse_dio || !dio_aligned(k, iov, cnt, off))) {
+		k->misaligned += !k->refuse_dio;
+		pthread_mutex_unlock(&k->lock);
+		errno = EINVAL;
+		return -1;
+	}
 	if (k->fail) {
 		int err = k->fail;
 		k->fail = 0;
@@ -130,6 +155,8 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 		total += v[n].iov_len;
 	}
 	ssize_t r = pwritev(fd, v, n, off);
+	if (r > 0)
+		*(direct ? &k->direct_bytes : &k->buffered_bytes) += (uint64_t)r;
 	if (owner_entered)
 		k->owned++;
 	if (lent_thread)
@@ -166,7 +193,20 @@ static int fake_writeback(void *ctx, int fd, uint64_t off, uint64_t len, uint64_
 	return -err;
 }
 
-static const struct stream_sink fake_sink_if = {fake_pwritev, &fsink, fake_writeback};
+static int fake_direct(void *ctx, int fd, int on)
+{
+	struct fake_sink *k = ctx;
+	pthread_mutex_lock(&k->lock);
+	k->switches++;
+	if (on)
+		k->direct_fd = fd;
+	else if (k->direct_fd == fd)
+		k->direct_fd = -1;
+	pthread_mutex_unlock(&k->lock);
+	return 0;
+}
+
+static const struct stream_sink fake_sink_if = {fake_pwritev, &fsink, fake_writeback, fake_direct};
 
 static void sink_reset(void)
 {
@@ -177,6 +217,11 @@ static void sink_reset(void)
 	fsink.ncalls = 0;
 	fsink.owned = 0;
 	fsink.lent = 0;
+	fsink.direct_fd = -1;
+	fsink.switches = fsink.misaligned = 0;
+	fsink.dio_align = 512;
+	fsink.refuse_dio = false;
+	fsink.direct_bytes = fsink.buffered_bytes = 0;
 	wb_calls = 0;
 	wb_fail = 0;
 	pthread_mutex_unlock(&fsink.lock);
@@ -869,6 +914,135 @@ static void write_behind_follows_a_copy(void **state)
 	}
 }
 
+/* ---- direct I/O ---- */
+
+/* Writes data[0..len) at off (helping when asked) and waits until it is written. */
+static void write_synced(struct stream *s, const unsigned char *data, size_t len, uint64_t off)
+{
+	int rc = stream_write(s, data, len, off, NULL, NULL);
+	assert_true(rc >= 0);
+	if (rc == STREAM_HELP)
+		stream_help(s);
+	assert_int_equal(stream_sync(s), 0);
+}
+
+static uint64_t stream_direct_bytes(struct stream *s)
+{
+	struct stream_stats st;
+	stream_stats(s, &st);
+	return st.direct;
+}
+
+/* A stream given stream_set_direct writes aligned data with O_DIRECT and nothing of it goes
+ * through write-behind; an unaligned tail of a slice, and data whose memory in the log is not
+ * aligned, go through the page cache with O_DIRECT cleared; without stream_set_direct the
+ * sink is never asked to switch. The file holds exactly what was written in every case. */
+static void direct_io_takes_aligned_slices(void **state)
+{
+	(void)state;
+	static unsigned char data[3 * MiB], want[3 * MiB + 160 * KiB + 100];
+	fill(data, sizeof(data), 21);
+	for (int direct = 0; direct <= 1; direct++) {
+		struct stream_engine *e = engine(8 * MiB, 16 * MiB, 1, 0, 0);
+		int check;
+		struct stream *s = open_stream(e, &check);
+		if (direct)
+			stream_set_direct(s, 512, 4096);
+		/* 3 MiB in 256 KiB writes at 0: all aligned. */
+		for (uint64_t off = 0; off < 3 * MiB; off += 256 * KiB)
+			write_synced(s, data + off, 256 * KiB, off);
+		memcpy(want, data, 3 * MiB);
+		pthread_mutex_lock(&fsink.lock);
+		assert_int_equal(fsink.direct_bytes, direct ? 3 * MiB : 0);
+		assert_int_equal(fsink.misaligned, 0);
+		assert_int_equal(fsink.switches, direct ? 1 : 0);
+		assert_int_equal(wb_calls, direct ? 0 : 3);
+		pthread_mutex_unlock(&fsink.lock);
+		assert_int_equal(stream_direct_bytes(s), direct ? 3 * MiB : 0);
+		/* One write of 8 KiB + 100 bytes: its aligned 8 KiB direct, the 100 bytes not. */
+		write_synced(s, data + 7, 8 * KiB + 100, 3 * MiB);
+		memcpy(want + 3 * MiB, data + 7, 8 * KiB + 100);
+		assert_int_equal(stream_direct_bytes(s), direct ? 3 * MiB + 8 * KiB : 0);
+		/* 100 bytes, and behind them in the log (the sink held, so the stream does not run
+		 * empty and start its log afresh) 4 KiB for an aligned offset: its memory is not
+		 * aligned, so it goes through the page cache. */
+		sink_hold(false);
+		assert_true(stream_write(s, data + 1, 100, 3 * MiB + 16 * KiB, NULL, NULL) >= 0);
+		assert_true(stream_write(s, data, 4 * KiB, 2 * MiB, NULL, NULL) >= 0);
+		sink_release();
+		assert_int_equal(stream_sync(s), 0);
+		memcpy(want + 3 * MiB + 16 * KiB, data + 1, 100);
+		memcpy(want + 2 * MiB, data, 4 * KiB);
+		pthread_mutex_lock(&fsink.lock);
+		assert_int_equal(fsink.direct_bytes, direct ? 3 * MiB + 8 * KiB : 0);
+		assert_int_equal(fsink.buffered_bytes,
+				 direct ? 200 + 4 * KiB : 3 * MiB + 12 * KiB + 200);
+		assert_int_equal(fsink.misaligned, 0);
+		assert_int_equal(fsink.direct_fd, -1); /* cleared for the buffered part */
+		pthread_mutex_unlock(&fsink.lock);
+		assert_int_equal(stream_direct_bytes(s), direct ? 3 * MiB + 8 * KiB : 0);
+		/* 128 KiB at an unaligned offset into the empty stream: the log restarts at the
+		 * same distance from an alignment boundary (and takes two blocks for it), the
+		 * head up to the boundary and the tail past the last one go through the page
+		 * cache, the 31 pages between go direct. */
+		write_synced(s, data + 5, 128 * KiB, 3 * MiB + 32 * KiB + 100);
+		memcpy(want + 3 * MiB + 32 * KiB + 100, data + 5, 128 * KiB);
+		assert_int_equal(stream_direct_bytes(s),
+				 direct ? 3 * MiB + 8 * KiB + 31 * 4096 : 0);
+		assert_int_equal(stream_close(s), 0);
+		assert_file(check, want, 3 * MiB + 160 * KiB + 100);
+		close(check);
+		stream_engine_free(e);
+	}
+}
+
+/* A store that refuses direct writes (EINVAL at the write, for an alignment it did not
+ * report) costs nothing: the slice goes through the page cache, direct I/O is off for the
+ * stream from then on, no error. A real error of a direct write fails the stream as any. */
+static void direct_io_refused_falls_back(void **state)
+{
+	(void)state;
+	static unsigned char data[MiB];
+	fill(data, sizeof(data), 22);
+	struct stream_engine *e = lending_engine(8 * MiB);
+	int check;
+	struct stream *s = open_stream(e, &check);
+	stream_set_direct(s, 512, 512);
+	pthread_mutex_lock(&fsink.lock);
+	fsink.refuse_dio = true;
+	pthread_mutex_unlock(&fsink.lock);
+	write_synced(s, data, 512 * KiB, 0);
+	write_synced(s, data + 512 * KiB, 512 * KiB, 512 * KiB);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(fsink.direct_bytes, 0);
+	assert_int_equal(fsink.buffered_bytes, MiB);
+	assert_int_equal(fsink.switches, 2); /* on for the first slice, off for its rewrite */
+	pthread_mutex_unlock(&fsink.lock);
+	assert_int_equal(stream_direct_bytes(s), 0);
+	assert_int_equal(stream_close(s), 0);
+	assert_file(check, data, MiB);
+	close(check);
+
+	s = open_stream(e, &check);
+	stream_set_direct(s, 512, 512);
+	pthread_mutex_lock(&fsink.lock);
+	fsink.refuse_dio = false;
+	pthread_mutex_unlock(&fsink.lock);
+	sink_fail_next(EIO);
+	int rc = stream_write(s, data, 64 * KiB, 0, NULL, NULL);
+	assert_true(rc >= 0);
+	if (rc == STREAM_HELP)
+		stream_help(s);
+	assert_int_equal(stream_sync(s), -EIO);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(fsink.switches, 3); /* the failed write was a direct one */
+	assert_int_equal(fsink.direct_bytes, 0);
+	pthread_mutex_unlock(&fsink.lock);
+	assert_int_equal(stream_close(s), -EIO);
+	close(check);
+	stream_engine_free(e);
+}
+
 /* Writers that ignore parking (more of them than the budget allows) are stopped by the pool's
  * hard cap: blocks in use never exceed STREAM_POOL_CAP(max_buffer). */
 enum { CAP_WRITERS = 4, CAP_WRITES = 24 };
@@ -1220,6 +1394,8 @@ int main(void)
 	    cmocka_unit_test(idle_writes_lend_the_writer_thread),
 	    cmocka_unit_test(helper_keeps_writing_what_arrives),
 	    cmocka_unit_test(write_behind_follows_a_copy),
+	    cmocka_unit_test(direct_io_takes_aligned_slices),
+	    cmocka_unit_test(direct_io_refused_falls_back),
 	    cmocka_unit_test(pool_never_exceeds_cap),
 	    cmocka_unit_test(close_waits_for_data),
 	    cmocka_unit_test(drain_threads_start_with_first_stream),

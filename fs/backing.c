@@ -156,20 +156,3 @@ void backing_proc_path(int fd, char buf[static 32])
 {
 	snprintf(buf, 32, "/proc/self/fd/%d", fd);
 }
-
-int backing_reopen_direct(int fd, unsigned *mem_align, unsigned *off_align)
-{
-	struct statx sx;
-	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) != 0)
-		return -errno;
-	if (!(sx.stx_mask & STATX_DIOALIGN) || sx.stx_dio_offset_align == 0)
-		return -EOPNOTSUPP;
-	char path[32];
-	backing_proc_path(fd, path);
-	int dfd = open(path, O_WRONLY | O_CLOEXEC);
-	if (dfd < 0)
-		return -errno;
-	*mem_align = sx.stx_dio_mem_align;
-	*off_align = sx.stx_dio_offset_align;
-	return dfd;
-}

@@ -139,17 +139,10 @@ int node_attach(struct tfs *fs, fuse_ino_t ino, int writable, int fd, struct nod
 	}
 	if (writable && n->stream == NULL) {
 		/* The stream writes through its own descriptor of the file, so that it outlives
-		 * the handle that happened to open it first; where the store has direct I/O, its
-		 * own open file description, to switch to O_DIRECT. A new transfer starts. */
-		unsigned mem_align = 0, off_align = 0;
-		int sfd =
-		    fs->opt.keep_cache ? -1 : backing_reopen_direct(fd, &mem_align, &off_align);
-		if (sfd < 0)
-			sfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		 * the handle that happened to open it first. A new transfer starts. */
+		int sfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 		struct stream *s = NULL;
 		err = sfd < 0 ? -errno : stream_open(fs->streams, sfd, &s);
-		if (err == 0 && off_align != 0)
-			stream_set_direct(s, mem_align, off_align);
 		if (err != 0) {
 			if (new_fd >= 0)
 				close(new_fd);

@@ -96,13 +96,6 @@ int backing_open(struct tfs *fs, fuse_ino_t ino, int flags, struct stat *st);
 /* "/proc/self/fd/N" for descriptor fd, for calls that take only a path. */
 void backing_proc_path(int fd, char buf[static 32]);
 
-/* A new open file description of the file open at fd, for writing, that a stream may switch
- * to O_DIRECT (stream_set_direct), with the alignments the store asks for (statx
- * STATX_DIOALIGN) in *mem_align and *off_align. A negative errno when the store reports none
- * (tmpfs, NFS, FUSE: no direct I/O worth having) or the reopen, made with the caller's
- * credentials, failed (a file created read-only): the caller then writes through a dup. */
-int backing_reopen_direct(int fd, unsigned *mem_align, unsigned *off_align);
-
 /* node.c: the state of an inode beyond its name: open handles, stream, last transfer. */
 struct node;
 

@@ -16,13 +16,14 @@
  * consumes them. Until then they stay in the list, so stream_read (which preads and overlays
  * under the stream lock) always sees either the old pending bytes or the written file.
  *
- * Direct I/O. A stream given stream_set_direct writes the aligned part of each slice with
- * O_DIRECT straight from its blocks, and only the unaligned rest through the page cache (with
- * write-behind). Two habits keep that part nearly all of it: slice_begin cuts slices at 4 KiB
- * boundaries of the file, and an empty log restarts at the next write's offset within 4 KiB,
- * so a sequential copy's memory is congruent with its file offsets whatever the writer's
- * buffer alignment; and slice_map joins pieces that follow each other in memory, so a
- * segment boundary inside a block (FUSE requests of 256 KiB less a few bytes) splits no piece.
+ * Direct I/O (see stream.h). Once a stream has committed direct_from bytes, slices of at
+ * least STREAM_DIRECT_MIN bytes go with O_DIRECT straight from the blocks, their unaligned
+ * rest through the page cache (with write-behind). Two habits keep that rest small: slice_begin
+ * cuts such slices at DIO_CUT boundaries of the file, and an empty log restarts at the next
+ * write's offset within DIO_CUT, so a sequential copy's memory is congruent with its file
+ * offsets whatever the writer's buffer alignment; and slice_map joins pieces that follow each
+ * other in memory, so a segment boundary inside a block (FUSE requests of 256 KiB less a few
+ * bytes, from a writer whose buffer is not page-aligned) splits no piece.
  *
  * Scheduling. A stream is `scheduled` while it is in the engine's ready queue or being
  * drained by a thread; only then does a thread touch its head. Writers queue an unscheduled
@@ -51,9 +52,11 @@
 #include <linux/magic.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -68,6 +71,8 @@
  * ext4 and xfs take a direct write that is not aligned to their 4 KiB block on a slow path
  * that zeroes the partial blocks under the inode's exclusive lock. */
 #define DIO_CUT 4096u
+
+enum { DIO_NONE = -1, DIO_UNTRIED = 0, DIO_ON = 1 };
 
 /* Bytes committed per second over the last few seconds. */
 struct rate_ring {
@@ -122,12 +127,14 @@ struct stream {
 	uint64_t buffered;
 	int error; /* sticky, positive errno */
 
-	/* direct I/O (stream_set_direct): [s] alignments of address and offset/length and where
-	 * slices are cut, 0 when off (changed only by stream_set_direct and by the one thread
-	 * draining the stream, so that thread may read them without the lock); [drain] whether
-	 * O_DIRECT is set on fd now; [atomic] bytes written with it */
-	unsigned dio_mem, dio_off, dio_cut;
-	bool dio_on;
+	/* Direct I/O. [s] dio: DIO_UNTRIED until the first slice that may go direct, then
+	 * DIO_ON (fd is the stream's own description, alignments in dio_mem and dio_off) or
+	 * DIO_NONE for good; changed only by the thread draining the stream, which may read it
+	 * without the lock. [drain] slice_direct: slice_begin's verdict on the current slice;
+	 * dio_on: whether O_DIRECT is set on fd now. [atomic] direct: bytes written with it. */
+	int dio;
+	unsigned dio_mem, dio_off;
+	bool slice_direct, dio_on;
 	uint64_t direct;
 
 	/* [atomic] who slices are written as (stream_set_owner); NULL: the engine's sink alone */
@@ -151,6 +158,7 @@ struct stream_engine {
 	uint64_t keep_blocks; /* free blocks kept mapped when nothing is buffered */
 	int no_help;	      /* config.no_help */
 	int keep_cache;	      /* config.keep_cache */
+	uint64_t direct_from; /* config.direct_from */
 	unsigned helpers;     /* writer threads lent to draining now (stream_help) */
 	const struct clock *clock;
 	struct stream_sink sink;
@@ -586,10 +594,10 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
 		rc = s->error ? -s->error : 0;
 		if (rc != 0 || len == 0)
 			goto out;
-		/* An empty log restarts where a direct stream's slices keep their memory
-		 * aligned: at the write's offset within a dio_cut (slice_begin). */
-		if (s->blk_n == 0 && s->dio_cut != 0)
-			s->log_tail = off % s->dio_cut;
+		/* An empty log restarts where direct slices keep their memory aligned: at
+		 * the write's offset within a DIO_CUT (slice_begin). */
+		if (s->blk_n == 0 && e->direct_from != 0)
+			s->log_tail = off % DIO_CUT;
 		need = log_need(s, len);
 		if (need <= nheld)
 			break;
@@ -708,6 +716,27 @@ static int stream_real_writeback(void *ctx, int fd, uint64_t off, uint64_t len, 
 	if (rc != 0 && (errno == EIO || errno == ENOSPC || errno == EDQUOT))
 		return -errno;
 	return 0;
+}
+
+/* A descriptor of the file open at fd that may go O_DIRECT: its own open file description
+ * (O_DIRECT is a flag of the description, which a dup shares with whoever else reads through
+ * it), opened again through /proc/self/fd, where statx reports direct I/O alignments. */
+static int stream_real_direct_open(void *ctx, int fd, unsigned *mem_align, unsigned *off_align)
+{
+	(void)ctx;
+	struct statx sx;
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) != 0)
+		return -errno;
+	if (!(sx.stx_mask & STATX_DIOALIGN) || sx.stx_dio_offset_align == 0)
+		return -EOPNOTSUPP;
+	char path[32];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int nfd = open(path, O_WRONLY | O_CLOEXEC);
+	if (nfd < 0)
+		return -errno;
+	*mem_align = sx.stx_dio_mem_align;
+	*off_align = sx.stx_dio_offset_align;
+	return nfd;
 }
 
 /* Sets or clears O_DIRECT on the stream's own open file description. */
@@ -870,14 +899,50 @@ static int write_behind(struct stream_engine *e, int fd, uint64_t off, uint64_t 
 				 drop_end - drop_off);
 }
 
+/* [drain] Changes s->dio (which slice_begin reads under the lock). */
+static void dio_set(struct stream *s, int dio)
+{
+	pthread_mutex_lock(&s->lock);
+	s->dio = dio;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* The first slice that may go direct, at off: takes the stream's own descriptor (closing the
+ * dup it had) and writes out and drops what the file has in the page cache below off, which
+ * write-behind would otherwise have dropped later. On any failure to set up, the stream stays
+ * buffered for good (DIO_NONE) and 0 is returned; only a failed write-back is an error. */
+static int direct_begin(struct stream_engine *e, struct stream *s, uint64_t off)
+{
+	unsigned mem = 0, align = 0;
+	int fd = e->sink.direct_open(e->sink.ctx, s->fd, &mem, &align);
+	if (fd >= 0 && (align == 0 || align > DIO_CUT || DIO_CUT % align != 0)) {
+		close(fd); /* an alignment slices are not cut for: of no use */
+		fd = -EOPNOTSUPP;
+	}
+	if (fd < 0) {
+		dio_set(s, DIO_NONE);
+		return 0;
+	}
+	int old = s->fd;
+	s->fd = fd;
+	s->dio_mem = mem ? mem : 1;
+	s->dio_off = align;
+	dio_set(s, DIO_ON);
+	/* The dup shared its description with nobody who still needs it: its close fails
+	 * only where close reports write errors (NFS), which is not a store with direct I/O. */
+	if (close(old) != 0 && errno == EIO)
+		return -EIO;
+	return off != 0 ? e->sink.writeback(e->sink.ctx, fd, 0, off, 0, off) : 0;
+}
+
 /* Bytes at the start of a slice at off that direct I/O can write: up to the first piece whose
  * address is not dio_mem-aligned or whose length is not a multiple of dio_off (of that piece,
- * its whole multiples). 0 when direct I/O is off or off itself is not aligned. */
+ * its whole multiples). 0 when direct I/O is not on or off itself is not aligned. */
 static uint64_t direct_prefix(const struct stream *s, const struct iovec *iov, int cnt,
 			      uint64_t off)
 {
 	uint64_t d = 0;
-	if (s->dio_off == 0 || off % s->dio_off != 0)
+	if (s->dio != DIO_ON || off % s->dio_off != 0)
 		return 0;
 	for (int i = 0; i < cnt; i++) {
 		if ((uintptr_t)iov[i].iov_base % s->dio_mem != 0)
@@ -923,15 +988,13 @@ static int direct_write(struct stream_engine *e, struct stream *s, const struct 
 		rc = sink_write_all(e, s->fd, part, k, off, d);
 	if (rc != -EINVAL)
 		return rc;
-	pthread_mutex_lock(&s->lock);
-	s->dio_off = s->dio_cut = 0;
-	pthread_mutex_unlock(&s->lock);
+	dio_set(s, DIO_NONE);
 	return 1;
 }
 
-/* Writes a slice as the stream's owner (if any): its aligned start with direct I/O when the
- * stream may (stream_set_direct), the rest through the page cache followed by write-behind.
- * The owner is read after slice_begin took the stream lock: stream_set_owner before a
+/* Writes a slice as the stream's owner (if any): when slice_begin let it go direct, its
+ * aligned start with O_DIRECT, the rest through the page cache followed by write-behind. The
+ * owner is read after slice_begin took the stream lock: stream_set_owner before a
  * stream_write (which appends under that lock) happens before, so every byte goes out as the
  * owner set before it was written, or a later one. */
 static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *iov, int cnt,
@@ -941,7 +1004,11 @@ static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *
 	int rc = o != NULL ? o->enter(o) : 0;
 	if (rc != 0)
 		return rc;
-	uint64_t d = direct_prefix(s, iov, cnt, off);
+	uint64_t d = 0;
+	if (s->slice_direct && s->dio == DIO_UNTRIED)
+		rc = direct_begin(e, s, off);
+	if (rc == 0 && s->slice_direct)
+		d = direct_prefix(s, iov, cnt, off);
 	if (d != 0) {
 		rc = direct_write(e, s, iov, off, d);
 		if (rc == 1)
@@ -975,24 +1042,30 @@ static void slice_cancel(struct stream *s)
 		g->inflight = 0;
 }
 
-/* [s] The next slice (slice_map), cut for direct I/O at multiples of the stream's dio_cut where
- * that keeps it whole: a writer whose buffer is not page-aligned (Python's bytes, a malloc'd
- * buffer) makes FUSE requests of 256 KiB less a few bytes, at offsets that are not aligned,
- * and slices following them would never be. So an unaligned start is written alone up to the
- * next boundary, and a slice from an aligned start ends at the last boundary it reaches; the
- * rest waits for the next slice. Since the log keeps a write's bytes at positions congruent
- * to the file offsets of a sequential copy, the memory is then aligned too. */
+/* [s] The next slice (slice_map), and whether it may go direct (s->slice_direct): when the
+ * stream has committed direct_from bytes, direct I/O is not ruled out for it and the slice
+ * has STREAM_DIRECT_MIN bytes. Such a slice is cut at DIO_CUT boundaries of the file: a writer
+ * whose buffer is not page-aligned (Python's bytes, a malloc'd buffer) makes FUSE requests of
+ * 256 KiB less a few bytes, at offsets that are not aligned, and slices following them would
+ * never be. So an unaligned start is written alone (through the page cache) up to the next
+ * boundary, and a slice from an aligned start ends at the last boundary it reaches; the rest
+ * waits for the next slice. Since the log keeps a sequential copy's bytes at positions
+ * congruent to their file offsets, their memory is then aligned too. */
 static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov, int *cnt,
 			    uint64_t *off)
 {
-	uint64_t n = slice_map(s, slice, iov, cnt, off);
-	if (s->dio_off == 0 || n == 0)
+	struct stream_engine *e = s->e;
+	uint64_t n = slice_map(s, slice, iov, cnt, off), want = n;
+	s->slice_direct = false;
+	if (e->direct_from == 0 || s->dio == DIO_NONE || s->committed < e->direct_from ||
+	    n < STREAM_DIRECT_MIN)
 		return n;
-	uint64_t cut = s->dio_cut, head = *off % cut, want = n;
-	if (head != 0)
-		want = min_u64(n, cut - head);
-	else if (n > cut)
-		want = n - n % cut;
+	if (*off % DIO_CUT != 0) {
+		want = DIO_CUT - *off % DIO_CUT;
+	} else {
+		s->slice_direct = true;
+		want = n - n % DIO_CUT;
+	}
 	if (want == n)
 		return n;
 	slice_cancel(s);
@@ -1040,15 +1113,6 @@ static bool drain_one(struct stream_engine *e, struct stream *s, bool helping)
 		rc = slice_write(e, s, iov, cnt, off, n);
 	}
 	return slice_end(e, s, n, rc, helping);
-}
-
-void stream_set_direct(struct stream *s, unsigned mem_align, unsigned off_align)
-{
-	pthread_mutex_lock(&s->lock);
-	s->dio_mem = mem_align ? mem_align : 1;
-	s->dio_off = off_align;
-	s->dio_cut = off_align > DIO_CUT ? off_align : DIO_CUT;
-	pthread_mutex_unlock(&s->lock);
 }
 
 void stream_set_owner(struct stream *s, const struct stream_owner *o)
@@ -1402,7 +1466,8 @@ static void engine_release(struct stream_engine *e)
 int stream_engine_new(const struct stream_config *cfg, struct stream_engine **out)
 {
 	static const struct stream_sink real_sink = {stream_real_pwritev, NULL,
-						     stream_real_writeback, stream_real_direct};
+						     stream_real_writeback, stream_real_direct_open,
+						     stream_real_direct};
 	unsigned n = cfg->drain_threads ? cfg->drain_threads : STREAM_DEFAULT_DRAINS;
 	uint64_t hw = cfg->high_water ? cfg->high_water : STREAM_DEFAULT_HIGH_WATER;
 	uint64_t max = cfg->max_buffer ? cfg->max_buffer : STREAM_DEFAULT_MAX_BUFFER;
@@ -1423,9 +1488,12 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 	e->clock = cfg->clock ? cfg->clock : &clock_monotonic;
 	e->no_help = cfg->no_help;
 	e->keep_cache = cfg->keep_cache;
+	e->direct_from = cfg->direct_from;
 	e->sink = cfg->sink ? *cfg->sink : real_sink;
 	if (e->sink.writeback == NULL)
 		e->sink.writeback = stream_real_writeback;
+	if (e->sink.direct_open == NULL)
+		e->sink.direct_open = stream_real_direct_open;
 	if (e->sink.direct == NULL)
 		e->sink.direct = stream_real_direct;
 	e->rate = cfg->rate;

@@ -81,10 +81,30 @@ struct stream_sink {
 	void *ctx;
 	int (*writeback)(void *ctx, int fd, uint64_t off, uint64_t len, uint64_t drop_off,
 			 uint64_t drop_len);
-	/* (NULL: fcntl F_SETFL) sets (on = 1) or clears O_DIRECT on fd; 0 or a negative errno.
-	 * Only called for streams given stream_set_direct. */
+	/* Direct I/O (see stream_config.direct_from). direct_open (NULL: the real one) returns
+	 * a new descriptor of the file open at fd, its own open file description, that may be
+	 * switched to O_DIRECT, with the alignments the store asks for, or a negative errno when
+	 * the store has no direct I/O (statx reports no STATX_DIOALIGN: tmpfs, NFS, FUSE) or the
+	 * reopen (through /proc/self/fd, as the stream's owner) fails. direct (NULL: fcntl
+	 * F_SETFL) sets (on = 1) or clears O_DIRECT on such a descriptor: 0 or -errno. */
+	int (*direct_open)(void *ctx, int fd, unsigned *mem_align, unsigned *off_align);
 	int (*direct)(void *ctx, int fd, int on);
 };
+
+/* Direct I/O. A store on a local device (ext4, xfs...) can take a stream's data straight from
+ * its blocks with O_DIRECT: no copy into its page cache, no write-back for the daemon to start
+ * and wait for, which on a VM is most of a buffered write's cost (2 GiB: 0.3 s of system time
+ * against 1.8-3.7 s). But a direct write waits for the device, and a small file's close would
+ * then wait for it too (the page cache lets the kernel batch a thousand small files into few
+ * device writes): so only a stream that has committed direct_from bytes (a big file, being
+ * copied) goes direct, and only in slices of at least STREAM_DIRECT_MIN bytes (so random small
+ * writes stay buffered). Such slices are cut at 4 KiB file boundaries; the aligned part of
+ * each goes with O_DIRECT set on the stream's own open file description (sink direct_open),
+ * the unaligned rest with it cleared, through the page cache. What the file had in the cache
+ * when it went direct is written and dropped then. A store that refuses a direct write with
+ * EINVAL gets it, and the stream's later data, through the page cache. */
+#define STREAM_DIRECT_FROM (8ull << 20)
+#define STREAM_DIRECT_MIN  (64u << 10)
 
 /* Write-behind keeps at most this much of a file's most recently written data in the store's
  * page cache: what lies further back is written to the device and dropped from the cache. */
@@ -112,6 +132,7 @@ struct stream_config {
 	const struct stream_sink *sink; /* NULL = pwritev(2); copied, must outlive the engine */
 	int no_help;	/* 1: stream_write never returns STREAM_HELP (drain threads do it all) */
 	int keep_cache; /* 1: no write-behind; written data stays in the store's page cache */
+	uint64_t direct_from; /* 0: no direct I/O; see STREAM_DIRECT_FROM */
 };
 
 struct stream_engine;
@@ -149,7 +170,7 @@ enum stream_state {
 struct stream_stats {
 	uint64_t received;   /* bytes accepted by stream_write */
 	uint64_t committed;  /* bytes written to the backing store */
-	uint64_t direct;     /* of these, bytes written with direct I/O (stream_set_direct) */
+	uint64_t direct;     /* of these, bytes written with direct I/O (direct_from) */
 	uint64_t buffered;   /* bytes pending (buffered or being written) */
 	uint64_t started_ns; /* clock time of the first accepted write; 0 if none */
 	uint64_t last_ns;    /* clock time of the last accepted write or commit */
@@ -177,19 +198,6 @@ void stream_engine_stats(struct stream_engine *e, struct stream_engine_stats *st
  * running yet. The stream owns fd from now on, also on failure (it is then closed). Returns 0
  * or -errno (-EAGAIN and the like when not even one drain thread could be started). */
 int stream_open(struct stream_engine *e, int fd, struct stream **out);
-
-/* Direct I/O. A store on a local device (ext4, xfs...) can take data straight from the
- * stream's blocks with O_DIRECT: no copy into its page cache, no write-back for the daemon to
- * start and wait for, which on a VM is most of a buffered write's cost (2 GiB: 0.3 s of system
- * time against 1.8-3.7 s). After this call, the start of each slice whose file offset is a
- * multiple of off_align, and whose pieces' addresses are multiples of mem_align (0: any) and
- * lengths multiples of off_align, is written with O_DIRECT set on the stream's descriptor;
- * the rest of the slice (an unaligned tail or write) with O_DIRECT cleared, through the page
- * cache and write-behind as before. The descriptor given to stream_open must then be the
- * stream's own open file description (O_DIRECT is a flag of the description, which a dup
- * shares). A store that refuses a direct write with EINVAL gets the slice through the page
- * cache, and direct I/O is off for the stream from then on. Call before the first write. */
-void stream_set_direct(struct stream *s, unsigned mem_align, unsigned off_align);
 
 /* Sets who the data of s is written as from the next slice on (NULL: nobody, plain pwritev).
  * Data written by stream_write after this call is written as o or as an owner set later, never

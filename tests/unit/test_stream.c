@@ -85,6 +85,8 @@ struct fake_sink {
 	 * aligned to dio_align in offset, addresses and lengths, as the kernel asks, or it fails
 	 * with EINVAL and counts in misaligned; refuse_dio fails every write through it so. */
 	int direct_fd;
+	unsigned opens;	   /* calls of the sink's direct_open() */
+	int open_fail;	   /* errno direct_open fails with, 0: it returns a dup */
 	unsigned switches; /* calls of the sink's direct() */
 	unsigned dio_align, misaligned;
 	bool refuse_dio;
@@ -193,6 +195,21 @@ static int fake_writeback(void *ctx, int fd, uint64_t off, uint64_t len, uint64_
 	return -err;
 }
 
+static int fake_direct_open(void *ctx, int fd, unsigned *mem_align, unsigned *off_align)
+{
+	struct fake_sink *k = ctx;
+	pthread_mutex_lock(&k->lock);
+	k->opens++;
+	int err = k->open_fail;
+	*mem_align = k->dio_align;
+	*off_align = k->dio_align;
+	pthread_mutex_unlock(&k->lock);
+	if (err != 0)
+		return -err;
+	int nfd = dup(fd);
+	return nfd >= 0 ? nfd : -errno;
+}
+
 static int fake_direct(void *ctx, int fd, int on)
 {
 	struct fake_sink *k = ctx;
@@ -206,7 +223,8 @@ static int fake_direct(void *ctx, int fd, int on)
 	return 0;
 }
 
-static const struct stream_sink fake_sink_if = {fake_pwritev, &fsink, fake_writeback, fake_direct};
+static const struct stream_sink fake_sink_if = {fake_pwritev, &fsink, fake_writeback,
+						fake_direct_open, fake_direct};
 
 static void sink_reset(void)
 {
@@ -218,7 +236,8 @@ static void sink_reset(void)
 	fsink.owned = 0;
 	fsink.lent = 0;
 	fsink.direct_fd = -1;
-	fsink.switches = fsink.misaligned = 0;
+	fsink.switches = fsink.misaligned = fsink.opens = 0;
+	fsink.open_fail = 0;
 	fsink.dio_align = 512;
 	fsink.refuse_dio = false;
 	fsink.direct_bytes = fsink.buffered_bytes = 0;
@@ -933,109 +952,150 @@ static uint64_t stream_direct_bytes(struct stream *s)
 	return st.direct;
 }
 
-/* A stream given stream_set_direct writes aligned data with O_DIRECT and nothing of it goes
- * through write-behind; an unaligned tail of a slice, and data whose memory in the log is not
- * aligned, go through the page cache with O_DIRECT cleared; without stream_set_direct the
- * sink is never asked to switch. The file holds exactly what was written in every case. */
-static void direct_io_takes_aligned_slices(void **state)
+/* An engine as the daemon runs it on a store with direct I/O, from direct_from bytes on, but
+ * drained by its one thread alone (no help), so that what a test holds the sink for waits. */
+static struct stream_engine *direct_engine(uint64_t direct_from)
+{
+	struct stream_config cfg = {.high_water = 8 * MiB,
+				    .max_buffer = 16 * MiB,
+				    .drain_threads = 1,
+				    .clock = &fake_clock_if,
+				    .sink = &fake_sink_if,
+				    .no_help = 1,
+				    .direct_from = direct_from};
+	struct stream_engine *e = NULL;
+	sink_reset();
+	assert_int_equal(stream_engine_new(&cfg, &e), 0);
+	return e;
+}
+
+/* With direct_from set, a stream's slices go direct once it has committed that much, and the
+ * page cache it filled until then is written and dropped at the switch; of each slice, the
+ * aligned part goes with O_DIRECT and nothing of it through write-behind. Through the page
+ * cache go: an unaligned head or tail of a write, data whose memory in the log is not
+ * aligned, and slices under STREAM_DIRECT_MIN (small random writes). An empty log restarts
+ * aligned to the next write's offset. With direct_from 0 the sink is never asked to open or
+ * switch. The file holds exactly what was written in every case. */
+static void direct_io_takes_big_aligned_slices(void **state)
 {
 	(void)state;
-	static unsigned char data[3 * MiB], want[3 * MiB + 160 * KiB + 100];
+	static unsigned char data[3 * MiB], want[3 * MiB + 384 * KiB + 100];
 	fill(data, sizeof(data), 21);
+	memset(want, 0, sizeof(want));
 	for (int direct = 0; direct <= 1; direct++) {
-		struct stream_engine *e = engine(8 * MiB, 16 * MiB, 1, 0, 0);
+		struct stream_engine *e = direct_engine(direct ? MiB : 0);
 		int check;
 		struct stream *s = open_stream(e, &check);
-		if (direct)
-			stream_set_direct(s, 512, 4096);
-		/* 3 MiB in 256 KiB writes at 0: all aligned. */
+		/* 3 MiB in 256 KiB writes at 0: the first MiB buffered, then direct. */
 		for (uint64_t off = 0; off < 3 * MiB; off += 256 * KiB)
 			write_synced(s, data + off, 256 * KiB, off);
 		memcpy(want, data, 3 * MiB);
 		pthread_mutex_lock(&fsink.lock);
-		assert_int_equal(fsink.direct_bytes, direct ? 3 * MiB : 0);
+		assert_int_equal(fsink.direct_bytes, direct ? 2 * MiB : 0);
 		assert_int_equal(fsink.misaligned, 0);
+		assert_int_equal(fsink.opens, direct ? 1 : 0);
 		assert_int_equal(fsink.switches, direct ? 1 : 0);
-		assert_int_equal(wb_calls, direct ? 0 : 3);
+		/* Write-behind of the first chunk; then, going direct, the drop of [0, 1 MiB). */
+		assert_int_equal(wb_calls, direct ? 2 : 3);
+		if (direct) {
+			assert_int_equal(wb_log[1].off, 0);
+			assert_int_equal(wb_log[1].len, MiB);
+			assert_int_equal(wb_log[1].drop_off, 0);
+			assert_int_equal(wb_log[1].drop_len, MiB);
+		}
 		pthread_mutex_unlock(&fsink.lock);
-		assert_int_equal(stream_direct_bytes(s), direct ? 3 * MiB : 0);
-		/* One write of 8 KiB + 100 bytes: its aligned 8 KiB direct, the 100 bytes not. */
-		write_synced(s, data + 7, 8 * KiB + 100, 3 * MiB);
-		memcpy(want + 3 * MiB, data + 7, 8 * KiB + 100);
-		assert_int_equal(stream_direct_bytes(s), direct ? 3 * MiB + 8 * KiB : 0);
+		uint64_t direct_bytes = direct ? 2 * MiB : 0;
+		assert_int_equal(stream_direct_bytes(s), direct_bytes);
+		/* One write of 64 KiB + 100 bytes: its 64 KiB direct, the 100 bytes not. */
+		write_synced(s, data + 7, 64 * KiB + 100, 3 * MiB);
+		memcpy(want + 3 * MiB, data + 7, 64 * KiB + 100);
+		direct_bytes += direct ? 64 * KiB : 0;
+		assert_int_equal(stream_direct_bytes(s), direct_bytes);
 		/* 100 bytes, and behind them in the log (the sink held, so the stream does not run
-		 * empty and start its log afresh) 4 KiB for an aligned offset: its memory is not
+		 * empty and start its log afresh) 64 KiB for an aligned offset: its memory is not
 		 * aligned, so it goes through the page cache. */
 		sink_hold(false);
-		assert_true(stream_write(s, data + 1, 100, 3 * MiB + 16 * KiB, NULL, NULL) >= 0);
-		assert_true(stream_write(s, data, 4 * KiB, 2 * MiB, NULL, NULL) >= 0);
+		assert_true(stream_write(s, data + 1, 100, 3 * MiB + 128 * KiB, NULL, NULL) >= 0);
+		assert_true(stream_write(s, data, 64 * KiB, 2 * MiB, NULL, NULL) >= 0);
 		sink_release();
 		assert_int_equal(stream_sync(s), 0);
-		memcpy(want + 3 * MiB + 16 * KiB, data + 1, 100);
-		memcpy(want + 2 * MiB, data, 4 * KiB);
+		memcpy(want + 3 * MiB + 128 * KiB, data + 1, 100);
+		memcpy(want + 2 * MiB, data, 64 * KiB);
+		assert_int_equal(stream_direct_bytes(s), direct_bytes);
+		/* 128 KiB at an unaligned offset into the empty stream: the log restarts at the
+		 * same distance from a 4 KiB boundary (and takes two blocks for it); the head up
+		 * to the boundary and the tail past the last one go through the page cache, the
+		 * 31 pages between go direct. */
+		write_synced(s, data + 5, 128 * KiB, 3 * MiB + 256 * KiB + 100);
+		memcpy(want + 3 * MiB + 256 * KiB + 100, data + 5, 128 * KiB);
+		direct_bytes += direct ? 31 * 4096 : 0;
+		assert_int_equal(stream_direct_bytes(s), direct_bytes);
+		/* Small aligned writes, each written alone: under STREAM_DIRECT_MIN, buffered. */
+		for (unsigned i = 0; i < 16; i++) {
+			uint64_t off = (uint64_t)(i * 37 % 16) * 64 * KiB;
+			write_synced(s, data + 4096 * i, 4096, off);
+			memcpy(want + off, data + 4096 * i, 4096);
+		}
+		assert_int_equal(stream_direct_bytes(s), direct_bytes);
 		pthread_mutex_lock(&fsink.lock);
-		assert_int_equal(fsink.direct_bytes, direct ? 3 * MiB + 8 * KiB : 0);
-		assert_int_equal(fsink.buffered_bytes,
-				 direct ? 200 + 4 * KiB : 3 * MiB + 12 * KiB + 200);
+		assert_int_equal(fsink.direct_bytes, direct_bytes);
+		assert_int_equal(fsink.buffered_bytes + fsink.direct_bytes,
+				 3 * MiB + 2 * 64 * KiB + 200 + 128 * KiB + 16 * 4096);
 		assert_int_equal(fsink.misaligned, 0);
 		assert_int_equal(fsink.direct_fd, -1); /* cleared for the buffered part */
+		assert_int_equal(fsink.opens, direct ? 1 : 0);
 		pthread_mutex_unlock(&fsink.lock);
-		assert_int_equal(stream_direct_bytes(s), direct ? 3 * MiB + 8 * KiB : 0);
-		/* 128 KiB at an unaligned offset into the empty stream: the log restarts at the
-		 * same distance from an alignment boundary (and takes two blocks for it), the
-		 * head up to the boundary and the tail past the last one go through the page
-		 * cache, the 31 pages between go direct. */
-		write_synced(s, data + 5, 128 * KiB, 3 * MiB + 32 * KiB + 100);
-		memcpy(want + 3 * MiB + 32 * KiB + 100, data + 5, 128 * KiB);
-		assert_int_equal(stream_direct_bytes(s),
-				 direct ? 3 * MiB + 8 * KiB + 31 * 4096 : 0);
 		assert_int_equal(stream_close(s), 0);
-		assert_file(check, want, 3 * MiB + 160 * KiB + 100);
+		assert_file(check, want, sizeof(want));
 		close(check);
 		stream_engine_free(e);
 	}
 }
 
-/* A store that refuses direct writes (EINVAL at the write, for an alignment it did not
- * report) costs nothing: the slice goes through the page cache, direct I/O is off for the
- * stream from then on, no error. A real error of a direct write fails the stream as any. */
+/* A store without direct I/O (direct_open fails) or that refuses a direct write (EINVAL at
+ * the write, for an alignment it did not report) costs nothing: the slice goes through the
+ * page cache, and direct I/O is not tried again for the stream. A real error of a direct
+ * write fails the stream as any. */
 static void direct_io_refused_falls_back(void **state)
 {
 	(void)state;
-	static unsigned char data[MiB];
+	static unsigned char data[2 * MiB];
 	fill(data, sizeof(data), 22);
-	struct stream_engine *e = lending_engine(8 * MiB);
+	for (int how = 0; how <= 1; how++) {
+		struct stream_engine *e = direct_engine(256 * KiB);
+		int check;
+		struct stream *s = open_stream(e, &check);
+		pthread_mutex_lock(&fsink.lock);
+		if (how == 0)
+			fsink.open_fail = EOPNOTSUPP;
+		else
+			fsink.refuse_dio = true;
+		pthread_mutex_unlock(&fsink.lock);
+		for (uint64_t off = 0; off < 2 * MiB; off += 256 * KiB)
+			write_synced(s, data + off, 256 * KiB, off);
+		pthread_mutex_lock(&fsink.lock);
+		assert_int_equal(fsink.direct_bytes, 0);
+		assert_int_equal(fsink.buffered_bytes, 2 * MiB);
+		assert_int_equal(fsink.opens, 1);
+		/* Refused at the write: on for the slice, off for its rewrite, never again. */
+		assert_int_equal(fsink.switches, how == 0 ? 0 : 2);
+		pthread_mutex_unlock(&fsink.lock);
+		assert_int_equal(stream_direct_bytes(s), 0);
+		assert_int_equal(stream_close(s), 0);
+		assert_file(check, data, 2 * MiB);
+		close(check);
+		stream_engine_free(e);
+	}
+
+	struct stream_engine *e = direct_engine(256 * KiB);
 	int check;
 	struct stream *s = open_stream(e, &check);
-	stream_set_direct(s, 512, 512);
-	pthread_mutex_lock(&fsink.lock);
-	fsink.refuse_dio = true;
-	pthread_mutex_unlock(&fsink.lock);
-	write_synced(s, data, 512 * KiB, 0);
-	write_synced(s, data + 512 * KiB, 512 * KiB, 512 * KiB);
-	pthread_mutex_lock(&fsink.lock);
-	assert_int_equal(fsink.direct_bytes, 0);
-	assert_int_equal(fsink.buffered_bytes, MiB);
-	assert_int_equal(fsink.switches, 2); /* on for the first slice, off for its rewrite */
-	pthread_mutex_unlock(&fsink.lock);
-	assert_int_equal(stream_direct_bytes(s), 0);
-	assert_int_equal(stream_close(s), 0);
-	assert_file(check, data, MiB);
-	close(check);
-
-	s = open_stream(e, &check);
-	stream_set_direct(s, 512, 512);
-	pthread_mutex_lock(&fsink.lock);
-	fsink.refuse_dio = false;
-	pthread_mutex_unlock(&fsink.lock);
+	write_synced(s, data, 256 * KiB, 0);
 	sink_fail_next(EIO);
-	int rc = stream_write(s, data, 64 * KiB, 0, NULL, NULL);
-	assert_true(rc >= 0);
-	if (rc == STREAM_HELP)
-		stream_help(s);
+	assert_true(stream_write(s, data, 256 * KiB, 256 * KiB, NULL, NULL) >= 0);
 	assert_int_equal(stream_sync(s), -EIO);
 	pthread_mutex_lock(&fsink.lock);
-	assert_int_equal(fsink.switches, 3); /* the failed write was a direct one */
+	assert_int_equal(fsink.switches, 1); /* the failed write was a direct one */
 	assert_int_equal(fsink.direct_bytes, 0);
 	pthread_mutex_unlock(&fsink.lock);
 	assert_int_equal(stream_close(s), -EIO);
@@ -1394,7 +1454,7 @@ int main(void)
 	    cmocka_unit_test(idle_writes_lend_the_writer_thread),
 	    cmocka_unit_test(helper_keeps_writing_what_arrives),
 	    cmocka_unit_test(write_behind_follows_a_copy),
-	    cmocka_unit_test(direct_io_takes_aligned_slices),
+	    cmocka_unit_test(direct_io_takes_big_aligned_slices),
 	    cmocka_unit_test(direct_io_refused_falls_back),
 	    cmocka_unit_test(pool_never_exceeds_cap),
 	    cmocka_unit_test(close_waits_for_data),

@@ -471,7 +471,8 @@ static void log_add_blocks(struct stream *s, void **chain, uint64_t n)
 }
 
 /* [s] Unlinks the blocks no pending byte needs any more and chains them onto *chain. When
- * nothing is pending that is every block, and the log restarts at position 0. */
+ * nothing is pending that is every block, and the log restarts at position 0 (or, with direct
+ * I/O, where stream_write_from puts the next write: its offset within a DIO_CUT). */
 static void log_trim(struct stream *s, void **chain)
 {
 	uint64_t keep_from = s->head ? s->head->pos / STREAM_BLOCK : UINT64_MAX;
@@ -538,7 +539,8 @@ static uint64_t log_need(struct stream *s, uint64_t len)
 
 /* [s] Adds blocks to *held (*nheld counts them) so that it holds `need`, or, when the pool is
  * at its hard cap, waits with the stream lock dropped (the drains need it to free blocks) for
- * as many blocks as len could need whatever the tail space is when we come back. The caller
+ * as many blocks as len could need whatever the tail space (or an empty log's starting point)
+ * is when we come back. The caller
  * re-checks everything: the stream may have changed meanwhile. Returns 0 or -ENOMEM. */
 static int stream_get_blocks(struct stream *s, uint64_t len, uint64_t need, void **held,
 			     uint64_t *nheld)
@@ -550,7 +552,9 @@ static int stream_get_blocks(struct stream *s, uint64_t len, uint64_t need, void
 	if (!pool_room(e, need - *nheld)) {
 		pthread_mutex_unlock(&e->lock);
 		pthread_mutex_unlock(&s->lock);
-		need = (len + STREAM_BLOCK - 1) / STREAM_BLOCK;
+		/* An empty log may restart up to DIO_CUT - 1 bytes into its first block. */
+		uint64_t lead = e->direct_from != 0 ? DIO_CUT - 1 : 0;
+		need = (len + lead + STREAM_BLOCK - 1) / STREAM_BLOCK;
 		pthread_mutex_lock(&e->lock);
 		while (!pool_room(e, need - *nheld))
 			pthread_cond_wait(&e->room, &e->lock);
@@ -928,8 +932,9 @@ static int direct_begin(struct stream_engine *e, struct stream *s, uint64_t off)
 	s->dio_mem = mem ? mem : 1;
 	s->dio_off = align;
 	dio_set(s, DIO_ON);
-	/* The dup shared its description with nobody who still needs it: its close fails
-	 * only where close reports write errors (NFS), which is not a store with direct I/O. */
+	/* The dup was the stream's own descriptor (its description stays open in the handles
+	 * that share it): closing it fails only where close reports write errors (NFS), which
+	 * is not a store with direct I/O. */
 	if (close(old) != 0 && errno == EIO)
 		return -EIO;
 	return off != 0 ? e->sink.writeback(e->sink.ctx, fd, 0, off, 0, off) : 0;
@@ -993,7 +998,7 @@ static int direct_write(struct stream_engine *e, struct stream *s, const struct 
 }
 
 /* Writes a slice as the stream's owner (if any): when slice_begin let it go direct, its
- * aligned start with O_DIRECT, the rest through the page cache followed by write-behind. The
+ * aligned start with O_DIRECT, the rest through the page cache; then write-behind. The
  * owner is read after slice_begin took the stream lock: stream_set_owner before a
  * stream_write (which appends under that lock) happens before, so every byte goes out as the
  * owner set before it was written, or a later one. */
@@ -1032,7 +1037,10 @@ static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *
 	}
 	if (o != NULL)
 		o->leave(o);
-	return rc != 0 || d == n ? rc : write_behind(e, s->fd, off + d, n - d);
+	/* Over the whole slice, direct part too: the buffered ends of direct slices (a page or
+	 * two a FUSE request, from a writer whose buffer is not aligned) are then written out,
+	 * waited for (their errors fail the stream) and dropped like any buffered data. */
+	return rc != 0 ? rc : write_behind(e, s->fd, off, n);
 }
 
 /* [s] Un-marks a slice that is postponed. */
@@ -1049,7 +1057,9 @@ static void slice_cancel(struct stream *s)
  * 256 KiB less a few bytes, at offsets that are not aligned, and slices following them would
  * never be. So an unaligned start is written alone (through the page cache) up to the next
  * boundary, and a slice from an aligned start ends at the last boundary it reaches; the rest
- * waits for the next slice. Since the log keeps a sequential copy's bytes at positions
+ * is the next slice (with what arrived meanwhile, if anything did: a thread lent by a writer
+ * drains each request as it comes, so then the rest and the next request's head go out as
+ * two small buffered writes). Since the log keeps a sequential copy's bytes at positions
  * congruent to their file offsets, their memory is then aligned too. */
 static uint64_t slice_begin(struct stream *s, uint64_t slice, struct iovec *iov, int *cnt,
 			    uint64_t *off)
@@ -1488,7 +1498,7 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 	e->clock = cfg->clock ? cfg->clock : &clock_monotonic;
 	e->no_help = cfg->no_help;
 	e->keep_cache = cfg->keep_cache;
-	e->direct_from = cfg->direct_from;
+	e->direct_from = cfg->keep_cache ? 0 : cfg->direct_from; /* direct I/O drops the cache */
 	e->sink = cfg->sink ? *cfg->sink : real_sink;
 	if (e->sink.writeback == NULL)
 		e->sink.writeback = stream_real_writeback;

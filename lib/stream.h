@@ -25,7 +25,8 @@
  * one (off == previous off + len) just extends its segment. Drain threads serve streams with
  * pending data round-robin, one slice (<= 1 MiB, see throttle_slice) at a time: they charge
  * the slice to the global and the file's token bucket, sleep until the later deadline, and
- * write it with one pwritev of contiguous segments. One stream is drained by one thread at a
+ * write it with one pwritev of contiguous segments (two, when its aligned part goes direct and
+ * the rest does not: see direct I/O below). One stream is drained by one thread at a
  * time, in write order. A failed write makes the stream's error sticky: its pending data is
  * dropped, parked writers and waiters get the error, and later writes are refused with it.
  *
@@ -72,7 +73,8 @@
 /* Where drained data goes. NULL in the config means pwritev(2). The function may return a
  * short count (the rest is retried) or -1 with errno set (EINTR is retried).
  * writeback (NULL: the real one) is the write-behind after each written slice unless the
- * engine keeps the cache (see stream_config.keep_cache): start write-back of [off, off+len)
+ * engine keeps the cache (see stream_config.keep_cache), and once when a stream goes direct
+ * (to write and drop what it had cached until then): start write-back of [off, off+len)
  * and wait for [drop_off, drop_off+drop_len) to be on the device, then drop it from the page
  * cache. Returns 0 or a negative errno (a failed write-back fails the stream like a failed
  * write). */
@@ -102,7 +104,8 @@ struct stream_sink {
  * each goes with O_DIRECT set on the stream's own open file description (sink direct_open),
  * the unaligned rest with it cleared, through the page cache. What the file had in the cache
  * when it went direct is written and dropped then. A store that refuses a direct write with
- * EINVAL gets it, and the stream's later data, through the page cache. */
+ * EINVAL gets it, and the stream's later data, through the page cache. Write-behind runs over
+ * direct slices too, for their buffered ends. keep_cache rules direct I/O out. */
 #define STREAM_DIRECT_FROM (8ull << 20)
 #define STREAM_DIRECT_MIN  (64u << 10)
 
@@ -206,7 +209,8 @@ int stream_open(struct stream_engine *e, int fd, struct stream **out);
 void stream_set_owner(struct stream *s, const struct stream_owner *o);
 
 /* Waits (blocking the calling thread) until everything pending is written or has failed;
- * answers this stream's parked writers (cb(arg, 0), or the error); closes fd and frees the
+ * answers this stream's parked writers (cb(arg, 0), or the error); closes fd (or the stream's
+ * own descriptor that replaced it when it went direct) and frees the
  * stream. Returns 0, the stream's sticky error, or close(2)'s error (negative errno). No call
  * on this stream may run concurrently or follow. */
 int stream_close(struct stream *s);

@@ -283,8 +283,7 @@ int main(int argc, char **argv)
 	    .rate = fs.opt.rate,
 	    .file_rate = fs.opt.file_rate,
 	    .keep_cache = (int)fs.opt.keep_cache,
-	    /* Direct I/O leaves nothing in the page cache: not what keep_cache asks for. */
-	    .direct_from = fs.opt.keep_cache ? 0 : STREAM_DIRECT_FROM,
+	    .direct_from = fs.opt.direct_write ? STREAM_DIRECT_FROM : 0,
 	};
 	err = stream_engine_new(&sc, &fs.streams);
 	if (err != 0) {

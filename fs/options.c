@@ -53,6 +53,8 @@ static const struct opt_row rows[] = {
      "log one line per heap collection"},
     {"keep_cache", OPT_FLAG, offsetof(struct tfs_options, keep_cache), 0, 0, 1,
      "leave written data in the store's page cache (default: drop it once on the device)"},
+    {"direct_write", OPT_FLAG, offsetof(struct tfs_options, direct_write), 0, 0, 1,
+     "write big files to a local disk with O_DIRECT: less CPU, but slower on fast devices"},
 };
 
 #define NROWS (sizeof(rows) / sizeof(rows[0]))
@@ -198,6 +200,11 @@ int opts_parse(struct fuse_args *args, struct tfs_options *o)
 		fprintf(stderr, "throttlefs: -o buffer=%s is larger than -o max_buffer=%s\n",
 			size_format(o->buffer, b, sizeof(b)),
 			size_format(o->max_buffer, m, sizeof(m)));
+		return -1;
+	}
+	if (o->keep_cache && o->direct_write) {
+		fprintf(stderr, "throttlefs: -o direct_write and -o keep_cache exclude each other "
+				"(direct writes leave nothing in the page cache)\n");
 		return -1;
 	}
 	if (c.nonopts < 2) {

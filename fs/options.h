@@ -20,6 +20,7 @@ struct tfs_options {
 	uint64_t max_old_space;	 /* metadata heap: old space */
 	uint64_t trace_gc;	 /* flag: one log line per collection */
 	uint64_t keep_cache;	 /* flag: no write-behind (stream_config.keep_cache) */
+	uint64_t direct_write;	 /* flag: big files go O_DIRECT (stream_config.direct_from) */
 	char *backing;		 /* as given */
 	char *backing_real;	 /* realpath of backing */
 	int show_help, show_version;

@@ -155,7 +155,7 @@ struct bad_row {
 static const struct bad_row bad_rows[] = {
     {"rate", false, false},	 {"file_rate", false, false},	  {"buffer", true, false},
     {"max_buffer", true, false}, {"max_semi_space", true, false}, {"max_old_space", true, false},
-    {"trace_gc", false, true},	 {"keep_cache", false, true},
+    {"trace_gc", false, true},	 {"keep_cache", false, true},	  {"direct_write", false, true},
 };
 
 /* Values after "name=" that no size or rate row accepts (nor the flag, which takes none). */
@@ -248,6 +248,7 @@ static void bad_value_among_good_ones(void **state)
 	refuse_opt(fs, "rate=1M,buffer=64K,max_buffer=0");
 	refuse_opt(fs, "rate=1M,rate=-1");
 	refuse_opt(fs, "buffer=8M,max_buffer=4M"); /* buffer above max_buffer */
+	refuse_opt(fs, "direct_write,keep_cache"); /* contradict each other */
 	expect_refusal(fs, (const char *[]){"-f", "-o", "rate=1M", "-o", "file_rate=x", fs->backing,
 					    fs->mnt, NULL});
 }

@@ -236,9 +236,9 @@ static void config_escapes_backing_path(void **state)
 static void help_and_version(void **state)
 {
 	struct h_fs *fs = *state;
-	const char *opts[] = {
-	    "rate=",	      "file_rate=", "buffer=",	  "max_buffer=", "max_semi_space=",
-	    "max_old_space=", "trace_gc",   "keep_cache", "allow_other"};
+	const char *opts[] = {"rate=",		 "file_rate=",	   "buffer=",  "max_buffer=",
+			      "max_semi_space=", "max_old_space=", "trace_gc", "keep_cache",
+			      "direct_write",	 "allow_other"};
 	char out[PATH_MAX];
 	h_path(out, "%s/help.txt", fs->root);
 	assert_int_equal(h_run("%s --help >%s 2>&1", h_daemon_bin(), out), 0);

@@ -342,38 +342,36 @@ static unsigned rec_calls(struct recorder *r)
 
 /* ---- helpers ---- */
 
-static struct stream_engine *engine(uint64_t hw, uint64_t max, unsigned threads, uint64_t rate,
-				    uint64_t file_rate)
+/* An engine of cfg on the fake clock and the fake sink, which is reset. */
+static struct stream_engine *engine_of(struct stream_config cfg)
 {
-	struct stream_config cfg = {
-	    .high_water = hw,
-	    .max_buffer = max,
-	    .rate = rate,
-	    .file_rate = file_rate,
-	    .drain_threads = threads,
-	    .clock = &fake_clock_if,
-	    .sink = &fake_sink_if,
-	    .no_help = 1, /* these tests count on drain threads alone */
-	};
+	cfg.clock = &fake_clock_if;
+	cfg.sink = &fake_sink_if;
 	struct stream_engine *e = NULL;
 	sink_reset();
 	assert_int_equal(stream_engine_new(&cfg, &e), 0);
 	return e;
 }
 
+static struct stream_engine *engine(uint64_t hw, uint64_t max, unsigned threads, uint64_t rate,
+				    uint64_t file_rate)
+{
+	return engine_of((struct stream_config){
+	    .high_water = hw,
+	    .max_buffer = max,
+	    .rate = rate,
+	    .file_rate = file_rate,
+	    .drain_threads = threads,
+	    .no_help = 1, /* these tests count on drain threads alone */
+	});
+}
+
 /* An engine as the daemon runs it: no rate, writers' threads lent (STREAM_HELP), and one
  * drain thread for what they leave. */
 static struct stream_engine *lending_engine(uint64_t hw)
 {
-	struct stream_config cfg = {.high_water = hw,
-				    .max_buffer = 8 * MiB,
-				    .drain_threads = 1,
-				    .clock = &fake_clock_if,
-				    .sink = &fake_sink_if};
-	struct stream_engine *e = NULL;
-	sink_reset();
-	assert_int_equal(stream_engine_new(&cfg, &e), 0);
-	return e;
+	return engine_of(
+	    (struct stream_config){.high_water = hw, .max_buffer = 8 * MiB, .drain_threads = 1});
 }
 
 /* Opens a stream on a fresh memfd; *check gets another descriptor of the same file. */
@@ -881,14 +879,8 @@ static void write_behind_follows_a_copy(void **state)
 	static unsigned char data[256 * KiB];
 	fill(data, sizeof(data), 13);
 	for (int keep = 0; keep <= 1; keep++) {
-		struct stream_config cfg = {.max_buffer = 8 * MiB,
-					    .drain_threads = 1,
-					    .clock = &fake_clock_if,
-					    .sink = &fake_sink_if,
-					    .keep_cache = keep};
-		struct stream_engine *e = NULL;
-		sink_reset();
-		assert_int_equal(stream_engine_new(&cfg, &e), 0);
+		struct stream_engine *e = engine_of((struct stream_config){
+		    .max_buffer = 8 * MiB, .drain_threads = 1, .keep_cache = keep});
 		int check;
 		struct stream *s = open_stream(e, &check);
 		uint64_t total = 12 * MiB + 100 * KiB; /* the last, partial chunk is not started */
@@ -956,17 +948,11 @@ static uint64_t stream_direct_bytes(struct stream *s)
  * drained by its one thread alone (no help), so that what a test holds the sink for waits. */
 static struct stream_engine *direct_engine(uint64_t direct_from)
 {
-	struct stream_config cfg = {.high_water = 8 * MiB,
-				    .max_buffer = 16 * MiB,
-				    .drain_threads = 1,
-				    .clock = &fake_clock_if,
-				    .sink = &fake_sink_if,
-				    .no_help = 1,
-				    .direct_from = direct_from};
-	struct stream_engine *e = NULL;
-	sink_reset();
-	assert_int_equal(stream_engine_new(&cfg, &e), 0);
-	return e;
+	return engine_of((struct stream_config){.high_water = 8 * MiB,
+						.max_buffer = 16 * MiB,
+						.drain_threads = 1,
+						.no_help = 1,
+						.direct_from = direct_from});
 }
 
 /* With direct_from set, a stream's slices go direct once it has committed that much, and the
@@ -1120,16 +1106,11 @@ static void *big_writer_main(void *arg)
 static void direct_log_waits_for_its_lead(void **state)
 {
 	(void)state;
-	struct stream_config cfg = {.high_water = STREAM_BLOCK,
-				    .max_buffer = STREAM_BLOCK,
-				    .drain_threads = 1,
-				    .clock = &fake_clock_if,
-				    .sink = &fake_sink_if,
-				    .no_help = 1,
-				    .direct_from = MiB};
-	struct stream_engine *e = NULL;
-	sink_reset();
-	assert_int_equal(stream_engine_new(&cfg, &e), 0);
+	struct stream_engine *e = engine_of((struct stream_config){.high_water = STREAM_BLOCK,
+								   .max_buffer = STREAM_BLOCK,
+								   .drain_threads = 1,
+								   .no_help = 1,
+								   .direct_from = MiB});
 	struct stream_engine_stats st;
 	stream_engine_stats(e, &st);
 	assert_int_equal(st.blocks_cap, 17); /* the write below is the whole cap, plus its lead */

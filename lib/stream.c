@@ -540,8 +540,8 @@ static uint64_t log_need(struct stream *s, uint64_t len)
 /* [s] Adds blocks to *held (*nheld counts them) so that it holds `need`, or, when the pool is
  * at its hard cap, waits with the stream lock dropped (the drains need it to free blocks) for
  * as many blocks as len could need whatever the tail space (or an empty log's starting point)
- * is when we come back. The caller
- * re-checks everything: the stream may have changed meanwhile. Returns 0 or -ENOMEM. */
+ * is when we come back. The caller re-checks everything: the stream may have changed
+ * meanwhile. Returns 0 or -ENOMEM. */
 static int stream_get_blocks(struct stream *s, uint64_t len, uint64_t need, void **held,
 			     uint64_t *nheld)
 {
@@ -920,7 +920,9 @@ static int direct_begin(struct stream_engine *e, struct stream *s, uint64_t off)
 	unsigned mem = 0, align = 0;
 	int fd = e->sink.direct_open(e->sink.ctx, s->fd, &mem, &align);
 	if (fd >= 0 && (align == 0 || align > DIO_CUT || DIO_CUT % align != 0)) {
-		close(fd); /* an alignment slices are not cut for: of no use */
+		/* An alignment slices are not cut for: of no use. Nothing was written through
+		 * fd, so its close has no error to report. */
+		close(fd);
 		fd = -EOPNOTSUPP;
 	}
 	if (fd < 0) {

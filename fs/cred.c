@@ -51,6 +51,10 @@ static gid_t daemon_gid;
 static gid_t daemon_groups[CRED_MAX_GROUPS];
 static int daemon_ngroups;
 
+/* Whether this thread has left the daemon's ids (become) and not yet come back: a thread that
+ * has not is root, and cred_id_capture knows it without asking the kernel. */
+static __thread int thread_away;
+
 /* The daemon's own capabilities (when root), raised again after a stream's slice. */
 static struct __user_cap_data_struct daemon_caps[_LINUX_CAPABILITY_U32S_3];
 
@@ -97,6 +101,7 @@ static int set_fs_ids(uid_t uid, gid_t gid)
  * the caller returns it with become_daemon(). */
 static int become(uid_t uid, gid_t gid, size_t n, const gid_t *groups)
 {
+	thread_away = 1;
 	int err = set_groups(n, groups);
 	return err != 0 ? err : set_fs_ids(uid, gid);
 }
@@ -114,6 +119,7 @@ static void become_daemon(void)
 			 strerror(-err));
 		abort();
 	}
+	thread_away = 0;
 }
 
 int cred_enter(fuse_req_t req, struct cred *c)
@@ -236,8 +242,8 @@ static void id_leave(const struct stream_owner *o)
 int cred_id_capture(struct cred_id **out)
 {
 	*out = NULL;
-	if (!daemon_is_root)
-		return 0;
+	if (!daemon_is_root || !thread_away)
+		return 0; /* root's own file: written as the daemon, at no cost */
 	/* setfsuid and setfsgid with an invalid id change nothing and tell the current one. */
 	uid_t uid = (uid_t)setfsuid((uid_t)-1);
 	gid_t gid = (gid_t)setfsgid((gid_t)-1);

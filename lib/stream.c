@@ -137,6 +137,9 @@ struct stream {
 	bool slice_direct, dio_on;
 	uint64_t direct;
 
+	/* [drain] the sink answered STREAM_WB_NONE: this file has no write-back to do */
+	bool no_wb;
+
 	/* [atomic] who slices are written as (stream_set_owner); NULL: the engine's sink alone */
 	const struct stream_owner *owner;
 
@@ -704,10 +707,10 @@ static int stream_real_writeback(void *ctx, int fd, uint64_t off, uint64_t len, 
 	(void)ctx;
 	/* A store in memory has no device to write behind to, and there every drop fails,
 	 * which makes the kernel drain the page lists of every CPU (lru_add_drain_all) and try
-	 * again, for nothing. One fstatfs a MiB tells. */
+	 * again, for nothing. One fstatfs tells, and the stream does not ask again. */
 	struct statfs sf;
 	if (fstatfs(fd, &sf) == 0 && (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC))
-		return 0;
+		return STREAM_WB_NONE;
 	int rc = sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
 	if (rc == 0 && drop_len != 0) {
 		rc = sync_file_range(fd, (off_t)drop_off, (off_t)drop_len,
@@ -885,13 +888,27 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	return again;
 }
 
+/* [drain] The sink's write-back of s's file, unless it said the file has none. */
+static int sink_writeback(struct stream_engine *e, struct stream *s, uint64_t off, uint64_t len,
+			  uint64_t drop_off, uint64_t drop_len)
+{
+	if (s->no_wb)
+		return 0;
+	int rc = e->sink.writeback(e->sink.ctx, s->fd, off, len, drop_off, drop_len);
+	if (rc == STREAM_WB_NONE) {
+		s->no_wb = true;
+		rc = 0;
+	}
+	return rc;
+}
+
 /* After a slice [off, off+n) reached the store: the write-behind (stream_real_writeback), a
  * STREAM_WB_CHUNK of the file at a time, so that small writes do not each cost it: when the
  * slice ends in a later chunk than it began, the chunks it completed are started, and the
  * same span STREAM_CACHE_BEHIND further back is waited for and dropped. A sequential copy
  * thus keeps about its last STREAM_CACHE_BEHIND bytes cached; other patterns, whatever they
  * wrote there. */
-static int write_behind(struct stream_engine *e, int fd, uint64_t off, uint64_t n)
+static int write_behind(struct stream_engine *e, struct stream *s, uint64_t off, uint64_t n)
 {
 	uint64_t first = off / STREAM_WB_CHUNK * STREAM_WB_CHUNK;
 	uint64_t last = (off + n) / STREAM_WB_CHUNK * STREAM_WB_CHUNK;
@@ -899,8 +916,7 @@ static int write_behind(struct stream_engine *e, int fd, uint64_t off, uint64_t 
 		return 0;
 	uint64_t lag = STREAM_CACHE_BEHIND;
 	uint64_t drop_off = first > lag ? first - lag : 0, drop_end = last > lag ? last - lag : 0;
-	return e->sink.writeback(e->sink.ctx, fd, first, last - first, drop_off,
-				 drop_end - drop_off);
+	return sink_writeback(e, s, first, last - first, drop_off, drop_end - drop_off);
 }
 
 /* [drain] Changes s->dio (which slice_begin reads under the lock). */
@@ -939,7 +955,7 @@ static int direct_begin(struct stream_engine *e, struct stream *s, uint64_t off)
 	 * is not a store with direct I/O. */
 	if (close(old) != 0 && errno == EIO)
 		return -EIO;
-	return off != 0 ? e->sink.writeback(e->sink.ctx, fd, 0, off, 0, off) : 0;
+	return off != 0 ? sink_writeback(e, s, 0, off, 0, off) : 0;
 }
 
 /* Bytes at the start of a slice at off that direct I/O can write: up to the first piece whose
@@ -1042,7 +1058,7 @@ static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *
 	/* Over the whole slice, direct part too: the buffered ends of direct slices (a page or
 	 * two a FUSE request, from a writer whose buffer is not aligned) are then written out,
 	 * waited for (their errors fail the stream) and dropped like any buffered data. */
-	return rc != 0 ? rc : write_behind(e, s->fd, off, n);
+	return rc != 0 ? rc : write_behind(e, s, off, n);
 }
 
 /* [s] Un-marks a slice that is postponed. */

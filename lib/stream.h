@@ -76,8 +76,10 @@
  * engine keeps the cache (see stream_config.keep_cache), and once when a stream goes direct
  * (to write and drop what it had cached until then): start write-back of [off, off+len)
  * and wait for [drop_off, drop_off+drop_len) to be on the device, then drop it from the page
- * cache. Returns 0 or a negative errno (a failed write-back fails the stream like a failed
- * write). */
+ * cache. Returns 0, a negative errno (a failed write-back fails the stream like a failed
+ * write), or STREAM_WB_NONE when the file has no write-back to do (a store in memory): the
+ * stream then asks no more for it. */
+#define STREAM_WB_NONE 1
 struct stream_sink {
 	ssize_t (*pwritev)(void *ctx, int fd, const struct iovec *iov, int cnt, off_t off);
 	void *ctx;

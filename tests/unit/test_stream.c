@@ -173,13 +173,14 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 }
 
 /* Write-behind calls, recorded (writeback_calls, wb_log) instead of made; wb_fail fails the
- * next one. */
+ * next one; wb_none answers every one as a store in memory does (STREAM_WB_NONE). */
 struct wb_call {
 	uint64_t off, len, drop_off, drop_len;
 };
 static struct wb_call wb_log[LOG_MAX];
 static unsigned wb_calls;
 static int wb_fail;
+static int wb_none;
 
 static int fake_writeback(void *ctx, int fd, uint64_t off, uint64_t len, uint64_t drop_off,
 			  uint64_t drop_len)
@@ -192,7 +193,7 @@ static int fake_writeback(void *ctx, int fd, uint64_t off, uint64_t len, uint64_
 	if (wb_calls < LOG_MAX)
 		wb_log[wb_calls++] = (struct wb_call){off, len, drop_off, drop_len};
 	pthread_mutex_unlock(&k->lock);
-	return -err;
+	return wb_none ? STREAM_WB_NONE : -err;
 }
 
 static int fake_direct_open(void *ctx, int fd, unsigned *mem_align, unsigned *off_align)
@@ -243,6 +244,7 @@ static void sink_reset(void)
 	fsink.direct_bytes = fsink.buffered_bytes = 0;
 	wb_calls = 0;
 	wb_fail = 0;
+	wb_none = 0;
 	pthread_mutex_unlock(&fsink.lock);
 	fake_sleep_until(&fclock, 0);
 }
@@ -870,6 +872,39 @@ static void helper_keeps_writing_what_arrives(void **state)
 	stream_engine_free(e);
 }
 
+/* A file with no write-back to do (the sink answers STREAM_WB_NONE: a store in memory) is
+ * asked once, not for every chunk; its data is written all the same. */
+static void write_behind_asks_once_when_store_has_none(void **state)
+{
+	(void)state;
+	static unsigned char data[256 * KiB];
+	fill(data, sizeof(data), 14);
+	struct stream_engine *e =
+	    engine_of((struct stream_config){.max_buffer = 8 * MiB, .drain_threads = 1});
+	int check;
+	struct stream *s = open_stream(e, &check);
+	pthread_mutex_lock(&fsink.lock);
+	wb_none = 1;
+	pthread_mutex_unlock(&fsink.lock);
+	for (uint64_t off = 0; off < 6 * MiB; off += sizeof(data)) {
+		int rc = stream_write(s, data, sizeof(data), off, NULL, NULL);
+		assert_true(rc >= 0);
+		if (rc == STREAM_HELP)
+			stream_help(s);
+	}
+	assert_int_equal(stream_sync(s), 0);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(wb_calls, 1);
+	assert_int_equal(wb_log[0].off, 0);
+	pthread_mutex_unlock(&fsink.lock);
+	struct stream_stats st;
+	stream_stats(s, &st);
+	assert_int_equal(st.committed, 6 * MiB);
+	assert_int_equal(stream_close(s), 0);
+	close(check);
+	stream_engine_free(e);
+}
+
 /* Write-behind: a sequential copy's chunks are started in order as they complete, and each is
  * waited for and dropped STREAM_CACHE_BEHIND later, so only the last STREAM_CACHE_BEHIND bytes
  * stay cached; a failed write-back fails the stream; keep_cache turns it all off. */
@@ -1483,6 +1518,7 @@ int main(void)
 	    cmocka_unit_test(small_writes_coalesce),
 	    cmocka_unit_test(idle_writes_lend_the_writer_thread),
 	    cmocka_unit_test(helper_keeps_writing_what_arrives),
+	    cmocka_unit_test(write_behind_asks_once_when_store_has_none),
 	    cmocka_unit_test(write_behind_follows_a_copy),
 	    cmocka_unit_test(direct_io_takes_big_aligned_slices),
 	    cmocka_unit_test(direct_io_refused_falls_back),

@@ -145,6 +145,13 @@ static void tfs_init(void *userdata, struct fuse_conn_info *conn)
 	const struct tfs *fs = userdata;
 	conn->want |= conn->capable & (FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ATOMIC_O_TRUNC |
 				       FUSE_CAP_ASYNC_READ | FUSE_CAP_READDIRPLUS);
+	/* Every listing carries the entries' attributes, not only the first request of each
+	 * (libfuse's default, READDIRPLUS_AUTO): after a plain READDIR the kernel looks each
+	 * entry up again, one request per file, which is what find, ls -l, du, rsync, tar and rm
+	 * -r then wait for. 2000 files, cold: find -printf of stat fields 0.081 -> 0.043 s on
+	 * tmpfs, 0.097 -> 0.052 s on disk (1597 LOOKUPs -> none); a listing of names alone (ls
+	 * -f) pays a stat per entry: 0.032 -> 0.048 s on disk. */
+	conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
 	/* Read data is sent through a pipe spliced from the backing file (tfs_read): no reply's
 	 * payload passes through our memory. Receiving writes by splice is not asked for: see
 	 * tfs_write_buf. */

@@ -37,9 +37,10 @@
  * Writes are at most TFS_MAX_WRITE. Larger writes were measured and not kept: with 1 MiB, a
  * dd bs=1M conv=fsync of 1 GiB (11 interleaved runs) cost 10% less daemon CPU (tmpfs 0.44
  * against 0.49 cpu-s/GiB, disk 0.54 against 0.58), 4 times fewer context switches, and ran
- * 7-22% faster; cp gains nothing (it writes 128 KiB requests, TFS_BLKSIZE). But 32 writers at
- * once (dd bs=1M each) then fill every worker's buffer: peak RSS 68 MiB (512 KiB: 52 MiB)
- * against 43 MiB with 256 KiB, past the max_buffer + 16 MiB bound (32 + 16 MiB). Giving a
+ * 7-22% faster; cp gained nothing (it wrote 128 KiB requests, the st_blksize of the time;
+ * it is TFS_MAX_WRITE now, ops.c). But 32 writers at once (dd bs=1M each) then fill every
+ * worker's buffer: peak RSS 68 MiB (512 KiB: 52 MiB) against 43 MiB with 256 KiB, past the
+ * max_buffer + 16 MiB bound (32 + 16 MiB). Giving a
  * buffer's pages back after each large write (madvise) keeps the resident size down but not
  * the peak, and cost 3-6 times the CPU per GiB once many workers exist (the kernel hands
  * requests to idle workers in turn, so most writes land in a trimmed buffer).

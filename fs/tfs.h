@@ -54,7 +54,8 @@ struct handle;
 
 struct tfs {
 	struct tfs_options opt;
-	int root_fd; /* O_PATH descriptor of the backing root, held for the daemon's life */
+	int root_fd;	  /* O_PATH descriptor of the backing root, held for the daemon's life */
+	dev_t memory_dev; /* the root's device when it is in memory (tmpfs, ramfs), else 0 */
 	struct inode_table *inodes;
 	struct collector *collector;   /* gives back what the kernel forgot while we are idle */
 	struct fdcache *dirs;	       /* recently used directory descriptors */

@@ -817,6 +817,17 @@ static void unlink_files(void **state)
 	assert_int_equal(h_both(*state, work_unlink, CMP_NO_TIME), 0);
 }
 
+/* The same over a store in memory, where an unlink holds no reference to defer the freeing
+ * (remove_entry). */
+static void unlink_files_over_tmpfs(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_fs_unmount(fs), 0);
+	assert_int_equal(h_lower_tmpfs(fs, "16M"), 0);
+	assert_int_equal(h_fs_mount(fs, NULL), 0);
+	assert_int_equal(h_both(fs, work_unlink, CMP_NO_TIME), 0);
+}
+
 static void work_rename(const char *dir)
 {
 	struct stat st;
@@ -1203,6 +1214,7 @@ int main(void)
 	    T(backing_visible),
 	    T(mmap_rw),
 	    T(listing_carries_attributes),
+	    T(unlink_files_over_tmpfs),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

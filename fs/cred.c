@@ -243,7 +243,7 @@ int cred_id_capture(struct cred_id **out)
 {
 	*out = NULL;
 	if (!daemon_is_root || !thread_away)
-		return 0; /* root's own file: written as the daemon, at no cost */
+		return 0; /* the daemon's own ids (or not root): nothing to record */
 	/* setfsuid and setfsgid with an invalid id change nothing and tell the current one. */
 	uid_t uid = (uid_t)setfsuid((uid_t)-1);
 	gid_t gid = (gid_t)setfsgid((gid_t)-1);

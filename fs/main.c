@@ -241,7 +241,7 @@ int main(int argc, char **argv)
 			strerror(errno));
 		goto out;
 	}
-	/* A store in memory frees a file's data cheaply: remove_entry needs no deferring there. */
+	/* A store in memory frees a small file at once and cheaply (remove_entry). */
 	struct statfs sf;
 	if (fstatfs(fs.root_fd, &sf) == 0 && (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC))
 		fs.memory_dev = st.st_dev;

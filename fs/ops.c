@@ -431,6 +431,9 @@ static void victim_stat(int dfd, const char *name, struct stat *st)
 		memset(st, 0, sizeof(*st));
 }
 
+/* Files of at most this many 512-byte blocks (1 MiB) are freed at once by a store in memory. */
+#define CHEAP_FREE_BLOCKS 2048
+
 static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, int flags)
 {
 	struct tfs *fs = tfs_of(req);
@@ -440,14 +443,15 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, in
 	if (err != 0)
 		return reply_err(req, err);
 	/* The last unlink of a file makes the store free it inside unlinkat (on ext4 that is
-	 * most of the call: ~40 us for a 4 KiB file). A reference held across the unlink defers
-	 * the freeing to its close, after the reply, so the caller (rm -r) goes on with its next
-	 * request while this thread does it. A store in memory frees at once and cheaply: there
-	 * the reference would only cost two system calls of the four. */
+	 * most of the call: ~40 us for a 4 KiB file; on tmpfs, a page at a time). A reference
+	 * held across the unlink defers the freeing to its close, after the reply, so the caller
+	 * (rm -r) goes on with its next request while this thread does it. A small file in a
+	 * store in memory is freed at once and cheaply: there the reference would only cost two
+	 * system calls of the four. */
 	victim_stat(d.fd, name, &victim);
-	int ref = flags == 0 && (fs->memory_dev == 0 || victim.st_dev != fs->memory_dev)
-		      ? openat(d.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
-		      : -1;
+	bool cheap = fs->memory_dev != 0 && victim.st_dev == fs->memory_dev &&
+		     victim.st_blocks <= CHEAP_FREE_BLOCKS;
+	int ref = flags == 0 && !cheap ? openat(d.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : -1;
 	err = unlinkat(d.fd, name, flags) != 0 ? -errno : 0;
 	if (err == 0)
 		forget_if_gone(fs, &victim);
@@ -943,17 +947,24 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		size_t n;
 		if (plus) {
 			struct fuse_entry_param e = {0};
-			if (is_dot_or_dotdot(d->d_name)) {
+			bool dots = is_dot_or_dotdot(d->d_name);
+			err = dots ? 0 : entry_lookup(fs, ino, h->fd, d->d_name, &e);
+			if (err == -ENOENT) { /* gone since readdir: skip it */
+				err = 0;
+				h->dir_entry = NULL;
+				h->dir_off = next;
+				continue;
+			}
+			if (dots || err != 0) {
+				/* The name without attributes (node id 0). For an entry whose
+				 * record or stat failed (a full metadata heap, a store that cannot
+				 * stat it), the kernel looks it up when it is used, and that lookup
+				 * reports the error: a listing of names must not fail for want of
+				 * what it did not ask for. */
+				e = (struct fuse_entry_param){0};
 				e.attr.st_ino = d->d_ino;
 				e.attr.st_mode = (mode_t)d->d_type << 12;
-			} else if ((err = entry_lookup(fs, ino, h->fd, d->d_name, &e)) != 0) {
-				if (err == -ENOENT) { /* gone since readdir: skip it */
-					err = 0;
-					h->dir_entry = NULL;
-					h->dir_off = next;
-					continue;
-				}
-				break;
+				err = 0;
 			}
 			n = fuse_add_direntry_plus(req, buf + used, size - used, d->d_name, &e,
 						   next);

@@ -40,10 +40,10 @@
  * 7-22% faster; cp gained nothing (it wrote 128 KiB requests, the st_blksize of the time;
  * it is TFS_MAX_WRITE now, ops.c). But 32 writers at once (dd bs=1M each) then fill every
  * worker's buffer: peak RSS 68 MiB (512 KiB: 52 MiB) against 43 MiB with 256 KiB, past the
- * max_buffer + 16 MiB bound (32 + 16 MiB). Giving a
- * buffer's pages back after each large write (madvise) keeps the resident size down but not
- * the peak, and cost 3-6 times the CPU per GiB once many workers exist (the kernel hands
- * requests to idle workers in turn, so most writes land in a trimmed buffer).
+ * max_buffer + 16 MiB bound (32 + 16 MiB). Giving a buffer's pages back after each large
+ * write (madvise) keeps the resident size down but not the peak, and cost 3-6 times the CPU
+ * per GiB once many workers exist (the kernel hands requests to idle workers in turn, so most
+ * writes land in a trimmed buffer).
  */
 #define TFS_MAX_READ	 (256u << 10)
 #define TFS_MAX_WRITE	 (256u << 10)

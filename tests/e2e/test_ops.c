@@ -387,6 +387,7 @@ static void listing_carries_attributes(void **state)
 
 	static char names[N][16];
 	int n = 0;
+	int64_t t0 = h_clock_ms();
 	DIR *d = opendir(H_AT(fs->mnt, "cold"));
 	assert_non_null(d);
 	struct dirent *e;
@@ -403,6 +404,13 @@ static void listing_carries_attributes(void **state)
 	}
 	assert_int_equal(closedir(d), 0);
 	assert_true(requests_in_log(fs->log, "READDIRPLUS") >= 1);
+	/* Entries are valid for 1 s from the reply that brought them; past that, the kernel
+	 * rightly asks again, and the count says nothing. */
+	if (h_clock_ms() - t0 >= 900) {
+		fprintf(stderr, "listing and stats took %lld ms: too slow to judge\n",
+			(long long)(h_clock_ms() - t0));
+		skip();
+	}
 	assert_int_equal(requests_in_log(fs->log, "LOOKUP"), before);
 }
 

@@ -15,6 +15,7 @@
  * speed comparison (a rate raised mid-copy) compares against the time the old rate alone
  * would need, with a wide margin; every wait has a generous watchdog.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -941,6 +942,19 @@ static void full_heap_refuses_with_enomem(void **state)
 		assert_int_equal(stat(h_path(path, "%s/d%02u/file-%04u", fs->mnt, d, i), &st), 0);
 		assert_int_equal(st.st_ino, seen[k]);
 	}
+	/* A listing of names is whole all the same: an entry that gets no record is listed
+	 * without attributes, and only its use (a stat) is refused. */
+	DIR *dir =
+	    opendir(h_path(path, "%s/d%02u", fs->mnt, first_refused / (HEAP_FILES / HEAP_DIRS)));
+	assert_non_null(dir);
+	unsigned listed = 0;
+	struct dirent *de;
+	errno = 0;
+	while ((de = readdir(dir)) != NULL)
+		listed += de->d_name[0] != '.';
+	assert_int_equal(errno, 0);
+	assert_int_equal(closedir(dir), 0);
+	assert_int_equal(listed, HEAP_FILES / HEAP_DIRS);
 	/* Forgotten records make room: the file refused first is found after the kernel forgets
 	 * (retried while the idle collector works). */
 	assert_int_equal(h_drop_dentries(), 0);

@@ -190,10 +190,11 @@ static int fake_writeback(void *ctx, int fd, uint64_t off, uint64_t len, uint64_
 	pthread_mutex_lock(&k->lock);
 	int err = wb_fail;
 	wb_fail = 0;
+	int none = wb_none;
 	if (wb_calls < LOG_MAX)
 		wb_log[wb_calls++] = (struct wb_call){off, len, drop_off, drop_len};
 	pthread_mutex_unlock(&k->lock);
-	return wb_none ? STREAM_WB_NONE : -err;
+	return none ? STREAM_WB_NONE : -err;
 }
 
 static int fake_direct_open(void *ctx, int fd, unsigned *mem_align, unsigned *off_align)

@@ -258,9 +258,9 @@ void node_wrote(struct node *n)
 static void pending_of(struct node *n, struct node_pending *p)
 {
 	struct stream *s = node_stream(n);
-	p->active = s != NULL;
 	p->end = s ? stream_end(s) : 0;
 	p->write_rt = __atomic_load_n(&n->last_write_rt, __ATOMIC_RELAXED);
+	p->restat = s != NULL || p->write_rt != 0;
 }
 
 void node_pending(struct tfs *fs, fuse_ino_t ino, struct node *n, struct node_pending *p)

@@ -145,7 +145,11 @@ void node_wrote(struct node *n);
 struct node_pending {
 	uint64_t end;
 	uint64_t write_rt;
-	int active; /* open for writing: a stat taken before this snapshot must be taken again */
+	/* A stat taken before this snapshot must be taken again: the file is open for writing,
+	 * or has been written through the view, whose stream may have committed its data and
+	 * closed since that stat (the snapshot then shows nothing pending, and the earlier stat
+	 * would report the file without that data). */
+	int restat;
 };
 
 /* Snapshot for ino (n may be NULL: then ino's node, if any, is looked up). */

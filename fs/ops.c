@@ -116,7 +116,6 @@ static int entry_make(struct tfs *fs, fuse_ino_t parent, const char *name, int d
 	if (err != 0)
 		return err;
 	struct node_pending p;
-	if (getenv("TFS_SLOW") && S_ISREG(st->st_mode) && st->st_size == 0) usleep(3000);
 	node_pending(fs, id, NULL, &p);
 	if (p.restat &&
 	    (fd >= 0 ? fstat(fd, st) : fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW)) != 0) {

@@ -79,6 +79,17 @@ static void figures_of(const struct node_progress *p, struct figures *f)
 }
 
 /* The progress fields, into an object already begun. */
+/* An errno as its name ("EIO"), or null when err is 0. */
+static void json_errno(struct json *j, int err)
+{
+	if (err < 0)
+		err = -err;
+	if (err != 0)
+		json_string(j, strerrorname_np(err) ? strerrorname_np(err) : "?");
+	else
+		json_null(j);
+}
+
 static void progress_fields(struct json *j, const struct node_progress *p)
 {
 	struct figures f;
@@ -113,10 +124,7 @@ static void progress_fields(struct json *j, const struct node_progress *p)
 	else
 		json_null(j);
 	json_key(j, "error");
-	if (p->st.error != 0)
-		json_string(j, strerrorname_np(p->st.error) ? strerrorname_np(p->st.error) : "?");
-	else
-		json_null(j);
+	json_errno(j, p->st.error);
 }
 
 static void progress_json(struct json *j, const struct node_progress *p)
@@ -207,6 +215,18 @@ static void heap_json(struct tfs *fs, struct json *j)
 	json_field_u64(j, "held", ds.held);
 	json_field_u64(j, "hits", ds.hits);
 	json_field_u64(j, "misses", ds.misses);
+	json_end_object(j);
+	/* The idle collector (lib/collector.h): its failures (a thread that could not start) are
+	 * shown here, where whoever wonders why nothing is given back will look. */
+	struct collector_stats cs;
+	collector_stats(fs->collector, &cs);
+	json_key(j, "collector");
+	json_begin_object(j);
+	json_field_u64(j, "kicks", cs.kicks);
+	json_field_u64(j, "cycles", cs.cycles);
+	json_field_u64(j, "slices", cs.slices);
+	json_key(j, "error");
+	json_errno(j, cs.error);
 	json_end_object(j);
 	json_end_object(j);
 }

@@ -795,13 +795,19 @@ static void done_only_after_close(void **state)
 /* The heap's figures, with every field the issue names checked for presence and sense. */
 struct heap_view {
 	uint64_t inodes, objects, heap_used, heap_total, forgotten, scavenges, promoted, old_cycles;
+	uint64_t collector_kicks, collector_cycles; /* the idle collector's */
 };
 
 static struct heap_view heap_read(const char *mnt)
 {
 	struct jsonr *d = vjson(mnt, "heap");
 	const struct jsonr_value *r = jsonr_root(d), *y = jsonr_get(r, "young"),
-				 *o = jsonr_get(r, "old"), *p = jsonr_get(r, "pause_us");
+				 *o = jsonr_get(r, "old"), *p = jsonr_get(r, "pause_us"),
+				 *c = jsonr_get(r, "collector");
+	/* No collector failure: its error is null (an errno name when its thread could not
+	 * start). */
+	assert_int_equal(jsonr_type(jsonr_get(c, "error")), JSONR_NULL);
+	assert_true(u64_of(c, "slices") >= u64_of(c, "cycles"));
 	assert_true(u64_of(y, "used") <= u64_of(y, "size"));
 	assert_true(u64_of(o, "used") <= u64_of(o, "size"));
 	double frag;
@@ -818,6 +824,8 @@ static struct heap_view heap_read(const char *mnt)
 	    .scavenges = u64_of(y, "scavenges"),
 	    .promoted = u64_of(y, "promoted_bytes"),
 	    .old_cycles = u64_of(o, "mark_sweeps") + u64_of(o, "mark_compacts"),
+	    .collector_kicks = u64_of(c, "kicks"),
+	    .collector_cycles = u64_of(c, "cycles"),
 	};
 	assert_true(v.objects >= v.inodes);
 	assert_true(v.heap_total >= v.heap_used);
@@ -896,6 +904,9 @@ static void heap_collects_forgotten_records(void **state)
 		(unsigned long long)now.heap_total, (unsigned long long)peak.heap_total);
 	assert_true(now.forgotten >= peak.forgotten + HEAP_FILES * 9 / 10);
 	assert_true(now.old_cycles > peak.old_cycles);
+	/* ...and the idle collector did it: it was asked, and ran a cycle to the end. */
+	assert_true(now.collector_kicks > peak.collector_kicks);
+	assert_true(now.collector_cycles > peak.collector_cycles);
 	/* -o trace_gc: a line per collection, of each kind that ran. */
 	assert_true(log_has(fs->log, "heap: scavenge"));
 	assert_true(log_has(fs->log, "heap: mark-"));

@@ -78,8 +78,7 @@ static void figures_of(const struct node_progress *p, struct figures *f)
 	}
 }
 
-/* The progress fields, into an object already begun. */
-/* An errno as its name ("EIO"), or null when err is 0. */
+/* An errno (either sign) as its name ("EIO"), or null when err is 0. */
 static void json_errno(struct json *j, int err)
 {
 	if (err < 0)
@@ -90,6 +89,7 @@ static void json_errno(struct json *j, int err)
 		json_null(j);
 }
 
+/* The progress fields, into an object already begun. */
 static void progress_fields(struct json *j, const struct node_progress *p)
 {
 	struct figures f;

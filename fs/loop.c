@@ -31,7 +31,8 @@
  * hands requests out in order, so to answer a stat queued behind N blocked writes all N
  * writes' data must be taken in: only while the store is stalled, and at most a buffer per
  * worker thread. (Without the delay, 32 writers of 1 MiB on a store that keeps up had most
- * of their writes in extra buffers at once: 66 MiB peak, against 32 MiB with the pool alone.)
+ * of their writes in extra buffers at once: 66 MiB peak, against 32-35 MiB with the pool
+ * alone; with 100 ms, on a machine busy with other work, still up to 60 MiB.)
  *
  * Threads, as in libfuse's loop: one worker to start with; the worker that takes a request
  * when no other is left waiting for one starts another (up to max_threads); one that finds
@@ -82,7 +83,7 @@
 
 /* How long every pool buffer must stay held, nobody reading and none coming back, before the
  * store counts as stalled and extra buffers are mapped (see the top). */
-#define LOOP_STALL_MS 100
+#define LOOP_STALL_MS 1000
 
 struct worker {
 	struct loop *l;

@@ -30,23 +30,26 @@
  * given back as soon as the request no longer needs it (a small request is copied out at
  * once), so what the buffers hold outside the buffer budget is bounded by design:
  * TFS_RECV_BUFFERS x (TFS_MAX_WRITE + 4 KiB), whatever the number of threads, plus 8 KiB
- * (LOOP_SMALL) per worker.
+ * (LOOP_SMALL) per worker. Only while the store has stalled does each write blocked on it
+ * hold an extra buffer of its own, so that other requests are still answered (loop.c).
  *
  * Reads are at most TFS_MAX_READ: a read reply is spliced through a 1 MiB pipe (ops.c; larger
  * than the pipe, libfuse would copy it through a buffer allocated for that one request), and
  * cold reads run faster with 256 KiB requests: a 1 MiB readahead window becomes four requests
  * that workers serve in parallel.
  *
- * Writes are at most TFS_MAX_WRITE. Measured with libfuse's own loop (a buffer per worker):
- * with 1 MiB, a dd bs=1M conv=fsync of 1 GiB (11 interleaved runs) cost 10% less daemon CPU
- * (tmpfs 0.44 against 0.49 cpu-s/GiB, disk 0.54 against 0.58), 4 times fewer context
- * switches, and ran 7-22% faster; cp gains nothing (it writes 128 KiB requests,
- * TFS_BLKSIZE). But 32 writers at once then filled every worker's buffer: peak RSS 68 MiB
- * against 43 MiB with 256 KiB, past the max_buffer + 16 MiB bound (32 + 16 MiB); hence the
- * pool.
+ * Writes are at most TFS_MAX_WRITE, 1 MiB (dd bs=1M sends one request per block; cp writes
+ * 128 KiB, TFS_BLKSIZE, and gains nothing). Against 256 KiB, with libfuse's loop: a dd
+ * bs=1M conv=fsync of 1 GiB (11 interleaved runs) cost 10% less daemon CPU (tmpfs 0.44
+ * against 0.49 cpu-s/GiB, disk 0.54 against 0.58), 4 times fewer context switches, and ran
+ * 7-22% faster; but 32 writers at once then filled every worker's buffer, 68 MiB peak RSS
+ * against 43, past the max_buffer + 16 MiB bound (32 + 16 MiB). With the pool (12 paired
+ * runs each, on a busy machine): over tmpfs 12% less CPU and 26% faster (median ratios; 10
+ * of 12 runs faster), over a disk no difference beyond the noise (CPU 1.01, speed 0.98); 32
+ * writers of 1 MiB writes peak at 26-29 MiB.
  */
 #define TFS_MAX_READ	 (256u << 10)
-#define TFS_MAX_WRITE	 (256u << 10)
+#define TFS_MAX_WRITE	 (1024u << 10)
 #define TFS_MAX_THREADS	 32
 #define TFS_RECV_BUFFERS 8
 #define TFS_READAHEAD_KB 1024u /* main.c */

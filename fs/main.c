@@ -7,6 +7,7 @@
  * down in the reverse order.
  */
 #include "tfs.h"
+#include "loop.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -233,6 +234,11 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	fs.max_read = mount_max_read(&args);
+	if (cl.clone_fd) {
+		/* loop.c reads through libfuse's public calls, which know one descriptor. */
+		fprintf(stderr, "throttlefs: -o clone_fd is not supported\n");
+		goto out;
+	}
 
 	fs.root_fd = open(fs.opt.backing_real, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	struct stat st;
@@ -298,25 +304,17 @@ int main(int argc, char **argv)
 		goto out_unmount;
 	}
 
-	if (cl.singlethread) {
-		ret = loop_status(fuse_session_loop(fs.se));
-	} else {
-		struct fuse_loop_config *lc = fuse_loop_cfg_create();
-		if (lc == NULL) {
-			fprintf(stderr, "throttlefs: out of memory\n");
-			goto out_unmount;
-		}
-		fuse_loop_cfg_set_clone_fd(lc, cl.clone_fd);
-		if (cl.max_idle_threads != UINT_MAX) /* UINT_MAX: not given */
-			fuse_loop_cfg_set_idle_threads(lc, cl.max_idle_threads);
-		/* TFS_MAX_THREADS unless the user's -o max_threads says otherwise (see
-		 * add_default_opts). */
-		fuse_loop_cfg_set_max_threads(lc, cl.max_threads >= 1 && cl.max_threads <= 100000
-						      ? cl.max_threads
-						      : TFS_MAX_THREADS);
-		ret = loop_status(fuse_session_loop_mt(fs.se, lc));
-		fuse_loop_cfg_destroy(lc);
-	}
+	/* Our own loop (loop.c): its receive buffers are a pool of TFS_RECV_BUFFERS, whatever
+	 * the number of threads (tfs.h). TFS_MAX_THREADS unless the user's -o max_threads says
+	 * otherwise (see add_default_opts); -s is one thread. */
+	unsigned threads =
+	    cl.max_threads >= 1 && cl.max_threads <= 100000 ? cl.max_threads : TFS_MAX_THREADS;
+	struct loop_config lc = {
+	    .max_threads = cl.singlethread ? 1 : threads,
+	    .max_idle = cl.max_idle_threads, /* UINT_MAX: not given, no worker exits */
+	    .buffers = TFS_RECV_BUFFERS,
+	};
+	ret = loop_status(loop_run(fs.se, &lc));
 	/* Graceful stop: what writers handed over reaches the store before the view goes. */
 	ops_close_all(&fs);
 	stream_engine_free(fs.streams);

@@ -12,6 +12,7 @@
  *  - names are used only relative to a directory descriptor, and never through a symlink.
  */
 #include "tfs.h"
+#include "loop.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -791,6 +792,12 @@ static int fill_from_bufvec(void *ctx, void *dst, size_t len)
 	return (size_t)n == len ? 0 : -EIO;
 }
 
+/* loop_after's form of stream_help. */
+static void help_stream(void *s)
+{
+	stream_help(s);
+}
+
 /* Hands the bytes of data (fuse_buf_size(data) of them, for offset off) to the stream of h
  * and replies now or once the stream has room (backpressure: the writer stays blocked in
  * write(2) meanwhile, no thread is held). */
@@ -819,16 +826,17 @@ static void stream_submit(fuse_req_t req, struct handle *h, struct fuse_bufvec *
 		return reply_err(req, r);
 	fuse_reply_write(req, size);
 	/* The writer has its answer; this thread now writes the data, instead of waking a
-	 * drain thread to do it (see stream_write). */
+	 * drain thread to do it (see stream_write), once the request's receive buffer is back
+	 * in the pool (loop_after). */
 	if (r == STREAM_HELP)
-		stream_help(s);
+		loop_after(help_stream, s);
 }
 
-/* The write's data arrives in the worker's receive buffer (libfuse's) and is copied once,
- * into the stream's blocks. Receiving it by splice instead would need a pipe larger than the
- * 1 MiB an unprivileged pipe may hold (libfuse sizes it for its largest possible request),
- * so it is not asked for; what bounds the receive buffers' memory is TFS_MAX_WRITE times the
- * worker threads (tfs.h). */
+/* The write's data arrives in a receive buffer of the loop's pool (loop.c) and is copied
+ * once, into the stream's blocks; the buffer goes back to the pool when this returns. Receiving
+ * it by splice instead would need a pipe larger than the 1 MiB an unprivileged pipe may hold
+ * (libfuse sizes it for its largest possible request), so it is not asked for; what bounds the
+ * receive buffers' memory is TFS_RECV_BUFFERS times TFS_MAX_WRITE (tfs.h). */
 static void tfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *data, off_t off,
 			  struct fuse_file_info *fi)
 {

@@ -1,7 +1,9 @@
 /*
  * test_mount.c - the ways in and out of a mount: signals unmount cleanly, mount.fuse3 and an
- * fstab line start the daemon with its options, allow_other lets others in only as far as the
- * backing store's modes allow, meson install puts the daemon and its man page in place, and
+ * fstab line start the daemon with its options, many worker threads and one both end cleanly,
+ * -o clone_fd is refused, a 1 MiB write arrives as one request, allow_other lets others in only as
+ * far as the backing store's modes allow, meson install puts the daemon and its man page in place,
+ * and
  * --help / --version say what they should.
  *
  * Mounts made outside the harness (mount.fuse3, fstab) are unmounted in the test's own
@@ -46,6 +48,146 @@ static void sigterm_unmounts(void **state)
 static void sigint_unmounts(void **state)
 {
 	stop_by(state, SIGINT);
+}
+
+/* ---- the worker threads (fs/loop.c) ---- */
+
+#define PW_SIZE (4u << 20)
+
+/* Writes PW_SIZE bytes of pattern seed to path in writes of chunk bytes and reads them back,
+ * from n processes at once (seeds seed0...), each its own file name%d; returns how many failed. */
+static int parallel_writers(const char *dir, const char *name, int n, size_t chunk, unsigned seed0)
+{
+	pid_t pids[64];
+	assert_true(n <= 64);
+	for (int i = 0; i < n; i++) {
+		pids[i] = fork();
+		assert_true(pids[i] >= 0);
+		if (pids[i] > 0)
+			continue;
+		char path[PATH_MAX];
+		unsigned char *buf = malloc(chunk);
+		h_path(path, "%s/%s%d", dir, name, i);
+		int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (buf == NULL || fd < 0)
+			_exit(1);
+		for (uint64_t off = 0; off < PW_SIZE; off += chunk) {
+			h_pat_fill(buf, chunk, off, seed0 + (unsigned)i);
+			if (write(fd, buf, chunk) != (ssize_t)chunk)
+				_exit(2);
+		}
+		for (uint64_t off = 0; off < PW_SIZE; off += chunk) {
+			if (pread(fd, buf, chunk, (off_t)off) != (ssize_t)chunk ||
+			    h_pat_check(buf, chunk, off, seed0 + (unsigned)i) >= 0)
+				_exit(3);
+		}
+		_exit(close(fd) == 0 ? 0 : 4);
+	}
+	int failed = 0;
+	for (int i = 0; i < n; i++) {
+		int st;
+		if (waitpid(pids[i], &st, 0) != pids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			failed++;
+	}
+	return failed;
+}
+
+/* Whether the file name%d of dir holds pattern seed, PW_SIZE bytes. */
+static void expect_written(const char *dir, const char *name, int i, unsigned seed)
+{
+	char path[PATH_MAX];
+	static unsigned char buf[PW_SIZE];
+	h_path(path, "%s/%s%d", dir, name, i);
+	assert_int_equal(h_read_file(path, buf, sizeof(buf)), PW_SIZE);
+	assert_int_equal(h_pat_check(buf, PW_SIZE, 0, seed), -1);
+}
+
+/* Whether dir/name holds 1 MiB of pattern seed. */
+static void expect_written_1m(const char *dir, const char *name, unsigned seed)
+{
+	static unsigned char buf[(1 << 20) + 1];
+	assert_int_equal(h_read_file(H_AT(dir, name), buf, sizeof(buf)), 1 << 20);
+	assert_int_equal(h_pat_check(buf, 1 << 20, 0, seed), -1);
+}
+
+/* Many requests at once start many workers, most of which then wait in read(2) on /dev/fuse,
+ * which fuse_session_exit does not interrupt: a signal must still end them all, and the
+ * daemon exit 0 with every file whole in the store. */
+static void signal_ends_many_workers(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(parallel_writers(fs->mnt, "w", 24, 64 << 10, 60), 0);
+	assert_int_equal(kill(fs->pid, SIGTERM), 0);
+	assert_int_equal(h_fs_wait_exit(fs, 20000), 0);
+	assert_false(h_is_mounted(fs->mnt));
+	for (int i = 0; i < 24; i += 5)
+		expect_written(fs->backing, "w", i, 60 + (unsigned)i);
+}
+
+/* With one worker (-o max_threads=1; -s is the same), requests are answered one at a time:
+ * parallel writers all finish (a writer's thread lent to the store comes back), and the
+ * view unmounts cleanly. */
+static void one_worker(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_fs_unmount(fs), 0);
+	assert_int_equal(h_fs_mount(fs, "max_threads=1"), 0);
+	assert_int_equal(parallel_writers(fs->mnt, "o", 8, 1 << 20, 80), 0);
+	assert_int_equal(h_fs_unmount(fs), 0);
+	for (int i = 0; i < 8; i++)
+		expect_written(fs->backing, "o", i, 80 + (unsigned)i);
+}
+
+/* A write(2) of 1 MiB reaches the daemon in requests far larger than the 256 KiB of old
+ * (max_write is 1 MiB; libfuse's debug log, -o debug, names the size of every request it
+ * receives), and its data is whole. (The kernel does not always send exactly 1 MiB: once
+ * 1,047,344 bytes and the rest after.) */
+static void writes_arrive_whole(void **state)
+{
+	struct h_fs *fs = *state;
+	assert_int_equal(h_fs_unmount(fs), 0);
+	assert_int_equal(h_fs_mount(fs, "debug"), 0);
+	static unsigned char buf[1 << 20];
+	h_pat_fill(buf, sizeof(buf), 0, 90);
+	int fd = open(H_AT(fs->mnt, "m"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, buf, sizeof(buf)), sizeof(buf));
+	assert_int_equal(close(fd), 0);
+	assert_int_equal(h_fs_unmount(fs), 0);
+	/* "opcode: WRITE (16), nodeid: N, insize: SIZE": the header and fuse_write_in, then data */
+	FILE *log = fopen(fs->log, "re");
+	assert_non_null(log);
+	char line[512];
+	unsigned long largest = 0;
+	while (fgets(line, sizeof(line), log) != NULL) {
+		const char *p = strstr(line, "opcode: WRITE ");
+		unsigned long size;
+		if (p != NULL && (p = strstr(p, "insize: ")) != NULL &&
+		    sscanf(p, "insize: %lu", &size) == 1 && size > largest)
+			largest = size;
+	}
+	fclose(log);
+	fprintf(stderr, "largest WRITE request: %lu bytes\n", largest);
+	assert_true(largest > 768 * 1024 && largest <= sizeof(buf) + 4096);
+	expect_written_1m(fs->backing, "m", 90);
+}
+
+/* -o clone_fd (a /dev/fuse descriptor per worker) is refused before anything is mounted:
+ * the daemon's loop reads through libfuse's public calls, which know one descriptor. */
+static void clone_fd_refused(void **state)
+{
+	struct h_fs *fs = *state;
+	char out[PATH_MAX];
+	h_path(out, "%s/clone_fd.txt", fs->root);
+	/* timeout: a daemon that took the option would serve in the foreground */
+	int r = h_run("timeout -k 5 20 %s -f -o clone_fd %s %s >%s 2>&1", h_daemon_bin(),
+		      fs->backing, fs->plain, out);
+	bool mounted = h_is_mounted(fs->plain);
+	if (mounted)
+		h_run("fusermount3 -uz %s", fs->plain);
+	assert_false(mounted);
+	assert_int_equal(r, 2);
+	assert_int_equal(h_run("grep -q 'clone_fd is not supported' %s", out), 0);
 }
 
 /* The directory holding the daemon binary, for a PATH that finds "throttlefs". */
@@ -297,6 +439,10 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(sigterm_unmounts, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(sigint_unmounts, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(signal_ends_many_workers, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(one_worker, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(clone_fd_refused, h_setup, h_teardown),
+	    cmocka_unit_test_setup_teardown(writes_arrive_whole, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(mount_fuse3_helper, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(fstab_line, h_setup, h_teardown),
 	    cmocka_unit_test_setup_teardown(allow_other_checks_permissions, h_setup, h_teardown),

@@ -29,10 +29,15 @@
  * pool buffer comes back each worker that needs one maps an extra buffer for one request and
  * unmaps it after: its memory is that request's, held only while the request is. The kernel
  * hands requests out in order, so to answer a stat queued behind N blocked writes all N
- * writes' data must be taken in: only while the store is stalled, and at most a buffer per
- * worker thread. (Without the delay, 32 writers of 1 MiB on a store that keeps up had most
- * of their writes in extra buffers at once: 66 MiB peak, against 32-35 MiB with the pool
- * alone; with 100 ms, on a machine busy with other work, still up to 60 MiB.)
+ * writes' data must be taken in: only while the store is stalled, and at most
+ * loop_config.extra_buffers of them at once. That cap is what keeps memory bounded when the
+ * store stalls under many writers: each blocked write holds its request (up to max_write)
+ * until the store moves, so without it, 32 writers of 1 MiB writes on a stalled store would
+ * hold 32 MiB of requests besides the streams' full buffer budget. Past the cap, the mount
+ * waits for the store, as it does when every worker thread is blocked. (Without the delay, 32
+ * writers of 1 MiB on a store that keeps up had most of their writes in extra buffers at once: 66
+ * MiB peak, against 32-35 MiB with the pool alone; with 100 ms, on a machine busy with other work,
+ * still up to 60 MiB.)
  *
  * Threads, as in libfuse's loop: one worker to start with; the worker that takes a request
  * when no other is left waiting for one starts another (up to max_threads); one that finds
@@ -53,7 +58,8 @@
  *
  * Invariants, all under l->lock: nworkers counts the threads on the live list; navail those
  * of them waiting for a buffer or a request; nreading those reading; nmade - nfree pool
- * buffers are held by workers, and nmade <= max_bufs. An exiting worker moves itself to the
+ * buffers are held by workers, and nmade <= max_bufs; nextra <= max_extra extra buffers are
+ * mapped. An exiting worker moves itself to the
  * dead list, whose threads are joined (by the next thread started, or by loop_run at the end)
  * and their records freed.
  */
@@ -105,9 +111,10 @@ struct loop {
 	size_t bufsize;		 /* what libfuse reads into a buffer */
 	char **free_bufs;	 /* [l] nfree buffers, the last returned on top */
 	unsigned nfree, nmade, max_bufs;
-	unsigned nreading; /* [l] workers in fuse_session_receive_buf */
-	uint64_t returned; /* [l] pool buffers given back so far */
-	bool stalled;	   /* [l] no pool buffer came back for LOOP_STALL_MS: extras allowed */
+	unsigned nextra, max_extra; /* [l] extra buffers mapped now, and at most */
+	unsigned nreading;	    /* [l] workers in fuse_session_receive_buf */
+	uint64_t returned;	    /* [l] pool buffers given back so far */
+	bool stalled; /* [l] no pool buffer came back for LOOP_STALL_MS: extras allowed */
 	struct worker *live, *dead;
 	unsigned nworkers, navail, max_threads, max_idle;
 	bool stop;	  /* [l] loop_run is ending: workers leave */
@@ -162,7 +169,8 @@ static void buf_unmap(char *b, size_t size)
 /* [l] A buffer for w's next read: the pool's buffer returned last (its pages are likely
  * resident already), or a new one while fewer than max_bufs exist; when all are held, the next
  * one given back; but when nobody is reading and none has come back for LOOP_STALL_MS (the
- * store is stalled: see the top), an extra one, unmapped after its request. NULL when the
+ * store is stalled: see the top), an extra one while fewer than max_extra are mapped,
+ * unmapped after its request. NULL when the
  * loop stops, or when none can be mapped (then the loop fails). */
 static char *pool_get(struct loop *l, struct worker *w)
 {
@@ -172,7 +180,7 @@ static char *pool_get(struct loop *l, struct worker *w)
 		if (l->nfree > 0)
 			return l->free_bufs[--l->nfree];
 		bool extra = l->nmade >= l->max_bufs;
-		if (!extra || (l->stalled && l->nreading == 0)) {
+		if (!extra || (l->stalled && l->nreading == 0 && l->nextra < l->max_extra)) {
 			char *b = buf_map(l->bufsize);
 			if (b == NULL) {
 				fuse_log(FUSE_LOG_ERR,
@@ -180,10 +188,12 @@ static char *pool_get(struct loop *l, struct worker *w)
 				loop_fail(l, -ENOMEM);
 				return NULL;
 			}
-			if (extra)
+			if (extra) {
 				w->extra = true;
-			else
+				l->nextra++;
+			} else {
 				l->nmade++;
+			}
 			return b;
 		}
 		if (l->nreading > 0) {
@@ -206,6 +216,9 @@ static void pool_put(struct loop *l, struct worker *w, char *b)
 	if (w->extra) {
 		buf_unmap(b, l->bufsize);
 		w->extra = false;
+		l->nextra--;
+		/* A worker waiting for an extra one may now map it. */
+		pthread_cond_signal(&l->buf_free);
 		return;
 	}
 	l->free_bufs[l->nfree++] = b;
@@ -438,6 +451,7 @@ int loop_run(struct fuse_session *se, const struct loop_config *c)
 	     * buffer whatever its size says (lib/fuse_lowlevel.c, se->bufsize). */
 	    .bufsize = 256 * (size_t)sysconf(_SC_PAGESIZE) + 4096,
 	    .max_bufs = c->buffers > 0 ? c->buffers : 1,
+	    .max_extra = c->extra_buffers,
 	    .max_threads = c->max_threads > 0 ? c->max_threads : 1,
 	    .max_idle = c->max_idle,
 	};

@@ -13,9 +13,10 @@
 #define LOOP_SMALL (8u << 10)
 
 struct loop_config {
-	unsigned max_threads; /* workers at most (>= 1; 1: one request at a time, like -s) */
-	unsigned max_idle;    /* idle workers kept; the surplus exit. UINT_MAX: none exits */
-	unsigned buffers;     /* receive buffers (>= 1): at most this many workers read at once */
+	unsigned max_threads;	/* workers at most (>= 1; 1: one request at a time, like -s) */
+	unsigned max_idle;	/* idle workers kept; the surplus exit. UINT_MAX: none exits */
+	unsigned buffers;	/* receive buffers (>= 1): at most this many workers read at once */
+	unsigned extra_buffers; /* more, for requests taken in while the store is stalled */
 };
 
 /*
@@ -29,7 +30,8 @@ struct loop_config {
  * but only the pages a request fills become resident, so the pool's buffers hold at most
  * buffers x (max_write + 4 KiB), plus LOOP_SMALL per worker for the copies of small requests.
  * Beyond that, only requests blocked in their handler while the pool is exhausted (writes
- * waiting for a stalled store) hold an extra buffer each, for as long as they are blocked.
+ * waiting for a stalled store) hold an extra buffer each, for as long as they are blocked,
+ * and at most extra_buffers of them: (buffers + extra_buffers) x (max_write + 4 KiB) in all.
  */
 int loop_run(struct fuse_session *se, const struct loop_config *c);
 

@@ -313,6 +313,7 @@ int main(int argc, char **argv)
 	    .max_threads = cl.singlethread ? 1 : threads,
 	    .max_idle = cl.max_idle_threads, /* UINT_MAX: not given, no worker exits */
 	    .buffers = TFS_RECV_BUFFERS,
+	    .extra_buffers = TFS_RECV_EXTRA,
 	};
 	ret = loop_status(loop_run(fs.se, &lc));
 	/* Graceful stop: what writers handed over reaches the store before the view goes. */

@@ -31,7 +31,11 @@
  * once), so what the buffers hold outside the buffer budget is bounded by design:
  * TFS_RECV_BUFFERS x (TFS_MAX_WRITE + 4 KiB), whatever the number of threads, plus 8 KiB
  * (LOOP_SMALL) per worker. Only while the store has stalled does each write blocked on it
- * hold an extra buffer of its own, so that other requests are still answered (loop.c).
+ * hold an extra buffer of its own, so that other requests are still answered (loop.c), and
+ * at most TFS_RECV_EXTRA of them. So the daemon holds at most max_buffer + 2 MiB (the
+ * stream's overflow) + 16 MiB of data whatever the number of writers; and with the store
+ * stalled under more blocked writers than TFS_RECV_BUFFERS + TFS_RECV_EXTRA, the requests
+ * queued behind theirs wait for the store too, as they would with every worker blocked.
  *
  * Reads are at most TFS_MAX_READ: a read reply is spliced through a 1 MiB pipe (ops.c; larger
  * than the pipe, libfuse would copy it through a buffer allocated for that one request), and
@@ -54,6 +58,7 @@
 #define TFS_MAX_WRITE	 (1024u << 10)
 #define TFS_MAX_THREADS	 32
 #define TFS_RECV_BUFFERS 8
+#define TFS_RECV_EXTRA	 8
 #define TFS_READAHEAD_KB 1024u /* main.c */
 
 struct handle;

@@ -485,12 +485,13 @@ static void test_backpressure_stalled(void **state)
 	expect_pattern(H_AT(fs->store, "big"), done, 1);
 }
 
-#define NWRITERS 28
+#define NWRITERS 16
 
-/* More writers held at once on a tiny budget than the daemon has worker threads (24) or drain
- * threads (3): their 256 KiB requests fill the buffer pool's hard cap (max_buffer + 2 MiB: 12
- * requests, parked without a thread), and the other 16 wait inside the daemon, each holding a
- * worker. The rest of the mount still answers. */
+/* More writers held at once on a tiny budget than the daemon has drain threads (3): their
+ * 1 MiB requests fill the buffer pool's hard cap (max_buffer + 2 MiB: 3 requests, parked
+ * without a thread), and the other 13 wait inside the daemon, each holding a worker and its
+ * request's receive buffer: the loop's pool of 8 and, once the store counts as stalled, 5 of
+ * its 8 extra buffers (fs/loop.c). The rest of the mount still answers. */
 static void test_backpressure_many_writers(void **state)
 {
 	struct h_fs *fs = over_faultfs(state, NULL, "buffer=64K,max_buffer=1M");
@@ -523,6 +524,51 @@ static void test_backpressure_many_writers(void **state)
 		char name[16];
 		snprintf(name, sizeof(name), "w%d", i);
 		expect_pattern(H_AT(fs->store, name), atomic_load(&w[i].done), 100 + (unsigned)i);
+	}
+}
+
+/* More writers on a stalled store than the loop takes requests in for (TFS_RECV_BUFFERS +
+ * TFS_RECV_EXTRA, 16): the daemon holds the stream's hard cap and at most 16 requests of
+ * 1 MiB, not one per writer (32 writers: 29 blocked requests, 38 MiB peak without the cap on
+ * extra buffers). The writes past the cap wait in the kernel; once the store moves, every
+ * byte accepted is in it. Extra buffers are taken only after a second of stall (LOOP_STALL_MS),
+ * hence the wait. VmHWM is not asserted under a sanitizer. */
+static void test_stall_bounds_requests(void **state)
+{
+	struct h_fs *fs = over_faultfs(state, NULL, "buffer=64K,max_buffer=1M");
+	enum { N = 32 };
+	static struct writer w[N];
+	int fd[N];
+	for (int i = 0; i < N; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "s%d", i);
+		fd[i] = open_ok(H_AT(fs->mnt, name), O_WRONLY | O_CREAT | O_TRUNC);
+	}
+	ff_set(fs, "stall", "1");
+	for (int i = 0; i < N; i++)
+		writer_start(&w[i], fd[i], 200 + (unsigned)i, 8 * MiB, MiB);
+	wait_stalled(fs, 1);
+	wait_writers_blocked(w, N);
+	h_nap_ms(3000);
+	long hwm = h_hwm_kib(fs->pid);
+	/* max_buffer, STREAM_OVERFLOW, 16 requests, and 8 MiB for the daemon itself */
+	long bound = (long)((1 * MiB + 2 * MiB + 16 * MiB + 8 * MiB) / KiB);
+	bool check = !h_sanitized(fs->pid);
+	fprintf(stderr, "%d writers on a stalled store: daemon VmHWM %ld KiB (bound %ld KiB)%s\n",
+		N, hwm, bound, check ? "" : " [sanitized: not asserted]");
+	for (int i = 0; i < N; i++)
+		atomic_store(&w[i].stop, true);
+	ff_set(fs, "stall", "0");
+	for (int i = 0; i < N; i++) {
+		writer_join(&w[i]);
+		assert_int_equal(close(fd[i]), 0);
+	}
+	if (check)
+		assert_true(hwm > 0 && hwm <= bound);
+	for (int i = 0; i < N; i += 5) {
+		char name[16];
+		snprintf(name, sizeof(name), "s%d", i);
+		expect_pattern(H_AT(fs->store, name), atomic_load(&w[i].done), 200 + (unsigned)i);
 	}
 }
 
@@ -1356,6 +1402,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    T(test_backpressure_stalled),
 	    T(test_backpressure_many_writers),
+	    T(test_stall_bounds_requests),
 	    T(test_rate),
 	    T(test_file_rate),
 	    T(test_close_waits_for_store),

@@ -224,7 +224,14 @@ static void pool_put(struct loop *l, struct worker *w, char *b)
 	l->free_bufs[l->nfree++] = b;
 	l->returned++;
 	l->stalled = false;
-	pthread_cond_signal(&l->buf_free);
+	/* While another worker is reading, the buffer waits for the next worker to finish its
+	 * request, instead of waking one that waits: the worker that just answered goes back to
+	 * read(2) with it, its cache warm, and a request costs one wake-up, not two (with more
+	 * workers than buffers, every small request used to wake a waiter here while its own
+	 * worker then slept in pool_get: rm -r of 2000 files over a disk, 8,000-8,400 context
+	 * switches against 6,000). Once nobody reads, set_reading wakes a waiter. */
+	if (l->nreading == 0)
+		pthread_cond_signal(&l->buf_free);
 }
 
 /* [l] w starts or stops reading /dev/fuse. When nobody is left reading, a worker waiting for

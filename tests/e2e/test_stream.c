@@ -485,6 +485,43 @@ static void test_backpressure_stalled(void **state)
 	expect_pattern(H_AT(fs->store, "big"), done, 1);
 }
 
+/* Opens n files prefix0... of the view, stalls the store, and starts a writer of `size`
+ * bytes in 1 MiB writes (pattern seed0 + i) on each; returns once the store holds a write
+ * and no writer moves any more. */
+static void stalled_writers_start(struct h_fs *fs, struct writer *w, int *fd, int n,
+				  const char *prefix, unsigned seed0, uint64_t size)
+{
+	for (int i = 0; i < n; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "%s%d", prefix, i);
+		fd[i] = open_ok(H_AT(fs->mnt, name), O_WRONLY | O_CREAT | O_TRUNC);
+	}
+	ff_set(fs, "stall", "1");
+	for (int i = 0; i < n; i++)
+		writer_start(&w[i], fd[i], seed0 + (unsigned)i, size, MiB);
+	wait_stalled(fs, 1);
+	wait_writers_blocked(w, n);
+}
+
+/* Stops the writers, releases the store, closes every file, and requires every step-th file
+ * to hold in the store all that its writer had written. */
+static void stalled_writers_finish(struct h_fs *fs, struct writer *w, int *fd, int n,
+				   const char *prefix, unsigned seed0, int step)
+{
+	for (int i = 0; i < n; i++)
+		atomic_store(&w[i].stop, true);
+	ff_set(fs, "stall", "0");
+	for (int i = 0; i < n; i++) {
+		writer_join(&w[i]);
+		assert_int_equal(close(fd[i]), 0);
+	}
+	for (int i = 0; i < n; i += step) {
+		char name[16];
+		snprintf(name, sizeof(name), "%s%d", prefix, i);
+		expect_pattern(H_AT(fs->store, name), atomic_load(&w[i].done), seed0 + (unsigned)i);
+	}
+}
+
 #define NWRITERS 16
 
 /* More writers held at once on a tiny budget than the daemon has drain threads (3): their
@@ -498,33 +535,11 @@ static void test_backpressure_many_writers(void **state)
 	make_other(fs);
 	static struct writer w[NWRITERS];
 	int fd[NWRITERS];
-	for (int i = 0; i < NWRITERS; i++) {
-		char name[16];
-		snprintf(name, sizeof(name), "w%d", i);
-		fd[i] = open_ok(H_AT(fs->mnt, name), O_WRONLY | O_CREAT | O_TRUNC);
-	}
-	ff_set(fs, "stall", "1");
-	for (int i = 0; i < NWRITERS; i++)
-		writer_start(&w[i], fd[i], 100 + (unsigned)i, 16 * MiB, MiB);
-	wait_stalled(fs, 1);
-	wait_writers_blocked(w, NWRITERS);
+	stalled_writers_start(fs, w, fd, NWRITERS, "w", 100, 16 * MiB);
 	for (int i = 0; i < NWRITERS; i++)
 		assert_true(atomic_load(&w[i].done) <= MiB + 64 * KiB);
-
 	others_answer(fs);
-
-	for (int i = 0; i < NWRITERS; i++)
-		atomic_store(&w[i].stop, true);
-	ff_set(fs, "stall", "0");
-	for (int i = 0; i < NWRITERS; i++) {
-		writer_join(&w[i]);
-		assert_int_equal(close(fd[i]), 0);
-	}
-	for (int i = 0; i < NWRITERS; i++) {
-		char name[16];
-		snprintf(name, sizeof(name), "w%d", i);
-		expect_pattern(H_AT(fs->store, name), atomic_load(&w[i].done), 100 + (unsigned)i);
-	}
+	stalled_writers_finish(fs, w, fd, NWRITERS, "w", 100, 1);
 }
 
 /* More writers on a stalled store than the loop takes requests in for (TFS_RECV_BUFFERS +
@@ -539,16 +554,7 @@ static void test_stall_bounds_requests(void **state)
 	enum { N = 32 };
 	static struct writer w[N];
 	int fd[N];
-	for (int i = 0; i < N; i++) {
-		char name[16];
-		snprintf(name, sizeof(name), "s%d", i);
-		fd[i] = open_ok(H_AT(fs->mnt, name), O_WRONLY | O_CREAT | O_TRUNC);
-	}
-	ff_set(fs, "stall", "1");
-	for (int i = 0; i < N; i++)
-		writer_start(&w[i], fd[i], 200 + (unsigned)i, 8 * MiB, MiB);
-	wait_stalled(fs, 1);
-	wait_writers_blocked(w, N);
+	stalled_writers_start(fs, w, fd, N, "s", 200, 8 * MiB);
 	h_nap_ms(3000);
 	long hwm = h_hwm_kib(fs->pid);
 	/* max_buffer, STREAM_OVERFLOW, 16 requests, and 8 MiB for the daemon itself */
@@ -556,20 +562,9 @@ static void test_stall_bounds_requests(void **state)
 	bool check = !h_sanitized(fs->pid);
 	fprintf(stderr, "%d writers on a stalled store: daemon VmHWM %ld KiB (bound %ld KiB)%s\n",
 		N, hwm, bound, check ? "" : " [sanitized: not asserted]");
-	for (int i = 0; i < N; i++)
-		atomic_store(&w[i].stop, true);
-	ff_set(fs, "stall", "0");
-	for (int i = 0; i < N; i++) {
-		writer_join(&w[i]);
-		assert_int_equal(close(fd[i]), 0);
-	}
+	stalled_writers_finish(fs, w, fd, N, "s", 200, 5);
 	if (check)
 		assert_true(hwm > 0 && hwm <= bound);
-	for (int i = 0; i < N; i += 5) {
-		char name[16];
-		snprintf(name, sizeof(name), "s%d", i);
-		expect_pattern(H_AT(fs->store, name), atomic_load(&w[i].done), 200 + (unsigned)i);
-	}
 }
 
 /* ---- rate ---- */

@@ -217,8 +217,10 @@ static void pool_put(struct loop *l, struct worker *w, char *b)
 		buf_unmap(b, l->bufsize);
 		w->extra = false;
 		l->nextra--;
-		/* A worker waiting for an extra one may now map it. */
-		pthread_cond_signal(&l->buf_free);
+		/* A worker waiting for an extra one may now map it, if nobody reads (else the
+		 * wake-up when the last reader stops serves: set_reading). */
+		if (l->nreading == 0)
+			pthread_cond_signal(&l->buf_free);
 		return;
 	}
 	l->free_bufs[l->nfree++] = b;

@@ -34,10 +34,10 @@
  * store stalls under many writers: each blocked write holds its request (up to max_write)
  * until the store moves, so without it, 32 writers of 1 MiB writes on a stalled store would
  * hold 32 MiB of requests besides the streams' full buffer budget. Past the cap, the mount
- * waits for the store, as it does when every worker thread is blocked. (Without the delay, 32
- * writers of 1 MiB on a store that keeps up had most of their writes in extra buffers at once: 66
- * MiB peak, against 32-35 MiB with the pool alone; with 100 ms, on a machine busy with other work,
- * still up to 60 MiB.)
+ * waits for the store, as it does when every worker thread is blocked. (Without the delay,
+ * 32 writers of 1 MiB on a store that keeps up had most of their writes in extra buffers at
+ * once: 66 MiB peak, against 32-35 MiB with the pool alone; with 100 ms, on a machine busy
+ * with other work, still up to 60 MiB.)
  *
  * Threads, as in libfuse's loop: one worker to start with; the worker that takes a request
  * when no other is left waiting for one starts another (up to max_threads); one that finds
@@ -59,9 +59,8 @@
  * Invariants, all under l->lock: nworkers counts the threads on the live list; navail those
  * of them waiting for a buffer or a request; nreading those reading; nmade - nfree pool
  * buffers are held by workers, and nmade <= max_bufs; nextra <= max_extra extra buffers are
- * mapped. An exiting worker moves itself to the
- * dead list, whose threads are joined (by the next thread started, or by loop_run at the end)
- * and their records freed.
+ * mapped. An exiting worker moves itself to the dead list, whose threads are joined (by the
+ * next thread started, or by loop_run at the end) and their records freed.
  */
 #include "loop.h"
 
@@ -170,8 +169,8 @@ static void buf_unmap(char *b, size_t size)
  * resident already), or a new one while fewer than max_bufs exist; when all are held, the next
  * one given back; but when nobody is reading and none has come back for LOOP_STALL_MS (the
  * store is stalled: see the top), an extra one while fewer than max_extra are mapped,
- * unmapped after its request. NULL when the
- * loop stops, or when none can be mapped (then the loop fails). */
+ * unmapped after its request. NULL when the loop stops, or when none can be mapped (then the
+ * loop fails). */
 static char *pool_get(struct loop *l, struct worker *w)
 {
 	uint64_t seen = l->returned;

@@ -46,14 +46,18 @@ struct handle {
 	atomic_uint splicing;	    /* replies being spliced from fd right now (tfs_read) */
 };
 
-/* The preferred I/O size reported for regular files: cp's buffer is the least common multiple
- * of the source's and destination's (at least 128 KiB each), so with TFS_MAX_WRITE each of its
- * writes fills one request. 1 GiB cp + sync, paired runs: 722 -> 816 MiB/s and 0.71 -> 0.62
- * daemon cpu-s/GiB over disk, 1514 -> 1909 MiB/s and 0.55 -> 0.46 over tmpfs, against 128 KiB.
- * Small files do not pay for it: cp's buffer for a 4 KiB file is mapped and unmapped (glibc)
- * at 128 KiB as at 256 KiB, and cp -r of 2000 such files took the same time with either
- * (0.552 and 0.548 s over disk). */
-#define TFS_BLKSIZE TFS_MAX_WRITE
+/* The preferred I/O size reported for regular files. cp sizes its buffer by it (the least common
+ * multiple of the source's and destination's, at least 128 KiB each) and writes a big file in
+ * writes of that size, one request each; but it allocates that buffer for every file, and glibc
+ * maps and unmaps any buffer above 128 KiB per file (the aligned request is always a few bytes
+ * above the threshold the last unmapping set), while a 128 KiB buffer comes from the heap once
+ * the heap has grown (after 2000 files of cp -r here). Each such mapping costs a page fault
+ * and an unmap, expensive on a virtual machine: cp -r of 10,000 files of 4 KiB over tmpfs
+ * (paired runs, /work/abs.sh) took 2.25-2.45 s at 1 MiB and at 256 or 512 KiB, 1.56-1.77 s at
+ * 128 KiB (bindfs 1.92). What 128 KiB costs is a big file's cp in 128 KiB requests instead of
+ * 1 MiB: 1 GiB over tmpfs ran 1505-1634 MiB/s against 1873-2403 (mergerfs 1244-1455). An
+ * earlier measurement over 2000 files saw no difference: all of them were mapped. */
+#define TFS_BLKSIZE (128u << 10)
 
 static struct tfs *tfs_of(fuse_req_t req)
 {

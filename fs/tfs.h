@@ -51,8 +51,9 @@
  * kept the resident size down but not the peak, and cost 3-6 times the CPU per GiB. With the
  * pool (12 paired runs each, on a busy machine): over tmpfs 12% less CPU and 26% faster
  * (median ratios; 10 of 12 runs faster), over a disk no difference beyond the noise (CPU
- * 1.01, speed 0.98); 32 writers of 1 MiB writes peak at 26-29 MiB. cp sizes its buffer by
- * st_blksize, TFS_MAX_WRITE (ops.c), so it sends 1 MiB requests too.
+ * 1.01, speed 0.98); 32 writers of 1 MiB writes peak at 26-29 MiB. cp sizes its writes by
+ * st_blksize, which stays at 128 KiB (TFS_BLKSIZE, ops.c: a larger buffer costs cp a mapping
+ * per file).
  */
 #define TFS_MAX_READ	 (256u << 10)
 #define TFS_MAX_WRITE	 (1024u << 10)

@@ -26,7 +26,9 @@
  * Limits. The young generation is one semi-space pair of config.semi_space bytes each (of
  * which at most HEAP_SEMI_SPACE_USED are used; see there); the old
  * generation (including large objects) never exceeds config.old_space bytes. When even a full
- * mark-compact cannot make room, heap_alloc returns 0 (ENOMEM); nothing is corrupted.
+ * mark-compact cannot make room, heap_alloc returns 0 (ENOMEM); nothing is corrupted. Until a
+ * root count drops to zero or a reference is overwritten, later allocations that find no room
+ * return 0 at once, without another full collection (none could find more).
  *
  * Threads. The heap is not internally locked: the embedder holds one lock around every heap
  * call (and around every use of a pointer returned by heap_deref). Collections run only

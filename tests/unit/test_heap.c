@@ -215,7 +215,8 @@ static void roots_keep_chains_alive(void **state)
 	heap_free(h);
 }
 
-/* Filling the old space returns ENOMEM, never crashes, and keeps every record intact. */
+/* Filling the old space returns ENOMEM, never crashes, and keeps every record intact; once
+ * refused, allocations fail without collecting until something is let go. */
 static void enomem_keeps_records(void **state)
 {
 	(void)state;
@@ -239,12 +240,33 @@ static void enomem_keeps_records(void **state)
 	for (size_t i = 0; i < n; i++)
 		assert_true(intact(h, live[i], (unsigned)i));
 	assert_true(heap_alloc(h, 1, 0, 5000) == 0); /* large objects too */
+	/* Refused again without another full collection: nothing was let go since the last. */
+	struct heap_stats st;
+	heap_stats(h, &st);
+	uint64_t fulls = st.old.fulls;
+	for (int i = 0; i < 100; i++)
+		assert_true(heap_alloc(h, 1, 1, 100) == 0 && heap_alloc(h, 1, 0, 5000) == 0);
+	heap_stats(h, &st);
+	assert_int_equal(st.old.fulls, fulls);
 	for (size_t i = 0; i < n; i += 2)
 		assert_int_equal(heap_root_dec(h, live[i]), 0);
 	assert_true(heap_alloc(h, 1, 1, 100) != 0);
 	check(h);
 	for (size_t i = 1; i < n; i += 2)
 		assert_true(intact(h, live[i], (unsigned)i));
+	/* Letting go of a reference counts too: fill the heap with a chain that only its head
+	 * roots, then cut the chain after the head. */
+	uint64_t head = heap_alloc(h, 1, 1, 100), prev = head, x;
+	assert_true(head != 0);
+	while ((x = heap_alloc(h, 1, 1, 100)) != 0) {
+		assert_int_equal(heap_set_ref(h, prev, 0, x), 0);
+		assert_int_equal(heap_root_dec(h, x), 0);
+		prev = x;
+	}
+	assert_true(heap_alloc(h, 1, 1, 100) == 0);
+	assert_int_equal(heap_set_ref(h, head, 0, 0), 0);
+	assert_true(heap_alloc(h, 1, 1, 100) != 0);
+	check(h);
 	heap_free(h);
 }
 

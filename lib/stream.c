@@ -16,6 +16,13 @@
  * consumes them. Until then they stay in the list, so stream_read (which preads and overlays
  * under the stream lock) always sees either the old pending bytes or the written file.
  *
+ * Write-through. stream_write_through writes a large request straight from the caller's memory
+ * when the stream is idle and nothing would be gained by buffering it (stream.h says when): the
+ * writing thread claims the stream as a helper does (scheduled), so writes arriving meanwhile
+ * are buffered behind it and no drain overtakes it, and it counts the bytes as received and
+ * committed at once. Nothing of it is ever in the log: a read meanwhile sees the file as it
+ * is, which is right for a write not yet answered.
+ *
  * Direct I/O (see stream.h). Once a stream has committed direct_from bytes, slices of at
  * least STREAM_DIRECT_MIN bytes go with O_DIRECT straight from the blocks, their unaligned
  * rest through the page cache (with write-behind). Two habits keep that rest small: slice_begin
@@ -508,6 +515,15 @@ static uint64_t seg_end(struct stream *s)
 
 /* ---- writing ------------------------------------------------------------------------ */
 
+/* [s] Counts len bytes accepted from a writer at time now. */
+static void count_received(struct stream *s, uint64_t len, uint64_t now)
+{
+	if (s->received == 0)
+		s->started_ns = now;
+	s->received += len;
+	s->last_ns = s->last_write_ns = now;
+}
+
 /* [s+e] Puts an unscheduled stream at the tail of the ready queue. */
 static void ready_push(struct stream_engine *e, struct stream *s)
 {
@@ -640,11 +656,7 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
 		fresh = NULL;
 	}
 	s->log_tail += len;
-	uint64_t now = stream_now(e);
-	if (s->received == 0)
-		s->started_ns = now;
-	s->received += len;
-	s->last_ns = s->last_write_ns = now;
+	count_received(s, len, stream_now(e));
 
 	pthread_mutex_lock(&e->lock);
 	s->buffered += len;
@@ -1116,7 +1128,9 @@ static bool drain_one(struct stream_engine *e, struct stream *s, bool helping)
 	if (s->prepaid)
 		slice = min_u64(slice, s->prepaid);
 	pthread_mutex_lock(&s->lock);
-	n = slice_begin(s, slice, iov, &cnt, &off);
+	/* A stream that failed while it was queued (stream_write_through) only drops its data. */
+	rc = s->error ? -s->error : 0;
+	n = rc != 0 ? 0 : slice_begin(s, slice, iov, &cnt, &off);
 	pthread_mutex_unlock(&s->lock);
 	if (n) {
 		now = stream_now(e);
@@ -1141,6 +1155,72 @@ static bool drain_one(struct stream_engine *e, struct stream *s, bool helping)
 		rc = slice_write(e, s, iov, cnt, off, n);
 	}
 	return slice_end(e, s, n, rc, helping);
+}
+
+/* [s] Whether a write of len bytes may go straight to the store (stream_write_through). */
+static bool through_allowed(struct stream_engine *e, struct stream *s, uint64_t len)
+{
+	/* no_wb is the draining thread's, and nobody drains an unscheduled stream: its last
+	 * writer unscheduled it under both locks, which we hold. */
+	return len >= STREAM_THROUGH_MIN && !s->scheduled && s->head == NULL && !s->error &&
+	       e->direct_from == 0 && (e->keep_cache || s->no_wb) &&
+	       e->helpers < STREAM_MAX_HELPERS && help_allowed(e, s);
+}
+
+int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t off)
+{
+	struct stream_engine *e = s->e;
+	uint64_t len = 0;
+
+	for (int i = 0; i < cnt; i++)
+		len += iov[i].iov_len;
+	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&e->lock);
+	bool take = through_allowed(e, s, len);
+	if (take) { /* the stream is this thread's as a helper's: no drain touches it */
+		s->scheduled = true;
+		e->helpers++;
+	}
+	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&s->lock);
+	if (!take)
+		return STREAM_THROUGH_NO;
+
+	s->slice_direct = false;
+	int rc = slice_write(e, s, iov, cnt, off, len);
+	uint64_t now = stream_now(e);
+	struct waitq run = {NULL, NULL};
+	pthread_mutex_lock(&s->lock);
+	if (rc == 0) {
+		count_received(s, len, now);
+		s->committed += len;
+		ring_add(&s->ring, now, len);
+	}
+	pthread_mutex_lock(&e->lock);
+	if (rc == 0) {
+		e->committed += len;
+		ring_add(&e->ring, now, len);
+	} else {
+		s->error = -rc;
+		parked_release(e, &run, NULL);
+	}
+	/* Writes that came meanwhile were buffered behind this one: the caller writes them after
+	 * replying (a failed stream's go to a drain thread, which drops them). */
+	int ret = rc;
+	if (rc == 0 && s->head != NULL) {
+		ret = STREAM_HELP;
+	} else {
+		s->scheduled = false;
+		e->helpers--;
+		if (s->head != NULL)
+			ready_push(e, s);
+	}
+	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&s->lock);
+	waitq_run(&run);
+	return ret;
 }
 
 void stream_set_owner(struct stream *s, const struct stream_owner *o)

@@ -771,6 +771,42 @@ static void test_enospc(void **state)
 	expect_pattern(H_AT(fs->store, "copy"), 2 * MiB, 6);
 }
 
+/* A store in memory has no write-behind to wait for: a write of 1 MiB to a file with nothing
+ * pending goes to it straight from the request (stream_write_through), so the store's refusal
+ * comes back from that write(2) itself, not at the next fsync or close. Each write is fsync'ed
+ * so that the file has nothing pending when the next comes; the first is buffered (it teaches
+ * the stream that the store has no write-behind). The error then sticks to the file. */
+static void test_write_through_errors_at_write(void **state)
+{
+	if (geteuid() != 0) {
+		fprintf(stderr, "skipped: mounting a tmpfs needs root\n");
+		skip();
+	}
+	struct h_fs *fs = over_tmpfs(state, "4M", NULL);
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+	unsigned char *buf = malloc(MiB);
+	assert_non_null(buf);
+	uint64_t off = 0;
+	ssize_t w;
+	for (;;) {
+		assert_true(off < 8 * MiB);
+		h_pat_fill(buf, MiB, off, 11);
+		if ((w = write(fd, buf, MiB)) < 0)
+			break;
+		assert_int_equal(w, (ssize_t)MiB);
+		off += MiB;
+		assert_int_equal(fsync(fd), 0);
+	}
+	free(buf);
+	assert_int_equal(errno, ENOSPC);
+	assert_true(off >= 2 * MiB);
+	H_EXPECT_ERRNO(fsync(fd), ENOSPC);
+	H_EXPECT_ERRNO(close(fd), ENOSPC);
+	assert_true(size_of(H_AT(fs->store, "f")) >= (off_t)off);
+	assert_int_equal(truncate(H_AT(fs->store, "f"), (off_t)off), 0);
+	expect_pattern(H_AT(fs->store, "f"), off, 11);
+}
+
 /* faultfs fails every write once 2 MiB are in: EIO at write(2) or close(2). */
 static void test_eio_on_write(void **state)
 {
@@ -1405,6 +1441,7 @@ int main(void)
 	    T(test_direct_rewrites),
 	    T(test_fsync_waits_for_store),
 	    T(test_enospc),
+	    T(test_write_through_errors_at_write),
 	    T(test_eio_on_write),
 	    T(test_eio_on_fsync),
 	    T(test_error_sticks),

@@ -67,6 +67,7 @@ static const struct clock fake_clock_if = {fake_now, fake_sleep_until, &fclock};
 struct sink_call {
 	int fd;
 	uint64_t off, len, time;
+	const void *base; /* the first piece's memory */
 };
 
 struct fake_sink {
@@ -164,8 +165,8 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 	if (lent_thread)
 		k->lent++;
 	if (r > 0 && k->ncalls < LOG_MAX)
-		k->log[k->ncalls++] =
-		    (struct sink_call){fd, (uint64_t)off, (uint64_t)r, fake_now(&fclock)};
+		k->log[k->ncalls++] = (struct sink_call){fd, (uint64_t)off, (uint64_t)r,
+							 fake_now(&fclock), iov[0].iov_base};
 	if (k->hold_after)
 		sink_gate(k);
 	pthread_mutex_unlock(&k->lock);
@@ -1366,6 +1367,116 @@ static void write_from_fill_copies_once_or_not_at_all(void **state)
 	stream_engine_free(e);
 }
 
+/* A stream_write_through on its own thread, for a test that holds the sink meanwhile. */
+struct through_call {
+	struct stream *s;
+	struct iovec iov;
+	uint64_t off;
+	int rc;
+};
+
+static void *through_main(void *arg)
+{
+	struct through_call *c = arg;
+	c->rc = stream_write_through(c->s, &c->iov, 1, c->off);
+	return NULL;
+}
+
+static struct sink_call sink_last(void)
+{
+	pthread_mutex_lock(&fsink.lock);
+	struct sink_call c = fsink.ncalls ? fsink.log[fsink.ncalls - 1] : (struct sink_call){0};
+	pthread_mutex_unlock(&fsink.lock);
+	return c;
+}
+
+/* A large write to an idle stream over a store with no write-behind goes to the store from the
+ * caller's memory, counted as received and committed; small ones, ones with a rate set, and
+ * ones that find the stream busy are buffered; writes buffered behind one in flight follow it;
+ * a store's failure is the write's and fails the stream. */
+static void write_through_when_idle(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine_of((struct stream_config){
+	    .high_water = 4 * MiB, .max_buffer = 8 * MiB, .drain_threads = 1, .keep_cache = 1});
+	static unsigned char data[2 * MiB];
+	fill(data, sizeof(data), 12);
+	int check;
+	struct stream *s = open_stream(e, &check);
+	struct iovec iov = {data, MiB};
+	assert_int_equal(stream_write_through(s, &iov, 1, 0), 0);
+	struct sink_call c = sink_last();
+	assert_true(c.base == data && c.off == 0 && c.len == MiB); /* not copied */
+	struct stream_stats ss;
+	stream_stats(s, &ss);
+	assert_true(ss.received == MiB && ss.committed == MiB && ss.buffered == 0);
+	iov = (struct iovec){data + MiB, STREAM_THROUGH_MIN - 1};
+	assert_int_equal(stream_write_through(s, &iov, 1, MiB), STREAM_THROUGH_NO);
+	stream_engine_set_rate(e, 64 * MiB, 0);
+	iov.iov_len = MiB / 2;
+	assert_int_equal(stream_write_through(s, &iov, 1, MiB), STREAM_THROUGH_NO);
+	stream_engine_set_rate(e, 0, 0);
+
+	/* Held in the store: a write meanwhile is buffered (and not taken through), and the
+	 * writer of the first is asked to write it after replying. */
+	sink_hold(false);
+	struct through_call t = {s, {data + MiB, MiB / 2}, MiB, 0};
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, through_main, &t), 0);
+	sink_wait_inside(1);
+	iov = (struct iovec){data + MiB + MiB / 2, MiB / 2};
+	assert_int_equal(stream_write_through(s, &iov, 1, MiB + MiB / 2), STREAM_THROUGH_NO);
+	assert_int_equal(stream_write(s, data + MiB + MiB / 2, MiB / 2, MiB + MiB / 2, NULL, NULL),
+			 0);
+	sink_release();
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(t.rc, STREAM_HELP);
+	stream_help(s);
+	assert_int_equal(stream_sync(s), 0);
+	assert_file(check, data, sizeof(data));
+
+	/* The store fails: the write gets its error, and so does everything after. */
+	sink_fail_next(EIO);
+	iov = (struct iovec){data, MiB};
+	assert_int_equal(stream_write_through(s, &iov, 1, 2 * MiB), -EIO);
+	stream_stats(s, &ss);
+	assert_true(ss.received == 2 * MiB && ss.error == EIO);
+	assert_int_equal(stream_write(s, data, 10, 2 * MiB, NULL, NULL), -EIO);
+	assert_int_equal(stream_close(s), -EIO);
+	assert_file(check, data, sizeof(data));
+	close(check);
+	stream_engine_free(e);
+}
+
+/* Over a store that has write-behind to wait for, writes are buffered; once the stream has
+ * learned that its store has none, large ones go through. */
+static void write_through_not_with_write_behind(void **state)
+{
+	(void)state;
+	struct stream_engine *e = lending_engine(4 * MiB);
+	static unsigned char data[3 * MiB];
+	fill(data, sizeof(data), 13);
+	int check;
+	struct stream *s = open_stream(e, &check);
+	struct iovec iov = {data, MiB};
+	assert_int_equal(stream_write_through(s, &iov, 1, 0), STREAM_THROUGH_NO);
+	pthread_mutex_lock(&fsink.lock);
+	wb_none = 1;
+	pthread_mutex_unlock(&fsink.lock);
+	int rc = stream_write(s, data, 2 * MiB, 0, NULL, NULL);
+	assert_true(rc == 0 || rc == STREAM_HELP);
+	if (rc == STREAM_HELP)
+		stream_help(s);
+	assert_int_equal(stream_sync(s), 0);
+	iov = (struct iovec){data + 2 * MiB, MiB};
+	assert_int_equal(stream_write_through(s, &iov, 1, 2 * MiB), 0);
+	assert_true(sink_last().base == data + 2 * MiB);
+	assert_int_equal(stream_close(s), 0);
+	assert_file(check, data, sizeof(data));
+	close(check);
+	stream_engine_free(e);
+}
+
 /* An owner that counts its calls and can refuse to be entered. */
 struct test_owner {
 	struct stream_owner o;
@@ -1510,6 +1621,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(high_water_parks_writer),
 	    cmocka_unit_test(write_from_fill_copies_once_or_not_at_all),
+	    cmocka_unit_test(write_through_when_idle),
+	    cmocka_unit_test(write_through_not_with_write_behind),
 	    cmocka_unit_test(owner_brackets_every_slice),
 	    cmocka_unit_test(budget_shared_fifo_wakeups),
 	    cmocka_unit_test(failed_drain_is_sticky),

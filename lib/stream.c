@@ -1475,7 +1475,8 @@ int stream_close(struct stream *s)
 	pthread_mutex_lock(&s->lock);
 	rc = stream_sync_locked(s);
 	pthread_mutex_lock(&e->lock);
-	/* Nothing pending means unscheduled: slice_end decides both under both locks. */
+	/* Nothing pending means unscheduled: slice_end decides both under both locks (a
+	 * stream_write_through would be the exception, and none runs on a closing stream). */
 	parked_release(e, &run, s);
 	if (s->prev)
 		s->prev->next = s->next;

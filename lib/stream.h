@@ -265,7 +265,9 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
  *   STREAM_HELP       written; writes buffered meanwhile wait behind it: the caller replies,
  *                     then calls stream_help(s).
  *   -errno            the store failed: the stream has failed with it (as a drained write's
- *                     failure fails it), and this write is not accepted. */
+ *                     failure fails it), and this write is not accepted.
+ * iov is consumed (advanced past what was written). The stream must not be closed while this
+ * runs: like a write not yet answered, it is not pending for stream_sync and stream_close. */
 int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t off);
 
 /* Asks to be told when nothing is pending (buffered or being written). Returns 0 when that is

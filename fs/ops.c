@@ -824,7 +824,8 @@ static void stream_submit(fuse_req_t req, struct handle *h, struct fuse_bufvec *
 		stream_set_owner(s, h->owner);
 	/* A large write to an idle stream over a store with no write-behind to wait for goes
 	 * straight from the request's buffer, one copy fewer: dd bs=1M of 1 GiB over tmpfs,
-	 * paired runs, 0.34-0.37 daemon cpu-s/GiB against 0.48-0.52, at the same speed. */
+	 * paired runs, 0.34-0.38 daemon cpu-s/GiB against 0.43-0.52, at the same speed in one
+	 * series and 8% slower in another. */
 	int r = STREAM_THROUGH_NO;
 	if (data->count == 1 && data->idx == 0 && data->off == 0 &&
 	    !(data->buf[0].flags & FUSE_BUF_IS_FD)) {
@@ -848,10 +849,11 @@ static void stream_submit(fuse_req_t req, struct handle *h, struct fuse_bufvec *
 }
 
 /* The write's data arrives in a receive buffer of the loop's pool (loop.c) and is copied
- * once, into the stream's blocks; the buffer goes back to the pool when this returns. Receiving
- * it by splice instead would need a pipe larger than the 1 MiB an unprivileged pipe may hold
- * (libfuse sizes it for its largest possible request), so it is not asked for; what bounds the
- * receive buffers' memory is TFS_RECV_BUFFERS times TFS_MAX_WRITE (tfs.h). */
+ * once, into the stream's blocks, or written to the store from it (stream_submit); the buffer
+ * goes back to the pool when this returns. Receiving it by splice instead would need a pipe
+ * larger than the 1 MiB an unprivileged pipe may hold (libfuse sizes it for its largest
+ * possible request), so it is not asked for; what bounds the receive buffers' memory is
+ * TFS_RECV_BUFFERS times TFS_MAX_WRITE (tfs.h). */
 static void tfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *data, off_t off,
 			  struct fuse_file_info *fi)
 {

@@ -1157,14 +1157,13 @@ static bool drain_one(struct stream_engine *e, struct stream *s, bool helping)
 	return slice_end(e, s, n, rc, helping);
 }
 
-/* [s] Whether a write of len bytes may go straight to the store (stream_write_through). */
-static bool through_allowed(struct stream_engine *e, struct stream *s, uint64_t len)
+/* [s+e] Whether a large write may go straight to the store now (stream_write_through). */
+static bool through_allowed(struct stream_engine *e, struct stream *s)
 {
 	/* no_wb is the draining thread's, and nobody drains an unscheduled stream: its last
 	 * writer unscheduled it under both locks, which we hold. */
-	return len >= STREAM_THROUGH_MIN && !s->scheduled && s->head == NULL && !s->error &&
-	       e->direct_from == 0 && (e->keep_cache || s->no_wb) &&
-	       e->helpers < STREAM_MAX_HELPERS && help_allowed(e, s);
+	return !s->scheduled && s->head == NULL && !s->error && e->direct_from == 0 &&
+	       (e->keep_cache || s->no_wb) && e->helpers < STREAM_MAX_HELPERS && help_allowed(e, s);
 }
 
 int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t off)
@@ -1174,11 +1173,13 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 
 	for (int i = 0; i < cnt; i++)
 		len += iov[i].iov_len;
+	if (len < STREAM_THROUGH_MIN) /* the common small write pays no lock here */
+		return STREAM_THROUGH_NO;
 	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
 		return -EINVAL;
 	pthread_mutex_lock(&s->lock);
 	pthread_mutex_lock(&e->lock);
-	bool take = through_allowed(e, s, len);
+	bool take = through_allowed(e, s);
 	if (take) { /* the stream is this thread's as a helper's: no drain touches it */
 		s->scheduled = true;
 		e->helpers++;

@@ -53,10 +53,10 @@ struct handle {
  * above the threshold the last unmapping set), while a 128 KiB buffer comes from the heap once
  * the heap has grown (after 2000 files of cp -r here). Each such mapping costs a page fault
  * and an unmap, expensive on a virtual machine: cp -r of 10,000 files of 4 KiB over tmpfs
- * (paired runs, /work/abs.sh) took 2.25-2.45 s at 1 MiB and at 256 or 512 KiB, 1.56-1.77 s at
- * 128 KiB (bindfs 1.92). What 128 KiB costs is a big file's cp in 128 KiB requests instead of
- * 1 MiB: 1 GiB over tmpfs ran 1505-1634 MiB/s against 1873-2403 (mergerfs 1244-1455). An
- * earlier measurement over 2000 files saw no difference: all of them were mapped. */
+ * (interleaved runs, /work/abs.sh) took 2.18-2.65 s at 1 MiB and at 256 or 512 KiB, 1.53-1.87 s
+ * at 128 KiB (bindfs 1.90-1.99). What 128 KiB costs is a big file's cp in 128 KiB requests
+ * instead of 1 MiB: 1 GiB over tmpfs ran 1505-1634 MiB/s against 1873-2403 (mergerfs
+ * 1244-1455). An earlier measurement over 2000 files saw no difference: all were mapped. */
 #define TFS_BLKSIZE (128u << 10)
 
 static struct tfs *tfs_of(fuse_req_t req)

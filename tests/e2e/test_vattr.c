@@ -884,18 +884,24 @@ static void heap_collects_forgotten_records(void **state)
 	double t0 = now_s();
 	for (;;) {
 		now = heap_read(fs->mnt);
-		/* heap_total: the arena's pages beyond what the survivors need are given back */
+		/* heap_total: the arena's pages beyond what the survivors need are given back. The
+		 * idle collector counts its cycle once its last slice has returned, which may be
+		 * after the figures show the work done (TSan run of 1859cd5): waited for too. */
 		if (now.inodes < peak.inodes / 10 && now.heap_used < peak.heap_used / 2 &&
-		    now.heap_total < peak.heap_total * 3 / 4)
+		    now.heap_total < peak.heap_total * 3 / 4 &&
+		    now.collector_cycles > peak.collector_cycles)
 			break;
 		if ((now_s() - t0) * 1000 > WATCHDOG_MS)
 			fail_msg(
 			    "not collected: %llu of %llu inodes live, heap_used %llu of %llu, "
-			    "heap_total %llu of %llu, %llu forgotten",
+			    "heap_total %llu of %llu, %llu forgotten, %llu idle cycles (%llu "
+			    "before)",
 			    (unsigned long long)now.inodes, (unsigned long long)peak.inodes,
 			    (unsigned long long)now.heap_used, (unsigned long long)peak.heap_used,
 			    (unsigned long long)now.heap_total, (unsigned long long)peak.heap_total,
-			    (unsigned long long)now.forgotten);
+			    (unsigned long long)now.forgotten,
+			    (unsigned long long)now.collector_cycles,
+			    (unsigned long long)peak.collector_cycles);
 		sleep_ms(POLL_MS);
 	}
 	fprintf(stderr,
@@ -904,9 +910,9 @@ static void heap_collects_forgotten_records(void **state)
 		(unsigned long long)now.heap_total, (unsigned long long)peak.heap_total);
 	assert_true(now.forgotten >= peak.forgotten + HEAP_FILES * 9 / 10);
 	assert_true(now.old_cycles > peak.old_cycles);
-	/* ...and the idle collector did it: it was asked, and ran a cycle to the end. */
+	/* ...and the idle collector did it: it was asked, and ran a cycle to the end (waited
+	 * for above). */
 	assert_true(now.collector_kicks > peak.collector_kicks);
-	assert_true(now.collector_cycles > peak.collector_cycles);
 	/* -o trace_gc: a line per collection, of each kind that ran. */
 	assert_true(log_has(fs->log, "heap: scavenge"));
 	assert_true(log_has(fs->log, "heap: mark-"));

@@ -524,6 +524,17 @@ static void count_received(struct stream *s, uint64_t len, uint64_t now)
 	s->last_ns = s->last_write_ns = now;
 }
 
+/* [s+e] Counts n bytes the store took for s at time now, in the stream's figures and the
+ * engine's. */
+static void count_committed(struct stream_engine *e, struct stream *s, uint64_t n, uint64_t now)
+{
+	s->committed += n;
+	s->last_ns = now;
+	ring_add(&s->ring, now, n);
+	e->committed += n;
+	ring_add(&e->ring, now, n);
+}
+
 /* [s+e] Puts an unscheduled stream at the tail of the ready queue. */
 static void ready_push(struct stream_engine *e, struct stream *s)
 {
@@ -866,20 +877,13 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 		free(g);
 	}
 	log_trim(s, &freed);
-	if (rc == 0) {
-		s->committed += n;
-		s->last_ns = now;
-		ring_add(&s->ring, now, n);
-	}
 	pthread_mutex_lock(&e->lock);
 	if (rc != 0)
 		s->error = -rc;
+	else
+		count_committed(e, s, n, now);
 	s->buffered -= dropped;
 	e->buffered -= dropped;
-	if (rc == 0) {
-		e->committed += n;
-		ring_add(&e->ring, now, n);
-	}
 	pool_put(e, freed);
 	s->scheduled = false;
 	if (s->head && !s->error) {
@@ -1194,15 +1198,11 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 	uint64_t now = stream_now(e);
 	struct waitq run = {NULL, NULL};
 	pthread_mutex_lock(&s->lock);
-	if (rc == 0) {
+	if (rc == 0)
 		count_received(s, len, now);
-		s->committed += len;
-		ring_add(&s->ring, now, len);
-	}
 	pthread_mutex_lock(&e->lock);
 	if (rc == 0) {
-		e->committed += len;
-		ring_add(&e->ring, now, len);
+		count_committed(e, s, len, now);
 	} else {
 		s->error = -rc;
 		parked_release(e, &run, NULL);

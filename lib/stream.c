@@ -21,7 +21,11 @@
  * writing thread claims the stream as a helper does (scheduled), so writes arriving meanwhile
  * are buffered behind it and no drain overtakes it, and it counts the bytes as received and
  * committed at once. Nothing of it is ever in the log: a read meanwhile sees the file as it
- * is, which is right for a write not yet answered.
+ * is, which is right for a write not yet answered. Its write-behind, which waits for the
+ * device, is not the writer's to wait for: the thread gives up its claim, records the span as
+ * owed (`behind`, `owed_*`) and does it after the reply (stream_behind), while the next write
+ * may already go through. Until then the stream does not count as empty, so flush, fsync and
+ * close wait for it and get its error.
  *
  * Direct I/O (see stream.h). Once a stream has committed direct_from bytes, slices of at
  * least STREAM_DIRECT_MIN bytes go with O_DIRECT straight from the blocks, their unaligned
@@ -69,11 +73,10 @@
 
 #include "throttle.h"
 
-#define NS_PER_S	1000000000ull
-#define RING_SLOTS	8	     /* per-second counters kept */
-#define RING_WINDOW	4	     /* seconds averaged for the current rate */
-#define DRAIN_IOV	256	     /* iovecs per pwritev: 1 MiB of 4 KiB pieces */
-#define STREAM_WB_CHUNK (1ull << 20) /* write-behind granularity (write_behind) */
+#define NS_PER_S    1000000000ull
+#define RING_SLOTS  8	/* per-second counters kept */
+#define RING_WINDOW 4	/* seconds averaged for the current rate */
+#define DRAIN_IOV   256 /* iovecs per pwritev: 1 MiB of 4 KiB pieces */
 /* Direct slices are cut at multiples of this (or of a larger alignment the store asks for):
  * ext4 and xfs take a direct write that is not aligned to their 4 KiB block on a slow path
  * that zeroes the partial blocks under the inode's exclusive lock. */
@@ -144,8 +147,16 @@ struct stream {
 	bool slice_direct, dio_on;
 	uint64_t direct;
 
-	/* [drain] the sink answered STREAM_WB_NONE: this file has no write-back to do */
+	/* [atomic] the sink answered STREAM_WB_NONE: this file has no write-back to do */
 	bool no_wb;
+	/* [atomic] the sink's answer to cached, asked at the first large write: THROUGH_* */
+	int through;
+
+	/* [s] Write-behind owed by write-throughs (stream_write_through, stream_behind): how
+	 * many are owed or running, and the span of the file they owe, STREAM_WB_CHUNK-aligned
+	 * (owed_first == owed_last: none). Waiting for the stream to be empty waits for them. */
+	unsigned behind;
+	uint64_t owed_first, owed_last;
 
 	/* [atomic] who slices are written as (stream_set_owner); NULL: the engine's sink alone */
 	const struct stream_owner *owner;
@@ -202,6 +213,14 @@ static uint64_t stream_now(struct stream_engine *e)
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {
 	return a < b ? a : b;
+}
+
+/* stream.through */
+enum { THROUGH_UNKNOWN, THROUGH_YES, THROUGH_NO };
+
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+	return a > b ? a : b;
 }
 
 /* ---- rate ring ---------------------------------------------------------------------- */
@@ -748,6 +767,26 @@ static int stream_real_writeback(void *ctx, int fd, uint64_t off, uint64_t len, 
 	return 0;
 }
 
+/* Filesystems whose writes land in the local page cache: a write there is a copy. */
+static int stream_real_cached(void *ctx, int fd)
+{
+	(void)ctx;
+	struct statfs sf;
+	if (fstatfs(fd, &sf) != 0)
+		return 0; /* unknown: buffered, as for a remote store */
+	switch (sf.f_type) {
+	case TMPFS_MAGIC:
+	case RAMFS_MAGIC:
+	case EXT4_SUPER_MAGIC: /* ext2 and ext3 too */
+	case XFS_SUPER_MAGIC:
+	case BTRFS_SUPER_MAGIC:
+	case F2FS_SUPER_MAGIC:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 /* A descriptor of the file open at fd that may go O_DIRECT: its own open file description
  * (O_DIRECT is a flag of the description, which a dup shares with whoever else reads through
  * it), opened again through /proc/self/fd, where statx reports direct I/O alignments. */
@@ -848,6 +887,16 @@ static uint64_t slice_map(struct stream *s, uint64_t slice, struct iovec *iov, i
 	return n;
 }
 
+/* [s] Once nothing is pending and no write-behind owed: answers stream_wait_empty's waiters
+ * (moved to run) and wakes stream_sync's. */
+static void empty_wake(struct stream *s, struct waitq *run)
+{
+	if (s->head || s->behind)
+		return;
+	waitq_move_all(&s->empty, run, s->error ? -s->error : 0);
+	pthread_cond_broadcast(&s->idle);
+}
+
 /* Finishes a slice of n bytes with result rc: consumes or (on error) drops the pending data,
  * returns blocks, re-queues or unschedules the stream, and answers whoever may go on. A
  * helper's stream with more pending stays scheduled to it when help_allowed: returns true
@@ -894,28 +943,45 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	}
 	parked_release(e, &run, NULL);
 	pthread_mutex_unlock(&e->lock);
-	if (!s->head) {
-		waitq_move_all(&s->empty, &run, s->error ? -s->error : 0);
-		pthread_cond_broadcast(&s->idle);
-	}
+	empty_wake(s, &run);
 	pthread_mutex_unlock(&s->lock);
 	/* s may be freed from here on (stream_close), unless again: it still has pending data. */
 	waitq_run(&run);
 	return again;
 }
 
-/* [drain] The sink's write-back of s's file, unless it said the file has none. */
+/* The sink's write-back of s's file, unless it said the file has none. Run by the thread
+ * draining s, or after a write-through by the thread that wrote it (stream_behind). */
 static int sink_writeback(struct stream_engine *e, struct stream *s, uint64_t off, uint64_t len,
 			  uint64_t drop_off, uint64_t drop_len)
 {
-	if (s->no_wb)
+	if (__atomic_load_n(&s->no_wb, __ATOMIC_RELAXED))
 		return 0;
 	int rc = e->sink.writeback(e->sink.ctx, s->fd, off, len, drop_off, drop_len);
 	if (rc == STREAM_WB_NONE) {
-		s->no_wb = true;
+		__atomic_store_n(&s->no_wb, true, __ATOMIC_RELAXED);
 		rc = 0;
 	}
 	return rc;
+}
+
+/* The chunks [*first, *last) whose write-behind a slice [off, off+n) completed; false when it
+ * completed none, or s has no write-back to do. */
+static bool behind_span(struct stream_engine *e, struct stream *s, uint64_t off, uint64_t n,
+			uint64_t *first, uint64_t *last)
+{
+	*first = off / STREAM_WB_CHUNK * STREAM_WB_CHUNK;
+	*last = (off + n) / STREAM_WB_CHUNK * STREAM_WB_CHUNK;
+	return !e->keep_cache && *last != *first && !__atomic_load_n(&s->no_wb, __ATOMIC_RELAXED);
+}
+
+/* Starts the write-back of chunks [first, last) and waits for and drops the same span
+ * STREAM_CACHE_BEHIND further back. */
+static int behind_run(struct stream_engine *e, struct stream *s, uint64_t first, uint64_t last)
+{
+	uint64_t lag = STREAM_CACHE_BEHIND;
+	uint64_t drop_off = first > lag ? first - lag : 0, drop_end = last > lag ? last - lag : 0;
+	return sink_writeback(e, s, first, last - first, drop_off, drop_end - drop_off);
 }
 
 /* After a slice [off, off+n) reached the store: the write-behind (stream_real_writeback), a
@@ -926,13 +992,8 @@ static int sink_writeback(struct stream_engine *e, struct stream *s, uint64_t of
  * wrote there. */
 static int write_behind(struct stream_engine *e, struct stream *s, uint64_t off, uint64_t n)
 {
-	uint64_t first = off / STREAM_WB_CHUNK * STREAM_WB_CHUNK;
-	uint64_t last = (off + n) / STREAM_WB_CHUNK * STREAM_WB_CHUNK;
-	if (e->keep_cache || last == first)
-		return 0;
-	uint64_t lag = STREAM_CACHE_BEHIND;
-	uint64_t drop_off = first > lag ? first - lag : 0, drop_end = last > lag ? last - lag : 0;
-	return sink_writeback(e, s, first, last - first, drop_off, drop_end - drop_off);
+	uint64_t first, last;
+	return behind_span(e, s, off, n, &first, &last) ? behind_run(e, s, first, last) : 0;
 }
 
 /* [drain] Changes s->dio (which slice_begin reads under the lock). */
@@ -1032,11 +1093,11 @@ static int direct_write(struct stream_engine *e, struct stream *s, const struct 
 }
 
 /* Writes a slice as the stream's owner (if any): when slice_begin let it go direct, its
- * aligned start with O_DIRECT, the rest through the page cache; then write-behind. The
- * owner is read after slice_begin took the stream lock: stream_set_owner before a
- * stream_write (which appends under that lock) happens before, so every byte goes out as the
- * owner set before it was written, or a later one. */
-static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *iov, int cnt,
+ * aligned start with O_DIRECT, the rest through the page cache. The owner is read after
+ * slice_begin took the stream lock: stream_set_owner before a stream_write (which appends
+ * under that lock) happens before, so every byte goes out as the owner set before it was
+ * written, or a later one. iov is consumed. */
+static int slice_store(struct stream_engine *e, struct stream *s, struct iovec *iov, int cnt,
 		       uint64_t off, uint64_t n)
 {
 	const struct stream_owner *o = __atomic_load_n(&s->owner, __ATOMIC_ACQUIRE);
@@ -1071,9 +1132,17 @@ static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *
 	}
 	if (o != NULL)
 		o->leave(o);
-	/* Over the whole slice, direct part too: the buffered ends of direct slices (a page or
-	 * two a FUSE request, from a writer whose buffer is not aligned) are then written out,
-	 * waited for (their errors fail the stream) and dropped like any buffered data. */
+	return rc;
+}
+
+/* A drained slice: slice_store, then write-behind over the whole slice, direct part too: the
+ * buffered ends of direct slices (a page or two a FUSE request, from a writer whose buffer is
+ * not aligned) are then written out, waited for (their errors fail the stream) and dropped
+ * like any buffered data. */
+static int slice_write(struct stream_engine *e, struct stream *s, struct iovec *iov, int cnt,
+		       uint64_t off, uint64_t n)
+{
+	int rc = slice_store(e, s, iov, cnt, off, n);
 	return rc != 0 ? rc : write_behind(e, s, off, n);
 }
 
@@ -1164,10 +1233,8 @@ static bool drain_one(struct stream_engine *e, struct stream *s, bool helping)
 /* [s+e] Whether a large write may go straight to the store now (stream_write_through). */
 static bool through_allowed(struct stream_engine *e, struct stream *s)
 {
-	/* no_wb is the draining thread's, and nobody drains an unscheduled stream: its last
-	 * writer unscheduled it under both locks, which we hold. */
 	return !s->scheduled && s->head == NULL && !s->error && e->direct_from == 0 &&
-	       (e->keep_cache || s->no_wb) && e->helpers < STREAM_MAX_HELPERS && help_allowed(e, s);
+	       e->helpers < STREAM_MAX_HELPERS && help_allowed(e, s);
 }
 
 int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t off)
@@ -1181,6 +1248,13 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 		return STREAM_THROUGH_NO;
 	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
 		return -EINVAL;
+	int through = __atomic_load_n(&s->through, __ATOMIC_RELAXED);
+	if (through == THROUGH_UNKNOWN) { /* racing askers get the same answer */
+		through = e->sink.cached(e->sink.ctx, s->fd) ? THROUGH_YES : THROUGH_NO;
+		__atomic_store_n(&s->through, through, __ATOMIC_RELAXED);
+	}
+	if (through == THROUGH_NO)
+		return STREAM_THROUGH_NO;
 	pthread_mutex_lock(&s->lock);
 	pthread_mutex_lock(&e->lock);
 	bool take = through_allowed(e, s);
@@ -1194,12 +1268,18 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 		return STREAM_THROUGH_NO;
 
 	s->slice_direct = false;
-	int rc = slice_write(e, s, iov, cnt, off, len);
-	uint64_t now = stream_now(e);
+	int rc = slice_store(e, s, iov, cnt, off, len);
+	uint64_t now = stream_now(e), first, last;
+	bool owe = rc == 0 && behind_span(e, s, off, len, &first, &last);
 	struct waitq run = {NULL, NULL};
 	pthread_mutex_lock(&s->lock);
 	if (rc == 0)
 		count_received(s, len, now);
+	if (owe) {
+		s->owed_first = s->behind ? min_u64(s->owed_first, first) : first;
+		s->owed_last = s->behind ? max_u64(s->owed_last, last) : last;
+		s->behind++;
+	}
 	pthread_mutex_lock(&e->lock);
 	if (rc == 0) {
 		count_committed(e, s, len, now);
@@ -1208,13 +1288,18 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 		parked_release(e, &run, NULL);
 	}
 	/* Writes that came meanwhile were buffered behind this one: the caller writes them after
-	 * replying (a failed stream's go to a drain thread, which drops them). */
+	 * replying (a failed stream's go to a drain thread, which drops them), unless it owes
+	 * the write-behind: then a drain thread does, and the stream is free for the next
+	 * write-through while this thread waits for the device. */
 	int ret = rc;
-	if (rc == 0 && s->head != NULL) {
+	if (rc == 0 && s->head != NULL && !owe) {
 		ret = STREAM_HELP;
 	} else {
 		s->scheduled = false;
-		e->helpers--;
+		if (owe)
+			ret = STREAM_BEHIND; /* the thread stays lent until stream_behind */
+		else
+			e->helpers--;
 		if (s->head != NULL)
 			ready_push(e, s);
 	}
@@ -1222,6 +1307,33 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 	pthread_mutex_unlock(&s->lock);
 	waitq_run(&run);
 	return ret;
+}
+
+void stream_behind(struct stream *s)
+{
+	struct stream_engine *e = s->e;
+	struct waitq run = {NULL, NULL};
+
+	/* Whatever is owed by now: a write-through that came meanwhile may have widened the span,
+	 * and its own stream_behind then finds less or nothing left to do. */
+	pthread_mutex_lock(&s->lock);
+	uint64_t first = s->owed_first, last = s->owed_last;
+	s->owed_first = s->owed_last = 0;
+	pthread_mutex_unlock(&s->lock);
+	int rc = first != last ? behind_run(e, s, first, last) : 0;
+	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&e->lock);
+	if (rc != 0 && !s->error) { /* as a drained slice's failure: pending data is dropped */
+		s->error = -rc;
+		parked_release(e, &run, NULL);
+	}
+	e->helpers--;
+	pthread_mutex_unlock(&e->lock);
+	s->behind--;
+	empty_wake(s, &run);
+	pthread_mutex_unlock(&s->lock);
+	/* s may be freed from here on (stream_close) */
+	waitq_run(&run);
 }
 
 void stream_set_owner(struct stream *s, const struct stream_owner *o)
@@ -1300,7 +1412,7 @@ int stream_wait_empty(struct stream *s, stream_cb cb, void *arg)
 	pthread_mutex_lock(&s->lock);
 	if (s->error) {
 		rc = -s->error;
-	} else if (!s->head) {
+	} else if (!s->head && !s->behind) {
 		rc = 0;
 	} else {
 		struct waiter *w = malloc(sizeof(*w));
@@ -1320,7 +1432,7 @@ int stream_wait_empty(struct stream *s, stream_cb cb, void *arg)
 static int stream_sync_locked(struct stream *s)
 {
 	s->syncing++;
-	while (s->head)
+	while (s->head || s->behind)
 		pthread_cond_wait(&s->idle, &s->lock);
 	s->syncing--;
 	return s->error ? -s->error : 0;
@@ -1575,9 +1687,13 @@ static void engine_release(struct stream_engine *e)
 
 int stream_engine_new(const struct stream_config *cfg, struct stream_engine **out)
 {
-	static const struct stream_sink real_sink = {stream_real_pwritev, NULL,
-						     stream_real_writeback, stream_real_direct_open,
-						     stream_real_direct};
+	static const struct stream_sink real_sink = {
+	    .pwritev = stream_real_pwritev,
+	    .writeback = stream_real_writeback,
+	    .direct_open = stream_real_direct_open,
+	    .direct = stream_real_direct,
+	    .cached = stream_real_cached,
+	};
 	unsigned n = cfg->drain_threads ? cfg->drain_threads : STREAM_DEFAULT_DRAINS;
 	uint64_t hw = cfg->high_water ? cfg->high_water : STREAM_DEFAULT_HIGH_WATER;
 	uint64_t max = cfg->max_buffer ? cfg->max_buffer : STREAM_DEFAULT_MAX_BUFFER;
@@ -1606,6 +1722,8 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 		e->sink.direct_open = stream_real_direct_open;
 	if (e->sink.direct == NULL)
 		e->sink.direct = stream_real_direct;
+	if (e->sink.cached == NULL)
+		e->sink.cached = stream_real_cached;
 	e->rate = cfg->rate;
 	e->file_rate = cfg->file_rate;
 	e->start_ns = stream_now(e);

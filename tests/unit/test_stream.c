@@ -226,8 +226,21 @@ static int fake_direct(void *ctx, int fd, int on)
 	return 0;
 }
 
-static const struct stream_sink fake_sink_if = {fake_pwritev, &fsink, fake_writeback,
-						fake_direct_open, fake_direct};
+/* Whether the store counts as one whose writes land in the page cache (stream_sink.cached). */
+static int remote_store;
+
+static int fake_cached(void *ctx, int fd)
+{
+	struct fake_sink *k = ctx;
+	(void)fd;
+	pthread_mutex_lock(&k->lock);
+	int remote = remote_store;
+	pthread_mutex_unlock(&k->lock);
+	return !remote;
+}
+
+static const struct stream_sink fake_sink_if = {fake_pwritev,	  &fsink,      fake_writeback,
+						fake_direct_open, fake_direct, fake_cached};
 
 static void sink_reset(void)
 {
@@ -244,6 +257,7 @@ static void sink_reset(void)
 	fsink.dio_align = 512;
 	fsink.refuse_dio = false;
 	fsink.direct_bytes = fsink.buffered_bytes = 0;
+	remote_store = 0;
 	wb_calls = 0;
 	wb_fail = 0;
 	wb_none = 0;
@@ -888,7 +902,8 @@ static void write_behind_asks_once_when_store_has_none(void **state)
 	pthread_mutex_lock(&fsink.lock);
 	wb_none = 1;
 	pthread_mutex_unlock(&fsink.lock);
-	for (uint64_t off = 0; off < 6 * MiB; off += sizeof(data)) {
+	uint64_t total = 3 * STREAM_WB_CHUNK; /* three chunks complete */
+	for (uint64_t off = 0; off < total; off += sizeof(data)) {
 		int rc = stream_write(s, data, sizeof(data), off, NULL, NULL);
 		assert_true(rc >= 0);
 		if (rc == STREAM_HELP)
@@ -901,7 +916,7 @@ static void write_behind_asks_once_when_store_has_none(void **state)
 	pthread_mutex_unlock(&fsink.lock);
 	struct stream_stats st;
 	stream_stats(s, &st);
-	assert_int_equal(st.committed, 6 * MiB);
+	assert_int_equal(st.committed, total);
 	assert_int_equal(stream_close(s), 0);
 	close(check);
 	stream_engine_free(e);
@@ -920,7 +935,8 @@ static void write_behind_follows_a_copy(void **state)
 		    .max_buffer = 8 * MiB, .drain_threads = 1, .keep_cache = keep});
 		int check;
 		struct stream *s = open_stream(e, &check);
-		uint64_t total = 12 * MiB + 100 * KiB; /* the last, partial chunk is not started */
+		/* the last, partial chunk is not started */
+		uint64_t total = 3 * STREAM_WB_CHUNK + 100 * KiB;
 		for (uint64_t off = 0; off < total; off += sizeof(data)) {
 			size_t n = total - off < sizeof(data) ? total - off : sizeof(data);
 			int rc = stream_write(s, data, n, off, NULL, NULL);
@@ -936,20 +952,21 @@ static void write_behind_follows_a_copy(void **state)
 			uint64_t started = 0, dropped = 0;
 			for (unsigned i = 0; i < wb_calls; i++) {
 				assert_int_equal(wb_log[i].off, started); /* in order, no gap */
-				assert_int_equal(wb_log[i].off % MiB, 0);
+				assert_int_equal(wb_log[i].off % STREAM_WB_CHUNK, 0);
 				started += wb_log[i].len;
 				assert_int_equal(wb_log[i].drop_off, dropped);
 				dropped += wb_log[i].drop_len;
 			}
-			assert_int_equal(started, 12 * MiB);
-			assert_int_equal(dropped, 12 * MiB - STREAM_CACHE_BEHIND);
+			assert_int_equal(started, 3 * STREAM_WB_CHUNK);
+			assert_int_equal(dropped, 3 * STREAM_WB_CHUNK - STREAM_CACHE_BEHIND);
 		}
 		pthread_mutex_unlock(&fsink.lock);
 		if (!keep) { /* a write-back that fails fails the stream */
 			pthread_mutex_lock(&fsink.lock);
 			wb_fail = EIO;
 			pthread_mutex_unlock(&fsink.lock);
-			for (uint64_t off = total; off < total + MiB; off += sizeof(data)) {
+			for (uint64_t off = total; off < 4 * STREAM_WB_CHUNK + 1;
+			     off += sizeof(data)) {
 				int rc = stream_write(s, data, sizeof(data), off, NULL, NULL);
 				if (rc == STREAM_HELP)
 					stream_help(s);
@@ -1018,14 +1035,15 @@ static void direct_io_takes_big_aligned_slices(void **state)
 		assert_int_equal(fsink.misaligned, 0);
 		assert_int_equal(fsink.opens, direct ? 1 : 0);
 		assert_int_equal(fsink.switches, direct ? 1 : 0);
-		/* Write-behind of the first chunk; then, going direct, the drop of [0, 1 MiB);
-		 * then write-behind goes on over the direct slices (for their buffered ends). */
-		assert_int_equal(wb_calls, direct ? 4 : 3); /* and of the 2nd and 3rd chunks */
+		/* No write-behind chunk is complete: only, going direct, the drop of what the
+		 * page cache had, [0, 1 MiB). */
+		assert_true(3 * MiB < STREAM_WB_CHUNK);
+		assert_int_equal(wb_calls, direct ? 1 : 0);
 		if (direct) {
-			assert_int_equal(wb_log[1].off, 0);
-			assert_int_equal(wb_log[1].len, MiB);
-			assert_int_equal(wb_log[1].drop_off, 0);
-			assert_int_equal(wb_log[1].drop_len, MiB);
+			assert_int_equal(wb_log[0].off, 0);
+			assert_int_equal(wb_log[0].len, MiB);
+			assert_int_equal(wb_log[0].drop_off, 0);
+			assert_int_equal(wb_log[0].drop_len, MiB);
 		}
 		pthread_mutex_unlock(&fsink.lock);
 		uint64_t direct_bytes = direct ? 2 * MiB : 0;
@@ -1448,31 +1466,101 @@ static void write_through_when_idle(void **state)
 	stream_engine_free(e);
 }
 
-/* Over a store that has write-behind to wait for, writes are buffered; once the stream has
- * learned that its store has none, large ones go through. */
-static void write_through_not_with_write_behind(void **state)
+static void flushed_cb(void *arg, int err)
+{
+	*(int *)arg = err;
+}
+
+/* Over a store with write-behind, a large write goes through as well and owes its
+ * write-behind: none of it runs before the caller has replied and called stream_behind, and
+ * until then the stream is not empty for flush and fsync. At most STREAM_MAX_HELPERS threads
+ * are held so (a stalled store holds no more); spans owed meanwhile are done in one call. A
+ * failed write-behind fails the stream for later writes and for close. Once a stream has
+ * learned that its store has no write-behind, nothing is owed. */
+static void write_through_owes_write_behind(void **state)
 {
 	(void)state;
 	struct stream_engine *e = lending_engine(4 * MiB);
-	static unsigned char data[3 * MiB];
+	const uint64_t c = STREAM_WB_CHUNK;
+	static unsigned char data[3 * STREAM_WB_CHUNK];
 	fill(data, sizeof(data), 13);
 	int check;
 	struct stream *s = open_stream(e, &check);
-	struct iovec iov = {data, MiB};
+	struct iovec iov;
+	for (unsigned i = 0; i < STREAM_MAX_HELPERS; i++) { /* each completes chunk 0 */
+		iov = (struct iovec){data, c};
+		assert_int_equal(stream_write_through(s, &iov, 1, 0), STREAM_BEHIND);
+		assert_true(sink_last().base == data); /* not copied */
+	}
+	iov = (struct iovec){data, c};
 	assert_int_equal(stream_write_through(s, &iov, 1, 0), STREAM_THROUGH_NO);
+	int flushed = 1;
+	assert_int_equal(stream_wait_empty(s, flushed_cb, &flushed), STREAM_PARKED);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(wb_calls, 0);
+	pthread_mutex_unlock(&fsink.lock);
+	stream_behind(s);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(wb_calls, 1);
+	assert_true(wb_log[0].off == 0 && wb_log[0].len == c && wb_log[0].drop_len == 0);
+	pthread_mutex_unlock(&fsink.lock);
+	for (unsigned i = 1; i < STREAM_MAX_HELPERS; i++) {
+		assert_int_equal(flushed, 1); /* some still owed */
+		stream_behind(s);
+	}
+	assert_int_equal(flushed, 0);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(wb_calls, 1); /* the first did all that was owed */
+	pthread_mutex_unlock(&fsink.lock);
+
+	/* A write that completes no chunk owes nothing; the next chunk's is owed. */
+	iov = (struct iovec){data + c, c / 2};
+	assert_int_equal(stream_write_through(s, &iov, 1, c), 0);
+	iov = (struct iovec){data + c + c / 2, c};
+	assert_int_equal(stream_write_through(s, &iov, 1, c + c / 2), STREAM_BEHIND);
+	stream_behind(s);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(wb_calls, 2);
+	assert_true(wb_log[1].off == c && wb_log[1].len == c);
+	wb_fail = EIO;
+	pthread_mutex_unlock(&fsink.lock);
+	assert_int_equal(stream_sync(s), 0);
+
+	/* The write-behind fails after the write was answered: later writes and close say so. */
+	iov = (struct iovec){data + 2 * c + c / 2, c / 2};
+	assert_int_equal(stream_write_through(s, &iov, 1, 2 * c + c / 2), STREAM_BEHIND);
+	stream_behind(s);
+	assert_int_equal(stream_write(s, data, 10, 3 * c, NULL, NULL), -EIO);
+	assert_int_equal(stream_wait_empty(s, flushed_cb, &flushed), -EIO);
+	assert_int_equal(stream_close(s), -EIO);
+	assert_file(check, data, sizeof(data));
+	close(check);
+
+	/* A store in memory: asked once, then nothing is owed. */
+	s = open_stream(e, &check);
 	pthread_mutex_lock(&fsink.lock);
 	wb_none = 1;
 	pthread_mutex_unlock(&fsink.lock);
-	int rc = stream_write(s, data, 2 * MiB, 0, NULL, NULL);
-	assert_true(rc == 0 || rc == STREAM_HELP);
-	if (rc == STREAM_HELP)
-		stream_help(s);
-	assert_int_equal(stream_sync(s), 0);
-	iov = (struct iovec){data + 2 * MiB, MiB};
-	assert_int_equal(stream_write_through(s, &iov, 1, 2 * MiB), 0);
-	assert_true(sink_last().base == data + 2 * MiB);
+	iov = (struct iovec){data, c};
+	assert_int_equal(stream_write_through(s, &iov, 1, 0), STREAM_BEHIND);
+	stream_behind(s);
+	iov = (struct iovec){data + c, c};
+	assert_int_equal(stream_write_through(s, &iov, 1, c), 0);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(wb_calls, 4);
+	pthread_mutex_unlock(&fsink.lock);
 	assert_int_equal(stream_close(s), 0);
-	assert_file(check, data, sizeof(data));
+	assert_file(check, data, 2 * c);
+	close(check);
+
+	/* A remote store (network, FUSE): buffered, so the writer does not wait for it. */
+	s = open_stream(e, &check);
+	pthread_mutex_lock(&fsink.lock);
+	remote_store = 1;
+	pthread_mutex_unlock(&fsink.lock);
+	iov = (struct iovec){data, c};
+	assert_int_equal(stream_write_through(s, &iov, 1, 0), STREAM_THROUGH_NO);
+	assert_int_equal(stream_close(s), 0);
 	close(check);
 	stream_engine_free(e);
 }
@@ -1622,7 +1710,7 @@ int main(void)
 	    cmocka_unit_test(high_water_parks_writer),
 	    cmocka_unit_test(write_from_fill_copies_once_or_not_at_all),
 	    cmocka_unit_test(write_through_when_idle),
-	    cmocka_unit_test(write_through_not_with_write_behind),
+	    cmocka_unit_test(write_through_owes_write_behind),
 	    cmocka_unit_test(owner_brackets_every_slice),
 	    cmocka_unit_test(budget_shared_fifo_wakeups),
 	    cmocka_unit_test(failed_drain_is_sticky),

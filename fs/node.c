@@ -166,12 +166,13 @@ out:
 	return err;
 }
 
-/* Bytes still pending in stream s. */
-static uint64_t pending(struct stream *s)
+/* Whether stream s has data still to write, or a write-behind still to finish (whose error
+ * its close would report). */
+static bool unfinished(struct stream *s)
 {
 	struct stream_stats ss;
 	stream_stats(s, &ss);
-	return ss.buffered;
+	return ss.state == STREAM_WRITING || ss.state == STREAM_DRAINING;
 }
 
 void node_detach(struct tfs *fs, struct node *n)
@@ -179,7 +180,7 @@ void node_detach(struct tfs *fs, struct node *n)
 	inode_lock(fs->inodes);
 	/* The last handle out waits for the data while still holding its reference, so the node
 	 * keeps answering for the file's size and nobody else can close the stream meanwhile. */
-	while (n->handles == 1 && n->stream != NULL && pending(n->stream) != 0) {
+	while (n->handles == 1 && n->stream != NULL && unfinished(n->stream)) {
 		inode_unlock(fs->inodes);
 		int err = stream_sync(n->stream);
 		if (err != 0)

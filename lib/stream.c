@@ -115,7 +115,7 @@ struct stream {
 	struct stream_engine *e;
 	int fd;
 	pthread_mutex_t lock;
-	pthread_cond_t idle; /* broadcast when nsegs drops to 0 */
+	pthread_cond_t idle; /* broadcast when nothing is pending or owed any more (empty_wake) */
 	struct throttle throttle;
 
 	/* [s] segments and log */
@@ -180,7 +180,7 @@ struct stream_engine {
 	int no_help;	      /* config.no_help */
 	int keep_cache;	      /* config.keep_cache */
 	uint64_t direct_from; /* config.direct_from */
-	unsigned helpers;     /* writer threads lent to draining now (stream_help) */
+	unsigned helpers; /* writer threads lent now (stream_help, write-through, stream_behind) */
 	const struct clock *clock;
 	struct stream_sink sink;
 	struct throttle throttle; /* global rate */
@@ -935,8 +935,11 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	e->buffered -= dropped;
 	pool_put(e, freed);
 	s->scheduled = false;
-	if (s->head && !s->error) {
-		if (helping && help_allowed(e, s))
+	/* More pending. After a failed slice nothing is, but a stream_behind may have failed the
+	 * stream meanwhile: then a drain thread's drain_one drops the rest, which must not be
+	 * stranded in an unscheduled stream. */
+	if (s->head) {
+		if (helping && !s->error && help_allowed(e, s))
 			s->scheduled = again = true;
 		else
 			ready_push(e, s);
@@ -988,8 +991,8 @@ static int behind_run(struct stream_engine *e, struct stream *s, uint64_t first,
  * STREAM_WB_CHUNK of the file at a time, so that small writes do not each cost it: when the
  * slice ends in a later chunk than it began, the chunks it completed are started, and the
  * same span STREAM_CACHE_BEHIND further back is waited for and dropped. A sequential copy
- * thus keeps about its last STREAM_CACHE_BEHIND bytes cached; other patterns, whatever they
- * wrote there. */
+ * thus keeps about its last STREAM_CACHE_BEHIND + STREAM_WB_CHUNK bytes cached; other
+ * patterns, whatever they wrote there. */
 static int write_behind(struct stream_engine *e, struct stream *s, uint64_t off, uint64_t n)
 {
 	uint64_t first, last;
@@ -1276,8 +1279,11 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 	if (rc == 0)
 		count_received(s, len, now);
 	if (owe) {
-		s->owed_first = s->behind ? min_u64(s->owed_first, first) : first;
-		s->owed_last = s->behind ? max_u64(s->owed_last, last) : last;
+		/* Merged with a span still owed; not with one a stream_behind already took, which
+		 * left [0, 0) behind while it waits for the device. */
+		bool owed = s->owed_first != s->owed_last;
+		s->owed_first = owed ? min_u64(s->owed_first, first) : first;
+		s->owed_last = owed ? max_u64(s->owed_last, last) : last;
 		s->behind++;
 	}
 	pthread_mutex_lock(&e->lock);
@@ -1509,7 +1515,7 @@ void stream_stats(struct stream *s, struct stream_stats *st)
 	};
 	if (s->error)
 		st->state = STREAM_ERROR;
-	else if (s->head)
+	else if (s->head || s->behind)
 		st->state = s->syncing || s->empty.head ? STREAM_DRAINING : STREAM_WRITING;
 	else
 		st->state = s->received ? STREAM_DONE : STREAM_IDLE;

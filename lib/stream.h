@@ -30,13 +30,13 @@
  * time, in write order. A failed write makes the stream's error sticky: its pending data is
  * dropped, parked writers and waiters get the error, and later writes are refused with it.
  *
- * Callbacks run on drain threads (or, for stream_close, on the closing thread) without any
- * stream or engine lock held; they may call stream_write etc. on other streams but must not
- * block for long: they hold up a drain thread. Because they run after the locks are dropped,
- * a callback may run before stream_write (or stream_wait_empty) has returned STREAM_PARKED to
- * its caller, and after stream_close has returned: callers must hand all the state the
- * callback needs to `arg` and not touch it after STREAM_PARKED. stream_engine_free returns
- * only after every callback has returned.
+ * Callbacks run on drain threads (or on a thread in stream_help or stream_behind, or, for
+ * stream_close, on the closing thread) without any stream or engine lock held; they may call
+ * stream_write etc. on other streams but must not block for long: they hold up that thread. Because
+ * they run after the locks are dropped, a callback may run before stream_write (or
+ * stream_wait_empty) has returned STREAM_PARKED to its caller, and after stream_close has returned:
+ * callers must hand all the state the callback needs to `arg` and not touch it after STREAM_PARKED.
+ * stream_engine_free returns only after every callback has returned.
  *
  * Locking (internal): per-stream mutex, then engine mutex, never the other way round; the
  * engine mutex is never held during memcpy, pread or pwritev.
@@ -177,7 +177,7 @@ struct stream_engine_stats {
 
 enum stream_state {
 	STREAM_IDLE,	 /* nothing received yet */
-	STREAM_WRITING,	 /* data pending, accepting writes */
+	STREAM_WRITING,	 /* data pending (or its write-behind: STREAM_BEHIND), accepting writes */
 	STREAM_DRAINING, /* data pending and someone waits for it (close, flush, fsync) */
 	STREAM_DONE,	 /* everything received has been written */
 	STREAM_ERROR,	 /* a write to the backing store failed; `error` says why */
@@ -221,7 +221,8 @@ int stream_open(struct stream_engine *e, int fd, struct stream **out);
  * before every write. o must stay valid until stream_close(s) has returned. */
 void stream_set_owner(struct stream *s, const struct stream_owner *o);
 
-/* Waits (blocking the calling thread) until everything pending is written or has failed;
+/* Waits (blocking the calling thread) until everything pending is written or has failed, and
+ * every write-behind a write-through owes (STREAM_BEHIND) is done;
  * answers this stream's parked writers (cb(arg, 0), or the error); closes fd (or the stream's
  * own descriptor that replaced it when it went direct) and frees the
  * stream. Returns 0, the stream's sticky error, or close(2)'s error (negative errno). No call
@@ -291,9 +292,10 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
  * runs: like a write not yet answered, it is not pending for stream_sync and stream_close. */
 int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t off);
 
-/* Asks to be told when nothing is pending (buffered or being written). Returns 0 when that is
- * already the case, the negative sticky error when the stream has failed (in both cases cb is
- * NOT called), or STREAM_PARKED: cb(arg, 0 or -errno) is called later from a drain thread.
+/* Asks to be told when nothing is pending (buffered or being written, or a write-behind owed:
+ * STREAM_BEHIND). Returns 0 when that is already the case, the negative sticky error when the
+ * stream has failed (in both cases cb is NOT called), or STREAM_PARKED: cb(arg, 0 or -errno)
+ * is called later from a drain thread or the thread in stream_help or stream_behind.
  * -ENOMEM when the waiter cannot be recorded. Used for FUSE flush and fsync. */
 int stream_wait_empty(struct stream *s, stream_cb cb, void *arg);
 
@@ -309,7 +311,8 @@ void stream_behind(struct stream *s);
  * store's latency: the writer already has its answer. */
 void stream_help(struct stream *s);
 
-/* Blocking variant: waits until nothing is pending; returns 0 or the negative sticky error.
+/* Blocking variant: waits until nothing is pending and no write-behind is owed; returns 0 or
+ * the negative sticky error.
  * Used before truncate, fallocate, copy_file_range and other direct changes to the file. */
 int stream_sync(struct stream *s);
 

@@ -174,7 +174,8 @@ static ssize_t fake_pwritev(void *ctx, int fd, const struct iovec *iov, int cnt,
 }
 
 /* Write-behind calls, recorded (writeback_calls, wb_log) instead of made; wb_fail fails the
- * next one; wb_none answers every one as a store in memory does (STREAM_WB_NONE). */
+ * next one; wb_none answers every one as a store in memory does (STREAM_WB_NONE); while
+ * wb_hold is set, calls wait (wb_inside counts them), as for a slow device. */
 struct wb_call {
 	uint64_t off, len, drop_off, drop_len;
 };
@@ -182,6 +183,8 @@ static struct wb_call wb_log[LOG_MAX];
 static unsigned wb_calls;
 static int wb_fail;
 static int wb_none;
+static bool wb_hold;
+static unsigned wb_inside;
 
 static int fake_writeback(void *ctx, int fd, uint64_t off, uint64_t len, uint64_t drop_off,
 			  uint64_t drop_len)
@@ -189,6 +192,11 @@ static int fake_writeback(void *ctx, int fd, uint64_t off, uint64_t len, uint64_
 	struct fake_sink *k = ctx;
 	(void)fd;
 	pthread_mutex_lock(&k->lock);
+	wb_inside++;
+	pthread_cond_broadcast(&k->cond);
+	while (wb_hold)
+		pthread_cond_wait(&k->cond, &k->lock);
+	wb_inside--;
 	int err = wb_fail;
 	wb_fail = 0;
 	int none = wb_none;
@@ -258,6 +266,7 @@ static void sink_reset(void)
 	fsink.refuse_dio = false;
 	fsink.direct_bytes = fsink.buffered_bytes = 0;
 	remote_store = 0;
+	wb_hold = false;
 	wb_calls = 0;
 	wb_fail = 0;
 	wb_none = 0;
@@ -1565,6 +1574,109 @@ static void write_through_owes_write_behind(void **state)
 	stream_engine_free(e);
 }
 
+/* Monotonic milliseconds, for the test's own watchdogs. */
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	assert_int_equal(clock_gettime(CLOCK_MONOTONIC, &ts), 0);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void wb_hold_set(bool on)
+{
+	pthread_mutex_lock(&fsink.lock);
+	wb_hold = on;
+	pthread_cond_broadcast(&fsink.cond);
+	pthread_mutex_unlock(&fsink.lock);
+}
+
+/* Waits until a write-behind call waits in wb_hold. */
+static void wb_wait_inside(void)
+{
+	pthread_mutex_lock(&fsink.lock);
+	while (wb_inside == 0)
+		pthread_cond_wait(&fsink.cond, &fsink.lock);
+	pthread_mutex_unlock(&fsink.lock);
+}
+
+static void *behind_main(void *arg)
+{
+	stream_behind(arg);
+	return NULL;
+}
+
+static void *help_main(void *arg)
+{
+	stream_help(arg);
+	return NULL;
+}
+
+static void flushed_atomic_cb(void *arg, int err)
+{
+	atomic_store((atomic_int *)arg, err);
+}
+
+/* A write-through's span owed while an earlier stream_behind waits for the device is its own,
+ * not merged with what that one took: the second call writes back [c, 2c), not the file from
+ * 0. And a write-behind that fails while a helper writes buffered data (the stream is not
+ * claimed by its write-through any more) drops the rest of that data: flush and close get the
+ * error, none of it is stranded. */
+static void write_behind_owed_while_one_runs(void **state)
+{
+	(void)state;
+	struct stream_engine *e = lending_engine(4 * MiB);
+	const uint64_t c = STREAM_WB_CHUNK;
+	static unsigned char data[2 * STREAM_WB_CHUNK];
+	fill(data, sizeof(data), 15);
+	int check;
+	struct stream *s = open_stream(e, &check);
+	struct iovec iov = {data, c};
+	assert_int_equal(stream_write_through(s, &iov, 1, 0), STREAM_BEHIND);
+	wb_hold_set(true);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, behind_main, s), 0);
+	wb_wait_inside();
+	iov = (struct iovec){data + c, c};
+	assert_int_equal(stream_write_through(s, &iov, 1, c), STREAM_BEHIND);
+	wb_hold_set(false);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	stream_behind(s);
+	pthread_mutex_lock(&fsink.lock);
+	assert_int_equal(wb_calls, 2);
+	assert_true(wb_log[0].off == 0 && wb_log[0].len == c);
+	assert_true(wb_log[1].off == c && wb_log[1].len == c);
+	pthread_mutex_unlock(&fsink.lock);
+	assert_int_equal(stream_sync(s), 0);
+	assert_file(check, data, sizeof(data));
+
+	/* Owed again; a 2 MiB write buffered now is written by a helper, held in the store
+	 * halfway (its first slice); meanwhile the write-behind fails. */
+	iov = (struct iovec){data, c};
+	assert_int_equal(stream_write_through(s, &iov, 1, 2 * c), STREAM_BEHIND);
+	sink_hold(false);
+	assert_int_equal(stream_write(s, data, 2 * MiB, 3 * c, NULL, NULL), STREAM_HELP);
+	assert_int_equal(pthread_create(&th, NULL, help_main, s), 0);
+	sink_wait_inside(1);
+	atomic_int flushed = 1;
+	assert_int_equal(stream_wait_empty(s, flushed_atomic_cb, &flushed), STREAM_PARKED);
+	pthread_mutex_lock(&fsink.lock);
+	wb_fail = EIO;
+	pthread_mutex_unlock(&fsink.lock);
+	stream_behind(s);
+	sink_release();
+	assert_int_equal(pthread_join(th, NULL), 0);
+	int64_t until = now_ms() + 10000;
+	while (atomic_load(&flushed) == 1 && now_ms() < until)
+		usleep(1000);
+	assert_int_equal(atomic_load(&flushed), -EIO);
+	struct stream_stats ss;
+	stream_stats(s, &ss);
+	assert_true(ss.buffered == 0 && ss.error == EIO);
+	assert_int_equal(stream_close(s), -EIO);
+	close(check);
+	stream_engine_free(e);
+}
+
 /* An owner that counts its calls and can refuse to be entered. */
 struct test_owner {
 	struct stream_owner o;
@@ -1711,6 +1823,7 @@ int main(void)
 	    cmocka_unit_test(write_from_fill_copies_once_or_not_at_all),
 	    cmocka_unit_test(write_through_when_idle),
 	    cmocka_unit_test(write_through_owes_write_behind),
+	    cmocka_unit_test(write_behind_owed_while_one_runs),
 	    cmocka_unit_test(owner_brackets_every_slice),
 	    cmocka_unit_test(budget_shared_fifo_wakeups),
 	    cmocka_unit_test(failed_drain_is_sticky),

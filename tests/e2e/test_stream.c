@@ -773,11 +773,11 @@ static void test_enospc(void **state)
 	expect_pattern(H_AT(fs->store, "copy"), 2 * MiB, 6);
 }
 
-/* A store in memory has no write-behind to wait for: a write of 1 MiB to a file with nothing
- * pending goes to it straight from the request (stream_write_through), so the store's refusal
- * comes back from that write(2) itself, not at the next fsync or close. Each write is fsync'ed
- * so that the file has nothing pending when the next comes; the first is buffered (it teaches
- * the stream that the store has no write-behind). The error then sticks to the file. */
+/* A write of 1 MiB to a file with nothing pending, over a store whose writes land in the page
+ * cache (here a tmpfs small enough to fill), goes to it straight from the request
+ * (stream_write_through), so the store's refusal comes back from that write(2) itself, not at
+ * the next fsync or close. Each write is fsync'ed so that the file has nothing pending when
+ * the next comes. The error then sticks to the file. */
 static void test_write_through_errors_at_write(void **state)
 {
 	if (geteuid() != 0) {

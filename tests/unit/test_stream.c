@@ -1475,9 +1475,11 @@ static void write_through_when_idle(void **state)
 	stream_engine_free(e);
 }
 
+/* stream_wait_empty's callback: stores the result in the atomic_int at arg (it may run on
+ * another thread). */
 static void flushed_cb(void *arg, int err)
 {
-	*(int *)arg = err;
+	atomic_store((atomic_int *)arg, err);
 }
 
 /* Over a store with write-behind, a large write goes through as well and owes its
@@ -1503,7 +1505,7 @@ static void write_through_owes_write_behind(void **state)
 	}
 	iov = (struct iovec){data, c};
 	assert_int_equal(stream_write_through(s, &iov, 1, 0), STREAM_THROUGH_NO);
-	int flushed = 1;
+	atomic_int flushed = 1;
 	assert_int_equal(stream_wait_empty(s, flushed_cb, &flushed), STREAM_PARKED);
 	pthread_mutex_lock(&fsink.lock);
 	assert_int_equal(wb_calls, 0);
@@ -1514,10 +1516,10 @@ static void write_through_owes_write_behind(void **state)
 	assert_true(wb_log[0].off == 0 && wb_log[0].len == c && wb_log[0].drop_len == 0);
 	pthread_mutex_unlock(&fsink.lock);
 	for (unsigned i = 1; i < STREAM_MAX_HELPERS; i++) {
-		assert_int_equal(flushed, 1); /* some still owed */
+		assert_int_equal(atomic_load(&flushed), 1); /* some still owed */
 		stream_behind(s);
 	}
-	assert_int_equal(flushed, 0);
+	assert_int_equal(atomic_load(&flushed), 0);
 	pthread_mutex_lock(&fsink.lock);
 	assert_int_equal(wb_calls, 1); /* the first did all that was owed */
 	pthread_mutex_unlock(&fsink.lock);
@@ -1611,11 +1613,6 @@ static void *help_main(void *arg)
 	return NULL;
 }
 
-static void flushed_atomic_cb(void *arg, int err)
-{
-	atomic_store((atomic_int *)arg, err);
-}
-
 /* A write-through's span owed while an earlier stream_behind waits for the device is its own,
  * not merged with what that one took: the second call writes back [c, 2c), not the file from
  * 0. And a write-behind that fails while a helper writes buffered data (the stream is not
@@ -1658,7 +1655,7 @@ static void write_behind_owed_while_one_runs(void **state)
 	assert_int_equal(pthread_create(&th, NULL, help_main, s), 0);
 	sink_wait_inside(1);
 	atomic_int flushed = 1;
-	assert_int_equal(stream_wait_empty(s, flushed_atomic_cb, &flushed), STREAM_PARKED);
+	assert_int_equal(stream_wait_empty(s, flushed_cb, &flushed), STREAM_PARKED);
 	pthread_mutex_lock(&fsink.lock);
 	wb_fail = EIO;
 	pthread_mutex_unlock(&fsink.lock);

@@ -239,7 +239,19 @@ static const char *top_fit(const char *s, int cols, char *buf, size_t len)
 			drop--;
 		p++;
 	}
-	snprintf(buf, len, "...%s", p);
+	/* The tail fits the columns; a tail of wide characters may still outrun buf's bytes,
+	 * so it is cut there, at a character's start. */
+	if (len < 4)
+		return s;
+	size_t rest = strlen(p);
+	if (rest > len - 4) {
+		rest = len - 4;
+		while (rest > 0 && ((unsigned char)p[rest] & 0xc0) == 0x80)
+			rest--;
+	}
+	memcpy(buf, "...", 3);
+	memcpy(buf + 3, p, rest);
+	buf[3 + rest] = '\0';
 	return buf;
 }
 

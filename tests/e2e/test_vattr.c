@@ -713,7 +713,11 @@ static void top_shows_transfers(void **state)
 	struct h_fs *fs = mount_with("rate=4M");
 	static char out[VALUE_MAX * 4];
 	char args[PATH_MAX + 32];
-	struct writer *w = writer_start(H_AT(fs->mnt, "top-watched.bin"), 16 * MiB, 1, 1);
+	/* A name longer than a line: top cuts it from the front, so its end stays in view. */
+	struct writer *w = writer_start(H_AT(fs->mnt, "a-name-longer-than-a-terminal-line-of-"
+						      "eighty-columns-which-throttlefs-top-cuts-"
+						      "from-the-front-top-watched.bin"),
+					16 * MiB, 1, 1);
 	/* Wait until the daemon lists the transfer, then ask the tool. */
 	for (double t0 = now_s();; sleep_ms(POLL_MS)) {
 		struct jsonr *d = vjson(fs->mnt, "transfers");
@@ -730,6 +734,14 @@ static void top_shows_transfers(void **state)
 		now_s() - w->started);
 	if (strstr(out, "top-watched.bin") == NULL)
 		fail_msg("the active transfer is not shown (%zu bytes):\n%s", strlen(out), out);
+	if (strstr(out, "\n...") == NULL || strstr(out, "-from-the-front-top-watched.bin ") == NULL)
+		fail_msg("a long name is not cut from its front:\n%s", out);
+	for (const char *l = out; *l;) {
+		size_t n = strcspn(l, "\n");
+		if (n > 80)
+			fail_msg("a line of --once is wider than 80 columns: %.*s", (int)n, l);
+		l += n + (l[n] == '\n');
+	}
 	assert_non_null(strstr(out, "4.0 MiB/s")); /* the limit, in people's units */
 	assert_null(strchr(out, '\033'));	   /* --once draws no escape sequences */
 

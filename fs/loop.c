@@ -15,8 +15,10 @@
  * even answered, so a slow read or lookup holds no pool buffer. A large write holds its buffer
  * while its handler copies the data into the stream (ops.c); the work a handler hands back
  * with loop_after (lending the thread to write the data to the store) runs after the buffer is
- * back in the pool. A worker that finds every buffer taken waits for one, as long as another
- * worker is reading: the pool bounds the readers.
+ * back in the pool. A handler may also lend the buffer itself (loop_lend: a large write
+ * queued in it, ops.c): it then comes back from whichever thread writes the data, and counts
+ * as held until then, so the pool's bound covers it. A worker that finds every buffer taken
+ * waits for one, as long as another worker is reading: the pool bounds the readers.
  *
  * Extra buffers. A write handler may block: when writers keep coming while the store falls
  * behind, the stream's block pool reaches its hard cap and stream_write_from waits for the
@@ -99,6 +101,8 @@ struct worker {
 	char *small;	       /* LOOP_SMALL bytes: copies of small requests */
 	void (*after)(void *); /* loop_after, run once the receive buffer is back */
 	void *after_arg;
+	char *mem; /* the pool buffer its request is in, NULL when none (small, extra) */
+	bool lent; /* loop_lend: mem is not its to give back */
 };
 
 struct loop {
@@ -111,6 +115,7 @@ struct loop {
 	char **free_bufs;	 /* [l] nfree buffers, the last returned on top */
 	unsigned nfree, nmade, max_bufs;
 	unsigned nextra, max_extra; /* [l] extra buffers mapped now, and at most */
+	unsigned nlent;		    /* [l] pool buffers lent (loop_lend), counted in nmade */
 	unsigned nreading;	    /* [l] workers in fuse_session_receive_buf */
 	uint64_t returned;	    /* [l] pool buffers given back so far */
 	bool stalled; /* [l] no pool buffer came back for LOOP_STALL_MS: extras allowed */
@@ -122,6 +127,12 @@ struct loop {
 };
 
 static __thread struct worker *loop_self;
+
+/* The running loop, for buffers given back from other threads (loop_give_back), which may
+ * come after loop_run has returned: then the buffer is unmapped, its size in lent_bufsize. */
+static pthread_mutex_t lent_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct loop *lent_loop;
+static size_t lent_bufsize;
 
 /* The CLOCK_REALTIME time ms from now, for the timed waits (sem_timedwait knows no other clock;
  * a clock step only makes a wait shorter or longer). */
@@ -209,6 +220,22 @@ static char *pool_get(struct loop *l, struct worker *w)
 	return NULL;
 }
 
+/* [l] Puts pool buffer b back on top of the free ones. */
+static void pool_return(struct loop *l, char *b)
+{
+	l->free_bufs[l->nfree++] = b;
+	l->returned++;
+	l->stalled = false;
+	/* While another worker is reading, the buffer waits for the next worker to finish its
+	 * request, instead of waking one that waits: the worker that just answered goes back to
+	 * read(2) with it, its cache warm, and a request costs one wake-up, not two (with more
+	 * workers than buffers, every small request used to wake a waiter here while its own
+	 * worker then slept in pool_get: rm -r of 2000 files over a disk, 8,000-8,400 context
+	 * switches against 6,000). Once nobody reads, set_reading wakes a waiter. */
+	if (l->nreading == 0)
+		pthread_cond_signal(&l->buf_free);
+}
+
 /* [l] Gives back the buffer w took. */
 static void pool_put(struct loop *l, struct worker *w, char *b)
 {
@@ -222,17 +249,7 @@ static void pool_put(struct loop *l, struct worker *w, char *b)
 			pthread_cond_signal(&l->buf_free);
 		return;
 	}
-	l->free_bufs[l->nfree++] = b;
-	l->returned++;
-	l->stalled = false;
-	/* While another worker is reading, the buffer waits for the next worker to finish its
-	 * request, instead of waking one that waits: the worker that just answered goes back to
-	 * read(2) with it, its cache warm, and a request costs one wake-up, not two (with more
-	 * workers than buffers, every small request used to wake a waiter here while its own
-	 * worker then slept in pool_get: rm -r of 2000 files over a disk, 8,000-8,400 context
-	 * switches against 6,000). Once nobody reads, set_reading wakes a waiter. */
-	if (l->nreading == 0)
-		pthread_cond_signal(&l->buf_free);
+	pool_return(l, b);
 }
 
 /* [l] w starts or stops reading /dev/fuse. When nobody is left reading, a worker waiting for
@@ -351,6 +368,7 @@ static void *worker_main(void *arg)
 			pool_put(l, w, mem);
 			mem = NULL;
 		}
+		w->mem = w->extra ? NULL : mem; /* what loop_lend may lend */
 		if (n == -EINTR)
 			continue; /* a kick, or a signal: look again whether to stop */
 		if (n <= 0) {
@@ -374,6 +392,10 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&l->lock);
 
 		fuse_session_process_buf(l->se, &fb);
+		if (w->lent) /* loop_give_back returns it, maybe already has */
+			mem = NULL;
+		w->mem = NULL;
+		w->lent = false;
 
 		void (*after)(void *) = w->after;
 		if (after != NULL) {
@@ -405,6 +427,46 @@ static void *worker_main(void *arg)
 	worker_leave(l, w);
 	pthread_mutex_unlock(&l->lock);
 	return NULL;
+}
+
+void *loop_lend(void)
+{
+	struct worker *w = loop_self;
+	if (w == NULL || w->mem == NULL || w->lent)
+		return NULL;
+	struct loop *l = w->l;
+	pthread_mutex_lock(&l->lock);
+	w->lent = true;
+	l->nlent++;
+	pthread_mutex_unlock(&l->lock);
+	return w->mem;
+}
+
+void loop_unlend(void *buf)
+{
+	struct worker *w = loop_self;
+	if (buf == NULL || w == NULL || !w->lent || w->mem != buf)
+		abort(); /* only the request's own handler may take its loan back */
+	struct loop *l = w->l;
+	pthread_mutex_lock(&l->lock);
+	w->lent = false;
+	l->nlent--;
+	pthread_mutex_unlock(&l->lock);
+}
+
+void loop_give_back(void *buf)
+{
+	pthread_mutex_lock(&lent_lock);
+	struct loop *l = lent_loop;
+	if (l != NULL) {
+		pthread_mutex_lock(&l->lock);
+		l->nlent--;
+		pool_return(l, buf);
+		pthread_mutex_unlock(&l->lock);
+	} else {
+		buf_unmap(buf, lent_bufsize);
+	}
+	pthread_mutex_unlock(&lent_lock);
 }
 
 void loop_after(void (*fn)(void *), void *arg)
@@ -481,6 +543,10 @@ int loop_run(struct fuse_session *se, const struct loop_config *c)
 	int err = sigaction(LOOP_KICK, &kick, &old_kick) == 0 ? 0 : -errno;
 	bool kick_installed = err == 0;
 
+	pthread_mutex_lock(&lent_lock);
+	lent_loop = &l;
+	lent_bufsize = l.bufsize;
+	pthread_mutex_unlock(&lent_lock);
 	pthread_mutex_lock(&l.lock);
 	if (err == 0)
 		err = worker_start(&l);
@@ -493,6 +559,10 @@ int loop_run(struct fuse_session *se, const struct loop_config *c)
 		err = l.error;
 	pthread_mutex_unlock(&l.lock);
 
+	/* Buffers still lent come back after this: loop_give_back unmaps them. */
+	pthread_mutex_lock(&lent_lock);
+	lent_loop = NULL;
+	pthread_mutex_unlock(&lent_lock);
 	for (unsigned i = 0; i < l.nfree; i++)
 		buf_unmap(l.free_bufs[i], l.bufsize);
 	free(l.free_bufs);

@@ -44,4 +44,16 @@ int loop_run(struct fuse_session *se, const struct loop_config *c);
  */
 void loop_after(void (*fn)(void *), void *arg);
 
+/*
+ * Called from a request handler: lends the request's receive buffer (its base; the request's
+ * bytes in it stay valid) to whoever will give it back with loop_give_back, from any thread,
+ * at any time, also after loop_run has returned (it is then unmapped). Until then it counts
+ * as held: lent buffers are part of the pool and its memory bound. NULL when the request is
+ * not in a pool buffer (a small request, copied out; an extra buffer; not a worker).
+ * loop_unlend takes the loan back, from the same handler, when it was not needed after all.
+ */
+void *loop_lend(void);
+void loop_unlend(void *buf);
+void loop_give_back(void *buf);
+
 #endif

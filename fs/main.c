@@ -296,6 +296,7 @@ int main(int argc, char **argv)
 	    .file_rate = fs.opt.file_rate,
 	    .keep_cache = (int)fs.opt.keep_cache,
 	    .direct_from = fs.opt.direct_write ? STREAM_DIRECT_FROM : 0,
+	    .lend_max = TFS_RECV_LEND,
 	};
 	err = stream_engine_new(&sc, &fs.streams);
 	if (err != 0) {

@@ -60,6 +60,10 @@
 #define TFS_MAX_THREADS	 32
 #define TFS_RECV_BUFFERS 8
 #define TFS_RECV_EXTRA	 8
+/* Receive buffers that may be lent to streams at once (stream_write_lent): a large write to a
+ * local store is queued in the buffer it arrived in and answered at once, so the store's copy
+ * of it overlaps the receipt of the next; the rest of the pool stays for receiving. */
+#define TFS_RECV_LEND	 4
 #define TFS_READAHEAD_KB 1024u /* main.c */
 
 struct handle;

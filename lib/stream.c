@@ -27,6 +27,14 @@
  * may already go through. Until then the stream does not count as empty, so flush, fsync and
  * close wait for it and get its error.
  *
+ * Lent segments. stream_write_lent queues a large write to a store in memory without copying
+ * it: its segment points at the writer's memory (a FUSE receive buffer) instead of the log,
+ * takes no log room (its pos is the log tail when it came, so the log positions of the other
+ * segments stay consecutive), is never extended by a later write nor extends one, and is
+ * given back (release) by slice_end once written or dropped. Everything else treats it as any
+ * segment: the drains write it in order, stream_read overlays it, it counts as buffered. At
+ * most lend_max are pending in the engine; a writer finding that many waits for one.
+ *
  * Direct I/O (see stream.h). Once a stream has committed direct_from bytes, slices of at
  * least STREAM_DIRECT_MIN bytes go with O_DIRECT straight from the blocks, their unaligned
  * rest through the page cache (with write-behind). Two habits keep that rest small: slice_begin
@@ -94,8 +102,13 @@ struct seg {
 	struct seg *next;
 	uint64_t off;	   /* file offset of the first pending byte */
 	uint64_t len;	   /* pending bytes */
-	uint64_t pos;	   /* log position of the first pending byte */
+	uint64_t pos;	   /* log position of the first pending byte (a lent segment: of none) */
 	uint64_t inflight; /* leading bytes being written by a drain thread */
+	/* A lent segment (stream_write_lent): its bytes are at lent, in the writer's memory,
+	 * and take no room in the log; release(release_arg) once they are written or dropped. */
+	char *lent;
+	stream_release release;
+	void *release_arg;
 };
 
 /* A parked writer (engine FIFO) or an empty-waiter (stream list); a pending callback. */
@@ -149,8 +162,9 @@ struct stream {
 
 	/* [atomic] the sink answered STREAM_WB_NONE: this file has no write-back to do */
 	bool no_wb;
-	/* [atomic] the sink's answer to cached, asked at the first large write: THROUGH_* */
-	int through;
+	/* [atomic] the sink's answer to cached, asked at the first large write: STREAM_STORE_*,
+	 * or -1 until then */
+	int store;
 
 	/* [s] Write-behind owed by write-throughs (stream_write_through, stream_behind): how
 	 * many are owed or running, and the span of the file they owe, STREAM_WB_CHUNK-aligned
@@ -180,7 +194,8 @@ struct stream_engine {
 	int no_help;	      /* config.no_help */
 	int keep_cache;	      /* config.keep_cache */
 	uint64_t direct_from; /* config.direct_from */
-	unsigned helpers; /* writer threads lent now (stream_help, write-through, stream_behind) */
+	unsigned helpers;  /* writer threads lent now (stream_help, write-through, stream_behind) */
+	unsigned lend_max; /* config.lend_max */
 	const struct clock *clock;
 	struct stream_sink sink;
 	struct throttle throttle; /* global rate */
@@ -193,6 +208,7 @@ struct stream_engine {
 	struct rate_ring ring;
 	struct waitq parked;
 	uint64_t nparked;
+	unsigned lent; /* lent segments pending in all streams (at most lend_max) */
 	struct stream *ready_head, *ready_tail;
 	struct stream *timed; /* scheduled streams waiting for their file bucket */
 	bool timer;	      /* a drain thread sleeps for the earliest timed stream */
@@ -214,9 +230,6 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 {
 	return a < b ? a : b;
 }
-
-/* stream.through */
-enum { THROUGH_UNKNOWN, THROUGH_YES, THROUGH_NO };
 
 static uint64_t max_u64(uint64_t a, uint64_t b)
 {
@@ -428,6 +441,26 @@ static void log_read(struct stream *s, uint64_t pos, void *mem, uint64_t len)
 	}
 }
 
+/* [s] Address of the byte `at` bytes into g's pending bytes, and how many follow it
+ * contiguously: in the writer's memory for a lent segment, else in a log block. */
+static char *seg_ptr(struct stream *s, const struct seg *g, uint64_t at, uint64_t *avail)
+{
+	if (g->lent != NULL) {
+		*avail = g->len - at;
+		return g->lent + at;
+	}
+	return log_ptr(s, g->pos + at, avail);
+}
+
+/* [s] Copies len bytes of g's pending bytes from `at` on out to mem. */
+static void seg_read(struct stream *s, const struct seg *g, uint64_t at, void *mem, uint64_t len)
+{
+	if (g->lent != NULL)
+		memcpy(mem, g->lent + at, len);
+	else
+		log_read(s, g->pos + at, mem, len);
+}
+
 /* [s] Fills len bytes of the log at pos from fill(ctx, ...), block piece by block piece.
  * Returns 0 or fill's negative errno (the log is then partly written beyond its tail, which
  * nothing reads: the caller does not advance log_tail). */
@@ -541,6 +574,26 @@ static void count_received(struct stream *s, uint64_t len, uint64_t now)
 		s->started_ns = now;
 	s->received += len;
 	s->last_ns = s->last_write_ns = now;
+}
+
+/* [s] Puts g at the tail of s's segments. */
+static void seg_append(struct stream *s, struct seg *g)
+{
+	if (s->tail)
+		s->tail->next = g;
+	else
+		s->head = g;
+	s->tail = g;
+	s->nsegs++;
+}
+
+/* [s+e] Counts len bytes accepted into s as buffered, in the stream and the engine. */
+static void count_buffered(struct stream_engine *e, struct stream *s, uint64_t len)
+{
+	s->buffered += len;
+	e->buffered += len;
+	if (e->buffered > e->peak)
+		e->peak = e->buffered;
 }
 
 /* [s+e] Counts n bytes the store took for s at time now, in the stream's figures and the
@@ -658,7 +711,8 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
 		if (rc != 0)
 			goto out;
 	}
-	bool extend = s->tail && s->tail->inflight == 0 && s->tail->off + s->tail->len == off;
+	bool extend = s->tail && s->tail->inflight == 0 && s->tail->lent == NULL &&
+		      s->tail->off + s->tail->len == off;
 	if (!extend && !(fresh = malloc(sizeof(*fresh)))) {
 		rc = -ENOMEM;
 		goto out;
@@ -677,22 +731,14 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
 		s->tail->len += len;
 	} else {
 		*fresh = (struct seg){.off = off, .len = len, .pos = s->log_tail};
-		if (s->tail)
-			s->tail->next = fresh;
-		else
-			s->head = fresh;
-		s->tail = fresh;
-		s->nsegs++;
+		seg_append(s, fresh);
 		fresh = NULL;
 	}
 	s->log_tail += len;
 	count_received(s, len, stream_now(e));
 
 	pthread_mutex_lock(&e->lock);
-	s->buffered += len;
-	e->buffered += len;
-	if (e->buffered > e->peak)
-		e->peak = e->buffered;
+	count_buffered(e, s, len);
 	if ((s->buffered > e->high_water || e->buffered > e->max_buffer) && s->spare) {
 		struct waiter *w = s->spare;
 		s->spare = NULL;
@@ -773,17 +819,18 @@ static int stream_real_cached(void *ctx, int fd)
 	(void)ctx;
 	struct statfs sf;
 	if (fstatfs(fd, &sf) != 0)
-		return 0; /* unknown: buffered, as for a remote store */
+		return STREAM_STORE_REMOTE; /* unknown: buffered, as for a remote store */
 	switch (sf.f_type) {
 	case TMPFS_MAGIC:
 	case RAMFS_MAGIC:
+		return STREAM_STORE_MEMORY;
 	case EXT4_SUPER_MAGIC: /* ext2 and ext3 too */
 	case XFS_SUPER_MAGIC:
 	case BTRFS_SUPER_MAGIC:
 	case F2FS_SUPER_MAGIC:
-		return 1;
+		return STREAM_STORE_DEVICE;
 	default:
-		return 0;
+		return STREAM_STORE_REMOTE;
 	}
 }
 
@@ -865,7 +912,7 @@ static uint64_t slice_map(struct stream *s, uint64_t slice, struct iovec *iov, i
 			break;
 		while (got < want) {
 			uint64_t avail;
-			char *p = log_ptr(s, g->pos + got, &avail);
+			char *p = seg_ptr(s, g, got, &avail);
 			avail = min_u64(avail, want - got);
 			struct iovec *last = *cnt ? &iov[*cnt - 1] : NULL;
 			if (last && (char *)last->iov_base + last->iov_len == p) {
@@ -906,6 +953,8 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	bool again = false;
 	struct waitq run = {NULL, NULL};
 	void *freed = NULL;
+	struct seg *done = NULL; /* lent segments to release once the locks are dropped */
+	unsigned ndone = 0;
 	uint64_t dropped = 0, now = stream_now(e);
 
 	pthread_mutex_lock(&s->lock);
@@ -914,7 +963,10 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 		uint64_t k = rc != 0 ? g->len : g->inflight;
 		dropped += k;
 		g->off += k;
-		g->pos += k;
+		if (g->lent != NULL)
+			g->lent += k;
+		else
+			g->pos += k;
 		g->len -= k;
 		g->inflight = 0;
 		if (g->len)
@@ -923,10 +975,20 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 		if (!s->head)
 			s->tail = NULL;
 		s->nsegs--;
-		free(g);
+		if (g->release != NULL) {
+			g->next = done;
+			done = g;
+			ndone++;
+		} else {
+			free(g);
+		}
 	}
 	log_trim(s, &freed);
 	pthread_mutex_lock(&e->lock);
+	if (ndone != 0) {
+		e->lent -= ndone;
+		pthread_cond_broadcast(&e->room); /* stream_write_lent waits there for a slot */
+	}
 	if (rc != 0)
 		s->error = -rc;
 	else
@@ -950,6 +1012,12 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 	pthread_mutex_unlock(&s->lock);
 	/* s may be freed from here on (stream_close), unless again: it still has pending data. */
 	waitq_run(&run);
+	while (done != NULL) {
+		struct seg *g = done;
+		done = g->next;
+		g->release(g->release_arg);
+		free(g);
+	}
 	return again;
 }
 
@@ -1233,6 +1301,20 @@ static bool drain_one(struct stream_engine *e, struct stream *s, bool helping)
 	return slice_end(e, s, n, rc, helping);
 }
 
+/* What kind of store s's file is on (STREAM_STORE_*, stream_sink.cached), asked once per
+ * stream, at its first large write: racing askers get the same answer. */
+static int store_kind(struct stream_engine *e, struct stream *s)
+{
+	int kind = __atomic_load_n(&s->store, __ATOMIC_RELAXED);
+	if (kind < 0) {
+		kind = e->sink.cached(e->sink.ctx, s->fd);
+		if (kind != STREAM_STORE_DEVICE && kind != STREAM_STORE_MEMORY)
+			kind = STREAM_STORE_REMOTE;
+		__atomic_store_n(&s->store, kind, __ATOMIC_RELAXED);
+	}
+	return kind;
+}
+
 /* [s+e] Whether a large write may go straight to the store now (stream_write_through). */
 static bool through_allowed(struct stream_engine *e, struct stream *s)
 {
@@ -1251,12 +1333,7 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 		return STREAM_THROUGH_NO;
 	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
 		return -EINVAL;
-	int through = __atomic_load_n(&s->through, __ATOMIC_RELAXED);
-	if (through == THROUGH_UNKNOWN) { /* racing askers get the same answer */
-		through = e->sink.cached(e->sink.ctx, s->fd) ? THROUGH_YES : THROUGH_NO;
-		__atomic_store_n(&s->through, through, __ATOMIC_RELAXED);
-	}
-	if (through == THROUGH_NO)
+	if (store_kind(e, s) == STREAM_STORE_REMOTE)
 		return STREAM_THROUGH_NO;
 	pthread_mutex_lock(&s->lock);
 	pthread_mutex_lock(&e->lock);
@@ -1313,6 +1390,75 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
 	pthread_mutex_unlock(&s->lock);
 	waitq_run(&run);
 	return ret;
+}
+
+/* [s+e] Whether a large write may be queued in the writer's memory (stream_write_lent). */
+static bool lend_allowed(struct stream_engine *e, struct stream *s)
+{
+	return e->lend_max != 0 && e->direct_from == 0 && !e->stop && help_allowed(e, s);
+}
+
+int stream_write_lent(struct stream *s, const void *mem, size_t len, uint64_t off,
+		      stream_release release, void *arg)
+{
+	struct stream_engine *e = s->e;
+	int rc;
+
+	if (len < STREAM_THROUGH_MIN || e->lend_max == 0)
+		return STREAM_THROUGH_NO;
+	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
+		return -EINVAL;
+	if (store_kind(e, s) != STREAM_STORE_MEMORY)
+		return STREAM_THROUGH_NO;
+	struct seg *g = malloc(sizeof(*g));
+	if (g == NULL)
+		return STREAM_THROUGH_NO; /* the buffered path answers for the memory */
+	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&e->lock);
+	for (;;) {
+		rc = s->error ? -s->error : lend_allowed(e, s) ? 0 : STREAM_THROUGH_NO;
+		if (rc != 0 || e->lent < e->lend_max)
+			break;
+		/* Every slot is taken: wait for one, as a write waits for pool blocks, with the
+		 * stream lock dropped (the drains need it). The store is local and unthrottled, so
+		 * slots come back within the time of a write to its page cache. */
+		pthread_mutex_unlock(&s->lock);
+		pthread_cond_wait(&e->room, &e->lock);
+		pthread_mutex_unlock(&e->lock);
+		pthread_mutex_lock(&s->lock);
+		pthread_mutex_lock(&e->lock);
+	}
+	if (rc != 0) {
+		pthread_mutex_unlock(&e->lock);
+		pthread_mutex_unlock(&s->lock);
+		free(g);
+		return rc;
+	}
+	uint64_t now = stream_now(e);
+	*g = (struct seg){.off = off,
+			  .len = len,
+			  .pos = s->log_tail,
+			  .lent = (char *)mem,
+			  .release = release,
+			  .release_arg = arg};
+	seg_append(s, g);
+	e->lent++;
+	count_buffered(e, s, len);
+	/* As a buffered write's (stream_write_from), but never parked: its memory is the
+	 * writer's, bounded by lend_max, not by the buffer budget. */
+	if (!s->scheduled) {
+		if (e->helpers < STREAM_MAX_HELPERS) {
+			s->scheduled = true;
+			e->helpers++;
+			rc = STREAM_HELP;
+		} else {
+			ready_push(e, s);
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	count_received(s, len, now);
+	pthread_mutex_unlock(&s->lock);
+	return rc;
 }
 
 void stream_behind(struct stream *s)
@@ -1476,7 +1622,7 @@ ssize_t stream_read(struct stream *s, int fd, void *buf, size_t len, uint64_t of
 		uint64_t a = g->off > off ? g->off : off;
 		uint64_t b = min_u64(g->off + g->len, off + (uint64_t)r);
 		if (a < b)
-			log_read(s, g->pos + (a - g->off), (char *)buf + (a - off), b - a);
+			seg_read(s, g, a - g->off, (char *)buf + (a - off), b - a);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return r;
@@ -1551,6 +1697,7 @@ int stream_open(struct stream_engine *e, int fd, struct stream **out)
 		goto fail;
 	s->e = e;
 	s->fd = fd;
+	s->store = -1;
 	rc = -pthread_mutex_init(&s->lock, NULL);
 	if (rc != 0)
 		goto fail_free;
@@ -1719,6 +1866,7 @@ int stream_engine_new(const struct stream_config *cfg, struct stream_engine **ou
 		e->keep_blocks = e->cap_blocks;
 	e->clock = cfg->clock ? cfg->clock : &clock_monotonic;
 	e->no_help = cfg->no_help;
+	e->lend_max = cfg->lend_max;
 	e->keep_cache = cfg->keep_cache;
 	e->direct_from = cfg->keep_cache ? 0 : cfg->direct_from; /* direct I/O drops the cache */
 	e->sink = cfg->sink ? *cfg->sink : real_sink;

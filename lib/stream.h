@@ -94,12 +94,16 @@ struct stream_sink {
 	 * F_SETFL) sets (on = 1) or clears O_DIRECT on such a descriptor: 0 or -errno. */
 	int (*direct_open)(void *ctx, int fd, unsigned *mem_align, unsigned *off_align);
 	int (*direct)(void *ctx, int fd, int on);
-	/* cached (NULL: the real one) says whether the file at fd is on a filesystem whose writes
-	 * land in the local page cache, so that a write costs a copy and waits for no device or
-	 * remote end (tmpfs, ramfs, ext2/3/4, xfs, btrfs, f2fs: 1), or not (network and FUSE
-	 * stores, or unknown: 0). Only such a store is written through (stream_write_through). */
+	/* cached (NULL: the real one) says what kind of store the file at fd is on: one whose
+	 * writes land in the local page cache, so that a write costs a copy and waits for no
+	 * device or remote end, in memory alone (tmpfs, ramfs: STREAM_STORE_MEMORY) or on a
+	 * device (ext2/3/4, xfs, btrfs, f2fs: STREAM_STORE_DEVICE); or another (network and FUSE
+	 * stores, or unknown: STREAM_STORE_REMOTE). Only the first two are written through
+	 * (stream_write_through), only the first is lent writes (stream_write_lent). */
 	int (*cached)(void *ctx, int fd);
 };
+
+enum { STREAM_STORE_REMOTE = 0, STREAM_STORE_DEVICE = 1, STREAM_STORE_MEMORY = 2 };
 
 /* Direct I/O. A store on a local device (ext4, xfs...) can take a stream's data straight from
  * its blocks with O_DIRECT: no copy into its page cache, no write-back for the daemon to start
@@ -151,6 +155,7 @@ struct stream_config {
 	int no_help;	/* 1: stream_write never returns STREAM_HELP (drain threads do it all) */
 	int keep_cache; /* 1: no write-behind; written data stays in the store's page cache */
 	uint64_t direct_from; /* 0: no direct I/O; see STREAM_DIRECT_FROM */
+	unsigned lend_max;    /* lent writes pending at most (stream_write_lent); 0: none */
 };
 
 struct stream_engine;
@@ -158,6 +163,9 @@ struct stream;
 
 /* Called with err = 0 or a negative errno; see stream_write and stream_wait_empty. */
 typedef void (*stream_cb)(void *arg, int err);
+
+/* Gives a lent write's memory back to its owner (stream_write_lent). */
+typedef void (*stream_release)(void *arg);
 
 struct stream_engine_stats {
 	uint64_t buffered;	  /* bytes of file data held now (accepted, not yet written) */
@@ -293,6 +301,28 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
  * iov is consumed (advanced past what was written). The stream must not be closed while this
  * runs: like a write not yet answered, it is not pending for stream_sync and stream_close. */
 int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t off);
+
+/* Queues a large write without copying it: its bytes stay in the caller's memory, mem[0..len),
+ * which the stream reads until they are written to the store (or dropped, when the stream
+ * fails), and then gives back with release(arg), from whichever thread wrote them (possibly
+ * before this returns). Meanwhile they are pending like buffered bytes: in order with the
+ * stream's other writes, seen by stream_read and stream_end, waited for by stream_sync,
+ * stream_wait_empty and stream_close, counted as buffered. So the caller may reply at once,
+ * and the store's write of this request overlaps the receipt of the next, which neither a
+ * copy into the blocks (one copy more) nor stream_write_through (the writer waits for the
+ * store) gives. Taken only as stream_write_through's are (a store whose writes land in the
+ * local page cache, no rate, no direct I/O, at least STREAM_THROUGH_MIN bytes) and while fewer
+ * than config.lend_max lent writes are pending in the engine; when that many are, it waits
+ * for one to be written, as a write at the pool's hard cap waits. Never parked: the caller's
+ * memory is bounded by lend_max, not by the buffer budget. Returns:
+ *   STREAM_THROUGH_NO not taken: nothing happened, the caller goes on as without it.
+ *   0                 queued; the caller replies.
+ *   STREAM_HELP       queued, as 0, and no drain thread was woken: the caller replies, then
+ *                     calls stream_help(s).
+ *   -errno            not taken: the stream's sticky error, or -EINVAL for an offset past
+ *                     off_t. */
+int stream_write_lent(struct stream *s, const void *mem, size_t len, uint64_t off,
+		      stream_release release, void *arg);
 
 /* Asks to be told when nothing is pending (buffered or being written, or a write-behind owed:
  * STREAM_BEHIND). Returns 0 when that is already the case, the negative sticky error when the

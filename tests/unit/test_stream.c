@@ -234,17 +234,19 @@ static int fake_direct(void *ctx, int fd, int on)
 	return 0;
 }
 
-/* Whether the store counts as one whose writes land in the page cache (stream_sink.cached). */
-static int remote_store;
+/* The kind of store the sink plays (stream_sink.cached): a device's unless told otherwise. */
+static int remote_store, memory_store;
 
 static int fake_cached(void *ctx, int fd)
 {
 	struct fake_sink *k = ctx;
 	(void)fd;
 	pthread_mutex_lock(&k->lock);
-	int remote = remote_store;
+	int kind = remote_store	  ? STREAM_STORE_REMOTE
+		   : memory_store ? STREAM_STORE_MEMORY
+				  : STREAM_STORE_DEVICE;
 	pthread_mutex_unlock(&k->lock);
-	return !remote;
+	return kind;
 }
 
 static const struct stream_sink fake_sink_if = {fake_pwritev,	  &fsink,      fake_writeback,
@@ -265,7 +267,7 @@ static void sink_reset(void)
 	fsink.dio_align = 512;
 	fsink.refuse_dio = false;
 	fsink.direct_bytes = fsink.buffered_bytes = 0;
-	remote_store = 0;
+	remote_store = memory_store = 0;
 	wb_hold = false;
 	wb_calls = 0;
 	wb_fail = 0;
@@ -1475,6 +1477,125 @@ static void write_through_when_idle(void **state)
 	stream_engine_free(e);
 }
 
+static void *help_main(void *arg);
+
+/* stream_write_lent's release: counts the loans given back in the atomic_int at arg. */
+static void released_cb(void *arg)
+{
+	atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+struct lend_call {
+	struct stream *s;
+	const void *mem;
+	size_t len;
+	uint64_t off;
+	atomic_int *released;
+	atomic_int rc;
+};
+
+static void *lend_main(void *arg)
+{
+	struct lend_call *c = arg;
+	atomic_store(&c->rc,
+		     stream_write_lent(c->s, c->mem, c->len, c->off, released_cb, c->released));
+	return NULL;
+}
+
+/* Over a store in memory, a large write is queued in the caller's memory: pending like
+ * buffered bytes (read back, counted, in order with the other writes), written from that
+ * memory with no copy, and given back once written, or once dropped when the store fails. At
+ * most lend_max loans are pending; one more waits for one to be given back. Small writes, a
+ * rate, a device store are not taken. */
+static void lent_writes_queue_without_copy(void **state)
+{
+	(void)state;
+	struct stream_engine *e = engine_of((struct stream_config){
+	    .high_water = 4 * MiB, .max_buffer = 8 * MiB, .drain_threads = 1, .lend_max = 2});
+	static unsigned char data[3 * MiB], newer[64 * KiB], want[4 * MiB], back[MiB];
+	fill(data, sizeof(data), 14);
+	fill(newer, sizeof(newer), 15);
+	atomic_int released = 0;
+	int check;
+	struct stream *s = open_stream(e, &check);
+	/* A device's store goes through instead (stream_write_through). */
+	assert_int_equal(stream_write_lent(s, data, MiB, 0, released_cb, &released),
+			 STREAM_THROUGH_NO);
+	assert_int_equal(stream_close(s), 0);
+	close(check);
+	pthread_mutex_lock(&fsink.lock);
+	memory_store = 1;
+	pthread_mutex_unlock(&fsink.lock);
+	s = open_stream(e, &check);
+	assert_int_equal(
+	    stream_write_lent(s, data, STREAM_THROUGH_MIN - 1, 0, released_cb, &released),
+	    STREAM_THROUGH_NO);
+	stream_engine_set_rate(e, 64 * MiB, 0);
+	assert_int_equal(stream_write_lent(s, data, MiB, 0, released_cb, &released),
+			 STREAM_THROUGH_NO);
+	stream_engine_set_rate(e, 0, 0);
+
+	/* Queued, not written until the caller lends its thread: pending all that time. */
+	assert_int_equal(stream_write_lent(s, data, MiB, 0, released_cb, &released), STREAM_HELP);
+	assert_int_equal(stream_end(s), MiB);
+	assert_int_equal(stream_read(s, check, back, MiB, 0), (ssize_t)MiB);
+	assert_memory_equal(back, data, MiB);
+	struct stream_stats ss;
+	stream_stats(s, &ss);
+	assert_true(ss.received == MiB && ss.buffered == MiB && ss.committed == 0);
+	assert_int_equal(atomic_load(&released), 0);
+	stream_help(s);
+	assert_true(sink_last().base == data); /* written from the caller's memory */
+	assert_int_equal(atomic_load(&released), 1);
+	memcpy(want, data, MiB);
+
+	/* Order: a buffered write over the end of a loan goes out after it, and a loan over the
+	 * end of that one after it in turn. The third loan waits for a slot (lend_max 2). */
+	sink_hold(false);
+	assert_int_equal(stream_write_lent(s, data + MiB, MiB, MiB, released_cb, &released),
+			 STREAM_HELP);
+	assert_int_equal(stream_write(s, newer, sizeof(newer), 2 * MiB - 32 * KiB, NULL, NULL), 0);
+	memcpy(want + MiB, data + MiB, MiB);
+	memcpy(want + 2 * MiB - 32 * KiB, newer, sizeof(newer));
+	assert_int_equal(stream_write_lent(s, data + 2 * MiB, MiB, 2 * MiB, released_cb, &released),
+			 0);
+	memcpy(want + 2 * MiB, data + 2 * MiB, MiB);
+	assert_int_equal(stream_read(s, check, back, MiB, 2 * MiB - MiB / 2), (ssize_t)MiB);
+	assert_memory_equal(back, want + 2 * MiB - MiB / 2, MiB);
+	struct lend_call c = {s, data, MiB, 3 * MiB, &released, 99};
+	memcpy(want + 3 * MiB, data, MiB);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, lend_main, &c), 0);
+	usleep(50 * 1000);
+	assert_int_equal(atomic_load(&c.rc), 99); /* still waiting for a slot */
+	pthread_t helper;
+	assert_int_equal(pthread_create(&helper, NULL, help_main, s), 0);
+	sink_wait_inside(1);
+	sink_release();
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(pthread_join(helper, NULL), 0);
+	if (atomic_load(&c.rc) == STREAM_HELP)
+		stream_help(s);
+	else
+		assert_int_equal(atomic_load(&c.rc), 0);
+	assert_int_equal(stream_sync(s), 0);
+	assert_int_equal(atomic_load(&released), 4);
+	assert_file(check, want, sizeof(want));
+	stream_stats(s, &ss);
+	assert_true(ss.committed == ss.received && ss.buffered == 0);
+
+	/* The store fails: the loan is dropped and given back, and the error sticks. */
+	sink_fail_next(EIO);
+	assert_int_equal(stream_write_lent(s, data, MiB, 0, released_cb, &released), STREAM_HELP);
+	stream_help(s);
+	assert_int_equal(atomic_load(&released), 5);
+	assert_int_equal(stream_write_lent(s, data, MiB, 0, released_cb, &released), -EIO);
+	assert_int_equal(stream_close(s), -EIO);
+	assert_int_equal(atomic_load(&released), 5);
+	close(check);
+	stream_engine_free(e);
+}
+
 /* stream_wait_empty's callback: stores the result in the atomic_int at arg (it may run on
  * another thread). */
 static void flushed_cb(void *arg, int err)
@@ -1819,6 +1940,7 @@ int main(void)
 	    cmocka_unit_test(high_water_parks_writer),
 	    cmocka_unit_test(write_from_fill_copies_once_or_not_at_all),
 	    cmocka_unit_test(write_through_when_idle),
+	    cmocka_unit_test(lent_writes_queue_without_copy),
 	    cmocka_unit_test(write_through_owes_write_behind),
 	    cmocka_unit_test(write_behind_owed_while_one_runs),
 	    cmocka_unit_test(owner_brackets_every_slice),

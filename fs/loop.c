@@ -115,7 +115,6 @@ struct loop {
 	char **free_bufs;	 /* [l] nfree buffers, the last returned on top */
 	unsigned nfree, nmade, max_bufs;
 	unsigned nextra, max_extra; /* [l] extra buffers mapped now, and at most */
-	unsigned nlent;		    /* [l] pool buffers lent (loop_lend), counted in nmade */
 	unsigned nreading;	    /* [l] workers in fuse_session_receive_buf */
 	uint64_t returned;	    /* [l] pool buffers given back so far */
 	bool stalled; /* [l] no pool buffer came back for LOOP_STALL_MS: extras allowed */
@@ -431,14 +430,10 @@ static void *worker_main(void *arg)
 
 void *loop_lend(void)
 {
-	struct worker *w = loop_self;
+	struct worker *w = loop_self; /* w->mem and w->lent are its own thread's: no lock */
 	if (w == NULL || w->mem == NULL || w->lent)
 		return NULL;
-	struct loop *l = w->l;
-	pthread_mutex_lock(&l->lock);
 	w->lent = true;
-	l->nlent++;
-	pthread_mutex_unlock(&l->lock);
 	return w->mem;
 }
 
@@ -447,11 +442,7 @@ void loop_unlend(void *buf)
 	struct worker *w = loop_self;
 	if (buf == NULL || w == NULL || !w->lent || w->mem != buf)
 		abort(); /* only the request's own handler may take its loan back */
-	struct loop *l = w->l;
-	pthread_mutex_lock(&l->lock);
 	w->lent = false;
-	l->nlent--;
-	pthread_mutex_unlock(&l->lock);
 }
 
 void loop_give_back(void *buf)
@@ -460,7 +451,6 @@ void loop_give_back(void *buf)
 	struct loop *l = lent_loop;
 	if (l != NULL) {
 		pthread_mutex_lock(&l->lock);
-		l->nlent--;
 		pool_return(l, buf);
 		pthread_mutex_unlock(&l->lock);
 	} else {

@@ -702,7 +702,7 @@ int stream_write_from(struct stream *s, size_t len, uint64_t off, stream_fill fi
 			goto out;
 		/* An empty log restarts where direct slices keep their memory aligned: at
 		 * the write's offset within a DIO_CUT (slice_begin). */
-		if (s->blk_n == 0 && e->direct_from != 0)
+		if (s->blk_n == 0 && s->head == NULL && e->direct_from != 0)
 			s->log_tail = off % DIO_CUT;
 		need = log_need(s, len);
 		if (need <= nheld)
@@ -975,7 +975,7 @@ static bool slice_end(struct stream_engine *e, struct stream *s, uint64_t n, int
 		if (!s->head)
 			s->tail = NULL;
 		s->nsegs--;
-		if (g->release != NULL) {
+		if (g->lent != NULL) {
 			g->next = done;
 			done = g;
 			ndone++;
@@ -1404,7 +1404,7 @@ int stream_write_lent(struct stream *s, const void *mem, size_t len, uint64_t of
 	struct stream_engine *e = s->e;
 	int rc;
 
-	if (len < STREAM_THROUGH_MIN || e->lend_max == 0)
+	if (len < STREAM_THROUGH_MIN || e->lend_max == 0 || release == NULL)
 		return STREAM_THROUGH_NO;
 	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
 		return -EINVAL;
@@ -1776,6 +1776,9 @@ void stream_engine_set_rate(struct stream_engine *e, uint64_t rate, uint64_t fil
 	throttle_set_rate(&e->throttle, rate, now);
 	for (struct stream *s = e->streams; s; s = s->next)
 		throttle_set_rate(&s->throttle, file_rate, now);
+	/* Writers waiting for a lend slot ask again: with a rate, they buffer instead of
+	 * waiting for a lent write that now drains at that rate. */
+	pthread_cond_broadcast(&e->room);
 	pthread_mutex_unlock(&e->lock);
 }
 

@@ -1584,14 +1584,30 @@ static void lent_writes_queue_without_copy(void **state)
 	stream_stats(s, &ss);
 	assert_true(ss.committed == ss.received && ss.buffered == 0);
 
+	/* A rate set while a writer waits for a slot sends it to the buffered path at once,
+	 * instead of waiting for loans that would now drain at that rate. */
+	assert_int_equal(stream_write_lent(s, data, MiB, 0, released_cb, &released), STREAM_HELP);
+	assert_int_equal(stream_write_lent(s, data + MiB, MiB, MiB, released_cb, &released), 0);
+	struct lend_call w = {s, data + 2 * MiB, MiB, 2 * MiB, &released, 99};
+	assert_int_equal(pthread_create(&th, NULL, lend_main, &w), 0);
+	usleep(50 * 1000);
+	assert_int_equal(atomic_load(&w.rc), 99);
+	stream_engine_set_rate(e, 64 * MiB, 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(atomic_load(&w.rc), STREAM_THROUGH_NO);
+	stream_engine_set_rate(e, 0, 0);
+	stream_help(s);
+	assert_int_equal(stream_sync(s), 0);
+	assert_int_equal(atomic_load(&released), 6);
+
 	/* The store fails: the loan is dropped and given back, and the error sticks. */
 	sink_fail_next(EIO);
 	assert_int_equal(stream_write_lent(s, data, MiB, 0, released_cb, &released), STREAM_HELP);
 	stream_help(s);
-	assert_int_equal(atomic_load(&released), 5);
+	assert_int_equal(atomic_load(&released), 7);
 	assert_int_equal(stream_write_lent(s, data, MiB, 0, released_cb, &released), -EIO);
 	assert_int_equal(stream_close(s), -EIO);
-	assert_int_equal(atomic_load(&released), 5);
+	assert_int_equal(atomic_load(&released), 7);
 	close(check);
 	stream_engine_free(e);
 }

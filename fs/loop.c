@@ -60,9 +60,9 @@
  *
  * Invariants, all under l->lock: nworkers counts the threads on the live list; navail those
  * of them waiting for a buffer or a request; nreading those reading; nmade - nfree pool
- * buffers are held by workers, and nmade <= max_bufs; nextra <= max_extra extra buffers are
- * mapped. An exiting worker moves itself to the dead list, whose threads are joined (by the
- * next thread started, or by loop_run at the end) and their records freed.
+ * buffers are held by workers or lent (loop_lend), and nmade <= max_bufs; nextra <= max_extra extra
+ * buffers are mapped. An exiting worker moves itself to the dead list, whose threads are joined (by
+ * the next thread started, or by loop_run at the end) and their records freed.
  */
 #include "loop.h"
 

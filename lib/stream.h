@@ -310,9 +310,10 @@ int stream_write_through(struct stream *s, struct iovec *iov, int cnt, uint64_t 
  * stream_wait_empty and stream_close, counted as buffered. So the caller may reply at once,
  * and the store's write of this request overlaps the receipt of the next, which neither a
  * copy into the blocks (one copy more) nor stream_write_through (the writer waits for the
- * store) gives. Taken only as stream_write_through's are (a store whose writes land in the
- * local page cache, no rate, no direct I/O, at least STREAM_THROUGH_MIN bytes) and while fewer
- * than config.lend_max lent writes are pending in the engine; when that many are, it waits
+ * store) gives. Taken only over a store in memory (STREAM_STORE_MEMORY: over a disk the drain
+ * of a lent write would wait for the write-behind, and the next loans for that drain), with no
+ * rate, no direct I/O, at least STREAM_THROUGH_MIN bytes, and while fewer than
+ * config.lend_max lent writes are pending in the engine; when that many are, it waits
  * for one to be written, as a write at the pool's hard cap waits. Never parked: the caller's
  * memory is bounded by lend_max, not by the buffer budget. Returns:
  *   STREAM_THROUGH_NO not taken: nothing happened, the caller goes on as without it.

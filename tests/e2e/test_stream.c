@@ -222,8 +222,13 @@ static struct h_fs *over_faultfs(void **state, const char *ffopts, const char *o
 	return fs;
 }
 
+/* A mount over a tmpfs of the given size, made for the test; skips the test when not root. */
 static struct h_fs *over_tmpfs(void **state, const char *size, const char *opts)
 {
+	if (geteuid() != 0) {
+		fprintf(stderr, "skipped: mounting a tmpfs needs root\n");
+		skip();
+	}
 	struct h_fs *fs = fs_new(state);
 	assert_int_equal(h_lower_tmpfs(fs, size), 0);
 	assert_int_equal(h_fs_mount(fs, opts), 0);
@@ -734,10 +739,6 @@ static void wait_free(const char *path, uint64_t bytes)
  * works without a remount. */
 static void test_enospc(void **state)
 {
-	if (geteuid() != 0) {
-		fprintf(stderr, "skipped: mounting a tmpfs needs root\n");
-		skip();
-	}
 	struct h_fs *fs = over_tmpfs(state, "4M", NULL);
 	const char *small = H_AT(fs->mnt, "small");
 	int fd = open_ok(small, O_WRONLY | O_CREAT | O_TRUNC);
@@ -780,10 +781,6 @@ static void test_enospc(void **state)
  * fsync'ed, is in the store whole. The error then sticks to the file. */
 static void test_store_full_errors_reach_writer(void **state)
 {
-	if (geteuid() != 0) {
-		fprintf(stderr, "skipped: mounting a tmpfs needs root\n");
-		skip();
-	}
 	struct h_fs *fs = over_tmpfs(state, "4M", NULL);
 	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
 	unsigned char *buf = malloc(MiB);
@@ -825,10 +822,6 @@ static void test_store_full_errors_reach_writer(void **state)
  * daemon instead of the kernel's cache. */
 static void test_lent_writes_read_back(void **state)
 {
-	if (geteuid() != 0) {
-		fprintf(stderr, "skipped: mounting a tmpfs needs root\n");
-		skip();
-	}
 	struct h_fs *fs = over_tmpfs(state, "256M", NULL);
 	const char *path = H_AT(fs->mnt, "f");
 	int fd = open_ok(path, O_WRONLY | O_CREAT | O_TRUNC);

@@ -243,11 +243,12 @@ static void h_force_cleanup(void)
 			h_lazy_unmount("/bin/fusermount3", "-uz", fs->mnt);
 			kill(fs->pid, SIGTERM);
 		}
-		if (fs->lower == H_LOWER_FAULTFS && fs->lower_pid > 0) {
-			h_lazy_unmount("/bin/fusermount3", "-uz", fs->backing);
-			kill(fs->lower_pid, SIGTERM);
-		} else if (fs->lower == H_LOWER_TMPFS) {
+		if (fs->lower == H_LOWER_TMPFS || fs->lower == H_LOWER_DISK)
 			h_lazy_unmount("/bin/umount", "-l", fs->backing);
+		if ((fs->lower == H_LOWER_FAULTFS || fs->lower == H_LOWER_DISK) &&
+		    fs->lower_pid > 0) {
+			h_lazy_unmount("/bin/fusermount3", "-uz", fs->ctl);
+			kill(fs->lower_pid, SIGTERM);
 		}
 		h_live[i] = NULL;
 	}
@@ -335,7 +336,7 @@ static struct h_proc h_view(struct h_fs *fs)
 
 static struct h_proc h_store(struct h_fs *fs)
 {
-	return (struct h_proc){"faultfs", fs->backing, fs->lower_log, &fs->lower_pid};
+	return (struct h_proc){"faultfs", fs->ctl, fs->lower_log, &fs->lower_pid};
 }
 
 /* Keeps fs in the list the safety net walks while anything of it is mounted. */
@@ -575,14 +576,15 @@ int h_fs_free(struct h_fs *fs)
 	if (fs == NULL)
 		return 0;
 	/* A stalled or slow store would keep the view's daemon from draining and exiting. */
-	if (fs->lower == H_LOWER_FAULTFS && fs->pid > 0) {
+	if ((fs->lower == H_LOWER_FAULTFS || fs->lower == H_LOWER_DISK) && fs->pid > 0) {
 		h_faultfs_set(fs, "stall", "0");
 		h_faultfs_set(fs, "latency_us", "0");
 	}
 	int rc = h_fs_unmount(fs);
 	if (h_fs_lower_unmount(fs) != 0)
 		rc = -1;
-	if (h_is_mounted(fs->mnt) || h_is_mounted(fs->backing)) {
+	if (h_is_mounted(fs->mnt) || h_is_mounted(fs->backing) ||
+	    (fs->ctl[0] != '\0' && h_is_mounted(fs->ctl))) {
 		fprintf(stderr, "harness: %s still mounted; leaving %s in place\n", fs->mnt,
 			fs->root);
 		rc = -1;
@@ -595,7 +597,9 @@ int h_fs_free(struct h_fs *fs)
 
 /* ---- stores below the view ---- */
 
-int h_lower_faultfs(struct h_fs *fs, const char *opts)
+/* Starts faultfs (with "-o opts" unless NULL or empty) serving dir `serve` on fs->ctl, as the
+ * store of kind `lower`, and waits for its mount. */
+static int h_start_faultfs(struct h_fs *fs, const char *opts, const char *serve, int lower)
 {
 	const char *bin = getenv("FAULTFS_BIN");
 	const char *args[6];
@@ -604,23 +608,17 @@ int h_lower_faultfs(struct h_fs *fs, const char *opts)
 		fprintf(stderr, "harness: FAULTFS_BIN is not set\n");
 		return -1;
 	}
-	if (fs->lower != H_LOWER_NONE || fs->pid > 0) {
-		fprintf(stderr, "harness: a store goes below %s before the view, once\n", fs->mnt);
-		return -1;
-	}
-	h_path(fs->store, "%s/store", fs->root);
-	if (mkdir(fs->store, 0755) != 0) {
-		fprintf(stderr, "harness: mkdir %s: %s\n", fs->store, strerror(errno));
+	if (mkdir(serve, 0755) != 0) {
+		fprintf(stderr, "harness: mkdir %s: %s\n", serve, strerror(errno));
 		return -1;
 	}
 	h_install_hooks();
-	fs->lower_pid =
-	    h_spawn_bin(bin, h_fuse_args(args, opts, fs->store, fs->backing), fs->lower_log);
+	fs->lower_pid = h_spawn_bin(bin, h_fuse_args(args, opts, serve, fs->ctl), fs->lower_log);
 	if (fs->lower_pid < 0) {
 		fs->lower_pid = 0;
 		return -1;
 	}
-	fs->lower = H_LOWER_FAULTFS;
+	fs->lower = lower;
 	h_live_update(fs);
 	struct h_proc p = h_store(fs);
 	if (h_await_mount(&p, fs->root) != 0) {
@@ -631,12 +629,28 @@ int h_lower_faultfs(struct h_fs *fs, const char *opts)
 	return 0;
 }
 
+/* Whether a store may still go below fs: none yet, and the view not mounted. */
+static bool h_lower_free(struct h_fs *fs)
+{
+	if (fs->lower == H_LOWER_NONE && fs->pid <= 0)
+		return true;
+	fprintf(stderr, "harness: a store goes below %s before the view, once\n", fs->mnt);
+	return false;
+}
+
+int h_lower_faultfs(struct h_fs *fs, const char *opts)
+{
+	if (!h_lower_free(fs))
+		return -1;
+	h_path(fs->store, "%s/store", fs->root);
+	h_path(fs->ctl, "%s", fs->backing);
+	return h_start_faultfs(fs, opts, fs->store, H_LOWER_FAULTFS);
+}
+
 int h_lower_tmpfs(struct h_fs *fs, const char *size)
 {
-	if (fs->lower != H_LOWER_NONE || fs->pid > 0) {
-		fprintf(stderr, "harness: a store goes below %s before the view, once\n", fs->mnt);
+	if (!h_lower_free(fs))
 		return -1;
-	}
 	h_install_hooks();
 	/* Registered first: a signal during the mount must not leave it behind. */
 	fs->lower = H_LOWER_TMPFS;
@@ -650,23 +664,62 @@ int h_lower_tmpfs(struct h_fs *fs, const char *size)
 	return 0;
 }
 
+int h_lower_disk(struct h_fs *fs, int size_mib)
+{
+	if (!h_lower_free(fs))
+		return -1;
+	if (h_run("command -v mkfs.ext4 >/dev/null") != 0) {
+		fprintf(stderr, "harness: no mkfs.ext4 here\n");
+		return -1;
+	}
+	h_path(fs->ctl, "%s/dev", fs->root);
+	if (mkdir(fs->ctl, 0755) != 0) {
+		fprintf(stderr, "harness: mkdir %s: %s\n", fs->ctl, strerror(errno));
+		return -1;
+	}
+	if (h_start_faultfs(fs, NULL, H_AT(fs->root, "devstore"), H_LOWER_DISK) != 0)
+		return -1;
+	/* mount -o loop detaches the loop device itself when the filesystem is unmounted. */
+	const char *img = H_AT(fs->ctl, "disk.img");
+	if (h_run("truncate -s %dM '%s' && mkfs.ext4 -q -F '%s' >/dev/null 2>&1", size_mib, img,
+		  img) != 0 ||
+	    h_run("mount -o loop '%s' '%s'", img, fs->backing) != 0 || !h_is_mounted(fs->backing)) {
+		fprintf(stderr, "harness: no ext4 on a loop device at %s\n", fs->backing);
+		return -1;
+	}
+	return 0;
+}
+
+/* Unmounts the kernel filesystem on path, retrying while busy, lazily as a last resort. */
+static int h_umount(const char *path)
+{
+	int64_t deadline = h_now_ms() + H_UMOUNT_RETRY_MS;
+	while (h_is_mounted(path) && h_run("umount '%s'", path) != 0 && h_now_ms() < deadline)
+		h_sleep_ms(100);
+	if (!h_is_mounted(path))
+		return 0;
+	fprintf(stderr, "harness: umount %s failed; detaching it\n", path);
+	h_run("umount -l '%s'", path);
+	return -1;
+}
+
 int h_fs_lower_unmount(struct h_fs *fs)
 {
 	int rc = 0;
 
-	if (fs->lower == H_LOWER_FAULTFS) {
+	if (fs->lower == H_LOWER_TMPFS) {
+		rc = h_umount(fs->backing);
+	} else if (fs->lower == H_LOWER_DISK) {
+		/* The disk works again, so that ext4 can write what it still holds. */
+		if (fs->lower_pid > 0)
+			h_faultfs_set(fs, "fail_write_after", "off");
+		if (h_is_mounted(fs->backing))
+			rc = h_umount(fs->backing);
+	}
+	if (fs->lower == H_LOWER_FAULTFS || fs->lower == H_LOWER_DISK) {
 		struct h_proc p = h_store(fs);
-		rc = h_stop(&p);
-	} else if (fs->lower == H_LOWER_TMPFS) {
-		int64_t deadline = h_now_ms() + H_UMOUNT_RETRY_MS;
-		while (h_is_mounted(fs->backing) && h_run("umount '%s'", fs->backing) != 0 &&
-		       h_now_ms() < deadline)
-			h_sleep_ms(100);
-		if (h_is_mounted(fs->backing)) {
-			fprintf(stderr, "harness: umount %s failed; detaching it\n", fs->backing);
-			h_run("umount -l '%s'", fs->backing);
+		if (h_stop(&p) != 0)
 			rc = -1;
-		}
 	}
 	fs->lower = H_LOWER_NONE;
 	h_live_update(fs);
@@ -677,7 +730,7 @@ int h_faultfs_set(struct h_fs *fs, const char *name, const char *value)
 {
 	char attr[64];
 	snprintf(attr, sizeof(attr), "user.faultfs.%s", name);
-	if (setxattr(fs->backing, attr, value, strlen(value), 0) != 0) {
+	if (setxattr(fs->ctl, attr, value, strlen(value), 0) != 0) {
 		int e = errno;
 		fprintf(stderr, "harness: setting %s=%s: %s\n", attr, value, strerror(e));
 		return -e;
@@ -689,7 +742,7 @@ long long h_faultfs_get(struct h_fs *fs, const char *name)
 {
 	char attr[64], buf[32];
 	snprintf(attr, sizeof(attr), "user.faultfs.%s", name);
-	ssize_t n = getxattr(fs->backing, attr, buf, sizeof(buf) - 1);
+	ssize_t n = getxattr(fs->ctl, attr, buf, sizeof(buf) - 1);
 	if (n < 0) {
 		fprintf(stderr, "harness: getting %s: %s\n", attr, strerror(errno));
 		return -1;

@@ -35,6 +35,7 @@ struct h_fs {
 	pid_t lower_pid;	  /* faultfs while mounted, else 0 */
 	char store[PATH_MAX];	  /* what the store really holds: root/store or backing/ */
 	char lower_log[PATH_MAX]; /* root/faultfs.log */
+	char ctl[PATH_MAX];	  /* faultfs's mount, whose root takes its controls */
 };
 
 /* The daemon binary to run, or NULL (with a message) when neither variable is set. */
@@ -146,14 +147,21 @@ int h_both(struct h_fs *fs, void (*work)(const char *dir), unsigned flags);
  * dir is itself a mount:
  *   - faultfs ($FAULTFS_BIN, with "-o opts" unless NULL or empty) serving root/store, which
  *     fs->store names: what really reached the store is read there, behind both daemons;
- *   - a tmpfs of the given size (e.g. "4M"), a small disk that fills up; fs->store is backing/.
- * h_fs_free (and h_fs_lower_unmount) always unmounts it, after the view: first a faultfs is told
- * to release stalled writers and drop its latency (so the view's daemon can drain and exit), then
- * the view goes, then the store. The atexit and signal hooks unmount stores too. Return 0 / -1.
+ *   - a tmpfs of the given size (e.g. "4M"), a small disk that fills up; fs->store is backing/;
+ *   - a disk that can fail: ext4 on a loop device of size_mib MiB whose image lives in a faultfs
+ *     (mounted on root/dev, serving root/devstore), so that faultfs's faults are the device's:
+ *     a failed write is an I/O error of the disk, seen by ext4's write-back. fs->store is
+ *     backing/. Needs mkfs.ext4 and loop devices: -1 with why when they are missing.
+ * fs->ctl is the faultfs mount (h_faultfs_set). h_fs_free (and h_fs_lower_unmount) always
+ * unmounts the store, after the view: first a faultfs is told to release stalled writers and
+ * drop its latency (so the view's daemon can drain and exit), then the view goes, then the store
+ * (a disk's faults are lifted first, its ext4 unmounted, then its faultfs). The atexit and signal
+ * hooks unmount stores too. Return 0 / -1.
  */
-enum h_lower { H_LOWER_NONE, H_LOWER_FAULTFS, H_LOWER_TMPFS };
+enum h_lower { H_LOWER_NONE, H_LOWER_FAULTFS, H_LOWER_TMPFS, H_LOWER_DISK };
 int h_lower_faultfs(struct h_fs *fs, const char *opts);
 int h_lower_tmpfs(struct h_fs *fs, const char *size);
+int h_lower_disk(struct h_fs *fs, int size_mib);
 int h_fs_lower_unmount(struct h_fs *fs);
 
 /* Sets faultfs control name (user.faultfs.NAME of its root) to value. Returns 0 or -errno. */

@@ -866,6 +866,70 @@ static void test_lent_writes_read_back(void **state)
 	free(back);
 }
 
+/* A disk that fails under a copy: the store is ext4 on a loop device whose image lives in a
+ * faultfs, which then fails every write of the device. Over a disk a large write lands in the
+ * store's page cache before its answer and reaches the device behind the copy (write-behind:
+ * each 8 MiB is started as it lands and waited for 16 MiB later), so the device's refusal comes
+ * after the writes it refused were answered. It must reach the writer at a later write(2),
+ * without waiting for an fsync that a copy may never make, and stick: fsync and close report
+ * it too. What was fsync'ed before the failure is intact. ext4 may have aborted its journal by
+ * the time a write sees the error, so EROFS is as good an answer as EIO. */
+static void test_disk_errors_reach_writer(void **state)
+{
+	if (geteuid() != 0) {
+		fprintf(stderr, "skipped: a loop device needs root\n");
+		skip();
+	}
+	struct h_fs *fs = fs_new(state);
+	if (h_lower_disk(fs, 256) != 0) {
+		fprintf(stderr, "skipped: no ext4 on a loop device here\n");
+		skip();
+	}
+	assert_int_equal(h_fs_mount(fs, NULL), 0);
+	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
+	unsigned char *buf = malloc(MiB);
+	assert_non_null(buf);
+	const uint64_t safe = 32 * MiB;
+	for (uint64_t off = 0; off < safe; off += MiB) {
+		h_pat_fill(buf, MiB, off, 12);
+		assert_int_equal(write(fd, buf, MiB), (ssize_t)MiB);
+	}
+	assert_int_equal(fsync(fd), 0);
+
+	long long written = h_faultfs_get(fs, "bytes_written");
+	assert_true(written > 0);
+	char lim[32];
+	snprintf(lim, sizeof(lim), "%lld", written);
+	ff_set(fs, "fail_write_after", lim); /* the device fails from now on */
+	int err = 0;
+	uint64_t off = safe;
+	for (; off < safe + 160 * MiB && err == 0; off += MiB) {
+		h_pat_fill(buf, MiB, off, 12);
+		if (write(fd, buf, MiB) < 0)
+			err = errno;
+	}
+	fprintf(stderr,
+		"the failing disk's error reached write(2) as %s, %llu MiB after the "
+		"failure began\n",
+		strerror(err), (unsigned long long)((off - safe) / MiB));
+	assert_true(err == EIO || err == EROFS);
+	H_EXPECT_ERRNO(fsync(fd), err);
+	H_EXPECT_ERRNO(close(fd), err);
+	free(buf);
+
+	ff_set(fs, "fail_write_after", "off");
+	int st = open_ok(H_AT(fs->store, "f"), O_RDONLY);
+	unsigned char *back = malloc(MiB);
+	assert_non_null(back);
+	for (uint64_t at = 0; at < safe; at += MiB) {
+		assert_int_equal(pread(st, back, MiB, (off_t)at), (ssize_t)MiB);
+		if (h_pat_check(back, MiB, at, 12) >= 0)
+			fail_msg("MiB %llu of the store differs", (unsigned long long)(at / MiB));
+	}
+	assert_int_equal(close(st), 0);
+	free(back);
+}
+
 /* faultfs fails every write once 2 MiB are in: EIO at write(2) or close(2). */
 static void test_eio_on_write(void **state)
 {
@@ -1502,6 +1566,7 @@ int main(void)
 	    T(test_enospc),
 	    T(test_store_full_errors_reach_writer),
 	    T(test_lent_writes_read_back),
+	    T(test_disk_errors_reach_writer),
 	    T(test_eio_on_write),
 	    T(test_eio_on_fsync),
 	    T(test_error_sticks),

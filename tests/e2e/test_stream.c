@@ -874,7 +874,7 @@ static void test_lent_writes_read_back(void **state)
  * without waiting for an fsync that a copy may never make, and stick: fsync and close report
  * it too. What was fsync'ed before the failure is intact. ext4 may have aborted its journal by
  * the time a write sees the error, so EROFS is as good an answer as EIO. */
-static void test_disk_errors_reach_writer(void **state)
+static void disk_errors_reach_writer(void **state, const char *opts)
 {
 	if (geteuid() != 0) {
 		fprintf(stderr, "skipped: a loop device needs root\n");
@@ -885,7 +885,7 @@ static void test_disk_errors_reach_writer(void **state)
 		fprintf(stderr, "skipped: no ext4 on a loop device here\n");
 		skip();
 	}
-	assert_int_equal(h_fs_mount(fs, NULL), 0);
+	assert_int_equal(h_fs_mount(fs, opts), 0);
 	int fd = open_ok(H_AT(fs->mnt, "f"), O_WRONLY | O_CREAT | O_TRUNC);
 	unsigned char *buf = malloc(MiB);
 	assert_non_null(buf);
@@ -928,6 +928,18 @@ static void test_disk_errors_reach_writer(void **state)
 	}
 	assert_int_equal(close(st), 0);
 	free(back);
+}
+
+static void test_disk_errors_reach_writer(void **state)
+{
+	disk_errors_reach_writer(state, NULL);
+}
+
+/* The same with direct_write: past its first 8 MiB the file goes to the device with O_DIRECT
+ * from the drains, so the device's error comes back from their writes, not from write-behind. */
+static void test_disk_errors_reach_writer_direct(void **state)
+{
+	disk_errors_reach_writer(state, "direct_write");
 }
 
 /* faultfs fails every write once 2 MiB are in: EIO at write(2) or close(2). */
@@ -1567,6 +1579,7 @@ int main(void)
 	    T(test_store_full_errors_reach_writer),
 	    T(test_lent_writes_read_back),
 	    T(test_disk_errors_reach_writer),
+	    T(test_disk_errors_reach_writer_direct),
 	    T(test_eio_on_write),
 	    T(test_eio_on_fsync),
 	    T(test_error_sticks),

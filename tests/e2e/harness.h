@@ -151,12 +151,12 @@ int h_both(struct h_fs *fs, void (*work)(const char *dir), unsigned flags);
  *   - a disk that can fail: ext4 on a loop device of size_mib MiB whose image lives in a faultfs
  *     (mounted on root/dev, serving root/devstore), so that faultfs's faults are the device's:
  *     a failed write is an I/O error of the disk, seen by ext4's write-back. fs->store is
- *     backing/. Needs mkfs.ext4 and loop devices: -1 with why when they are missing.
+ *     backing/. Needs mkfs.ext4 and loop devices: 1 with why when they are missing.
  * fs->ctl is the faultfs mount (h_faultfs_set). h_fs_free (and h_fs_lower_unmount) always
  * unmounts the store, after the view: first a faultfs is told to release stalled writers and
  * drop its latency (so the view's daemon can drain and exit), then the view goes, then the store
  * (a disk's faults are lifted first, its ext4 unmounted, then its faultfs). The atexit and signal
- * hooks unmount stores too. Return 0 / -1.
+ * hooks unmount stores too. Return 0 / -1 (and h_lower_disk 1, as said).
  */
 enum h_lower { H_LOWER_NONE, H_LOWER_FAULTFS, H_LOWER_TMPFS, H_LOWER_DISK };
 int h_lower_faultfs(struct h_fs *fs, const char *opts);
